@@ -1,0 +1,128 @@
+/*
+ * The token cache: one entry per (identity, resource), single flight, proactive
+ * refresh, backoff, idle eviction and an LRU bound.  Time, randomness and the
+ * upstream call come through cache_ops so tests can drive hours in milliseconds.
+ */
+#ifndef BEARERD_CACHE_H
+#define BEARERD_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "source.h"
+
+struct cache;
+struct cache_entry;
+struct cache_waiter;
+
+struct cache_params {
+	int64_t min_validity;    /* s: never hand out a token with less left */
+	int64_t refresh_margin;  /* s: refresh at the latest this long before expiry */
+	int64_t idle_timeout;    /* s: drop entries nobody asked for this long */
+	int64_t wait_timeout_ms; /* how long a request waits for a fetch */
+	size_t max_entries;      /* bound on dynamic entries */
+};
+
+struct cache_ops {
+	int64_t (*now_ms)(void *ctx); /* monotonic milliseconds */
+	int64_t (*wall_s)(void *ctx); /* epoch seconds */
+	uint32_t (*random)(void *ctx);
+	/* Starts an upstream fetch; done is called later, exactly once. */
+	int (*fetch)(void *ctx, struct source *src, const char *resource, source_done_fn *done,
+		     void *arg);
+	/* Asks for cache_run at deadline_ms (INT64_MAX: nothing due). */
+	void (*arm)(void *ctx, int64_t deadline_ms);
+	/* Frees what was stored with cache_entry_set_user (may be NULL). */
+	void (*user_free)(void *user);
+};
+
+enum cache_state {
+	CACHE_EMPTY = 0,
+	CACHE_FETCHING,
+	CACHE_VALID,
+	CACHE_REFRESHING,
+	CACHE_FAILED,
+};
+
+struct cache_token {
+	const char *value; /* NUL-terminated */
+	size_t len;
+	int64_t expires_ms; /* monotonic expiry */
+	int64_t expires_on; /* epoch seconds of expiry, from the local clock at receipt */
+	uint64_t generation; /* changes whenever the token changes */
+};
+
+struct cache_answer {
+	int status;                     /* 200, 503 or 504 */
+	const struct cache_token *token; /* with 200; valid until the callback returns */
+	int64_t expires_in;             /* s, with 200 */
+	int64_t retry_after;            /* s, with 503 and 504 */
+	const char *error;              /* with 503/504: short code */
+	const char *description;        /* with 503/504 */
+};
+
+typedef void cache_answer_fn(void *arg, const struct cache_answer *a);
+
+struct cache_status {
+	const char *identity;
+	const char *resource;
+	const char *source;
+	enum cache_state state;
+	bool pinned;
+	int64_t expires_in;   /* s, -1 without a token */
+	int64_t refresh_in;   /* s until the next fetch, -1 when none is planned */
+	long last_status;     /* upstream HTTP status of the last failure, 0 if none */
+	const char *last_error; /* "" when the last fetch succeeded */
+	uint64_t fetches, failures;
+};
+
+int cache_new(struct cache **out, const struct cache_params *p, const struct cache_ops *ops,
+	      void *ctx);
+/* Frees every entry (tokens wiped); waiters are not called. */
+struct cache *cache_free(struct cache *c);
+void cache_set_params(struct cache *c, const struct cache_params *p);
+
+/*
+ * Finds or creates the entry for (identity, resource).  Pinned entries are
+ * configured audiences: never evicted.  Dynamic ones count against
+ * max_entries; the least recently used idle one is evicted to make room, or
+ * -ENOSPC when none can be.
+ */
+int cache_entry_get(struct cache *c, struct source *src, const char *identity,
+		    const char *resource, bool pinned, struct cache_entry **out);
+/* Drops an entry (reload removed its audience); a fetch in flight is ignored. */
+void cache_entry_drop(struct cache *c, struct cache_entry *e);
+/* Starts fetching now if there is no token (prefetch). */
+void cache_entry_prefetch(struct cache *c, struct cache_entry *e);
+enum cache_state cache_entry_state(const struct cache_entry *e);
+const char *cache_state_name(enum cache_state s);
+/* True when the entry holds a token with more than min_validity left. */
+bool cache_entry_ready(struct cache *c, const struct cache_entry *e);
+void cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_status *st);
+void *cache_entry_user(const struct cache_entry *e);
+void cache_entry_set_user(struct cache_entry *e, void *user);
+
+/*
+ * Asks for a token with more than min_validity seconds left (0: the
+ * configured minimum).  Returns 0 with *now filled when it can answer at
+ * once (a token, or a fast failure while backing off); returns -EINPROGRESS
+ * when cb will be called later (fetch finished or wait timed out) and sets
+ * *w for cancelling.
+ */
+int cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity,
+		  cache_answer_fn *cb, void *arg, struct cache_answer *now, struct cache_waiter **w);
+/* Forgets a waiter whose client went away. */
+void cache_waiter_cancel(struct cache *c, struct cache_waiter *w);
+
+/* Forces a refresh, joined with one in flight.  Ignores backoff. */
+void cache_refresh(struct cache *c, struct cache_entry *e);
+
+/* Performs everything due now: refreshes, wait timeouts, idle eviction. */
+void cache_run(struct cache *c);
+
+typedef void cache_foreach_fn(void *arg, struct cache_entry *e);
+void cache_foreach(struct cache *c, cache_foreach_fn *fn, void *arg);
+size_t cache_size(const struct cache *c);
+
+#endif

@@ -1,0 +1,86 @@
+/* Configuration: the INI file (inih), validated whole, with FILE:LINE errors. */
+#ifndef BEARERD_CONFIG_H
+#define BEARERD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+enum config_source {
+	CONFIG_SOURCE_DEV = 1,
+	CONFIG_SOURCE_AZURE_IMDS,
+};
+
+struct config_identity {
+	char *name;
+	enum config_source source;
+	int line; /* line of the section header */
+	/* azure-imds */
+	char *endpoint;   /* default http://169.254.169.254/metadata/identity/oauth2/token */
+	char *client_id;  /* selectors: at most one of the three */
+	char *object_id;
+	char *msi_res_id;
+	char *ca_file;    /* extra trust anchor for https endpoints, or NULL */
+	int64_t timeout;  /* seconds for one upstream request, default 10 */
+	/* dev */
+	char *issuer;     /* default "bearerd-dev" */
+	char *subject;    /* default the identity name */
+	char **roles;     /* NULL-terminated, may be empty */
+	int64_t lifetime; /* seconds, default 3600 */
+	/* /v1/token?resource= may create entries for this identity */
+	bool dynamic_resources;
+};
+
+struct config_audience {
+	char *name;
+	int line;
+	char *identity_name;
+	struct config_identity *identity; /* resolved */
+	char *resource;
+	bool prefetch;
+	uid_t *allow_uids; /* NULL when no restriction on uids */
+	size_t n_allow_uids;
+	gid_t *allow_gids;
+	size_t n_allow_gids;
+};
+
+struct config {
+	char *path;
+	char *socket;
+	mode_t socket_mode;  /* default 0660 */
+	char *socket_group;  /* NULL: the daemon's group */
+	int log_level;       /* enum log_level, default info */
+	int64_t min_validity;   /* seconds, default 300 */
+	int64_t refresh_margin; /* seconds, default 900 */
+	int64_t idle_timeout;   /* seconds, default 3600 */
+	int64_t wait_timeout;   /* seconds, default 5 */
+	size_t max_entries;     /* default 10000 */
+	struct config_identity *identities;
+	size_t n_identities;
+	struct config_audience *audiences;
+	size_t n_audiences;
+};
+
+/*
+ * Parses and validates the file at path.  Every problem is printed to errs as
+ * "FILE:LINE: message" (all of them, not just the first); then returns -EINVAL.
+ * Returns -errno when the file cannot be read (message printed too).
+ */
+int config_load(struct config **out, const char *path, FILE *errs);
+
+/* Same, from a string; name stands in for FILE in messages. */
+int config_load_string(struct config **out, const char *name, const char *text, FILE *errs);
+
+/*
+ * The embedded development configuration of --dev: identity "dev" (source dev),
+ * audience "demo", the socket at socket_path.
+ */
+int config_load_dev(struct config **out, const char *socket_path, FILE *errs);
+
+const struct config_identity *config_identity_find(const struct config *c, const char *name);
+const struct config_audience *config_audience_find(const struct config *c, const char *name);
+
+struct config *config_free(struct config *c);
+
+#endif

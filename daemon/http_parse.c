@@ -1,0 +1,2 @@
+/* placeholder */
+#include "http_parse.h"

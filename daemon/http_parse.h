@@ -1,0 +1,59 @@
+/*
+ * HTTP/1.1 request-head parsing (RFC 9112), strict and bounded.  Debian packages
+ * no maintained HTTP/1.1 parser library (llhttp is not packaged, http-parser is
+ * abandoned upstream), so this is the one parser we write ourselves; it is
+ * fuzzed (tests/fuzz) and every rejection has a unit test.
+ */
+#ifndef BEARERD_HTTP_PARSE_H
+#define BEARERD_HTTP_PARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HTTP_MAX_HEADERS 64
+
+struct http_header {
+	const char *name; /* points into the parsed buffer; not NUL-terminated */
+	size_t name_len;
+	const char *value; /* leading/trailing whitespace trimmed */
+	size_t value_len;
+};
+
+struct http_head {
+	const char *method;
+	size_t method_len;
+	const char *target; /* request-target as sent (origin-, absolute- or authority-form) */
+	size_t target_len;
+	int minor; /* HTTP/1.<minor>: 0 or 1 */
+	struct http_header headers[HTTP_MAX_HEADERS];
+	int nheaders;
+	/* framing, derived from the headers */
+	int64_t content_length; /* -1 when absent */
+	int chunked;            /* Transfer-Encoding: chunked (the final coding) */
+	int keep_alive;         /* per version and Connection */
+};
+
+/*
+ * Parses one request head from buf[0..len).  Returns the number of bytes the
+ * head occupies including the blank line (> 0), 0 when more input is needed,
+ * or a negative errno: -EINVAL malformed (bad token, bare CR, obs-fold,
+ * control characters, bad version, conflicting Content-Length /
+ * Transfer-Encoding, unknown transfer coding), -E2BIG more than
+ * HTTP_MAX_HEADERS headers, -ENOTSUP an HTTP version other than 1.0/1.1.
+ * The caller bounds len (the head size limit) and treats 0 at the limit as 431.
+ */
+int http_parse_request_head(const char *buf, size_t len, struct http_head *out);
+
+/* Case-insensitive lookup of the first header called name; NULL if absent. */
+const struct http_header *http_head_find(const struct http_head *h, const char *name);
+
+/*
+ * Splits an origin-form target into path and query (no '?'), and decodes
+ * percent-escapes of one query parameter value.  Used by the API and compat
+ * layers; -EINVAL on a bad escape or embedded NUL.
+ */
+int http_query_get(const char *query, size_t query_len, const char *name, char *out,
+		   size_t out_size, int *count);
+int http_percent_decode(const char *in, size_t len, char *out, size_t out_size, size_t *out_len);
+
+#endif

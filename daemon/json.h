@@ -1,0 +1,54 @@
+/* JSON: reading upstream documents with jsmn, writing escaped strings. */
+#ifndef BEARERD_JSON_H
+#define BEARERD_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define JSMN_HEADER
+#define JSMN_STRICT
+#include <jsmn.h>
+
+struct evbuffer;
+
+/* A parsed document; tok points into caller storage, js is not copied. */
+struct json_doc {
+	const char *js;
+	size_t len;
+	jsmntok_t *tok;
+	int ntok;
+};
+
+/*
+ * Tokenizes js into toks (at most max).  Returns 0 when the document is one
+ * JSON object, -EINVAL for malformed input or another top-level type, -E2BIG
+ * when it has more than max tokens.
+ */
+int json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max);
+
+/* Index of the value of key in the object at token obj, or -1. */
+int json_find(const struct json_doc *doc, int obj, const char *key);
+
+/* Index of the token after tok and everything nested in it. */
+int json_skip(const struct json_doc *doc, int tok);
+
+/*
+ * Copies the string at tok, unescaped, NUL-terminated, into a new allocation.
+ * Returns 0, -EINVAL (not a string, bad escape, embedded NUL), -ENOMEM.
+ */
+int json_string_dup(const struct json_doc *doc, int tok, char **out, size_t *out_len);
+
+/* Same into out[size]; -ENOSPC when it does not fit. */
+int json_string_copy(const struct json_doc *doc, int tok, char *out, size_t size);
+
+/*
+ * Reads an integer given as a JSON number or as a string of decimal digits
+ * (optional leading '-'), as Azure sends both.  -EINVAL for anything else
+ * (fractions, exponents, junk), -ERANGE on overflow.
+ */
+int json_int64(const struct json_doc *doc, int tok, int64_t *out);
+
+/* Appends s[0..len) to out as a quoted, escaped JSON string. */
+int json_append_string(struct evbuffer *out, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,52 @@
+/* Sources: how an identity gets tokens.  One instance per configured identity. */
+#ifndef BEARERD_SOURCE_H
+#define BEARERD_SOURCE_H
+
+#include "token.h"
+
+struct event_base;
+struct evbuffer;
+struct fetch;
+struct config_identity;
+struct source;
+
+/* Called exactly once per source_fetch, always from the loop, never from inside source_fetch. */
+typedef void source_done_fn(void *arg, struct token_result *res);
+
+/* Creates the source for id (dev or azure-imds). fetch may be NULL for dev. */
+int source_new(struct source **out, const struct config_identity *id, struct event_base *base,
+	       struct fetch *fetch);
+struct source *source_free(struct source *s);
+
+/*
+ * Starts one upstream token request for resource.  The result, owned by the
+ * source, is valid only during the callback (the callee may steal
+ * access_token by setting it to NULL).
+ */
+int source_fetch(struct source *s, const char *resource, source_done_fn *done, void *arg);
+
+/* "dev", "azure-imds", ... */
+const char *source_kind(const struct source *s);
+
+/* The dev issuer's JWKS document; -ENOTSUP for other sources. */
+int source_jwks(struct source *s, struct evbuffer *out);
+
+/* Per-kind constructors, used by source_new. */
+int source_dev_new(struct source **out, const struct config_identity *id, struct event_base *base);
+int source_imds_new(struct source **out, const struct config_identity *id, struct event_base *base,
+		    struct fetch *fetch);
+
+/* The common header every source struct starts with. */
+struct source_ops {
+	const char *kind;
+	int (*fetch)(struct source *s, const char *resource, source_done_fn *done, void *arg);
+	int (*jwks)(struct source *s, struct evbuffer *out);
+	void (*free)(struct source *s);
+};
+
+struct source {
+	const struct source_ops *ops;
+	const struct config_identity *id;
+};
+
+#endif
