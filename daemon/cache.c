@@ -1,2 +1,799 @@
-/* placeholder */
+/*
+ * The token cache.  Entries are keyed by (identity, resource) in a tsearch
+ * tree; dynamic entries also sit on an LRU list bounded by max_entries.
+ * Nothing here reads a clock or calls upstream directly: cache_ops does, so
+ * unit tests drive days of refresh cycles with a fake clock.  One timer (armed
+ * through ops->arm) calls cache_run, which performs whatever is due.
+ *
+ * An entry's state is derived, never stored: whether it holds a usable token,
+ * whether a fetch is in flight and whether the last fetch failed.
+ */
+#include <errno.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <openssl/crypto.h>
+
 #include "cache.h"
+
+#define BACKOFF_MIN_MS	    250
+#define BACKOFF_BASE_MS	    1000
+#define BACKOFF_CAP_MS	    60000
+#define LONG_LIFETIME_S	    7200 /* half-life refresh from here on, as MSAL does */
+#define SAME_TOKEN_FLOOR_MS 10000
+
+struct cache_waiter {
+	TAILQ_ENTRY(cache_waiter) link;
+	struct cache_entry *entry;
+	int64_t min_validity_ms;
+	int64_t deadline_ms;
+	cache_answer_fn *cb;
+	void *arg;
+};
+
+TAILQ_HEAD(cache_waiters, cache_waiter);
+
+struct cache_entry {
+	struct cache *cache;
+	char *identity;
+	char *resource;
+	struct source *src;
+	bool pinned;
+	bool keep_fresh; /* prefetch: refreshed even when nobody asks */
+	bool in_flight;
+	bool dropped; /* out of the tree; freed when its fetch returns */
+	bool failed;  /* the last fetch failed */
+
+	struct cache_token tok; /* value NULL when none */
+
+	int64_t refresh_at_ms; /* next planned fetch, INT64_MAX when none */
+	int64_t backoff_until_ms;
+	int backoff_attempt;
+	int64_t last_used_ms;
+
+	long last_status;
+	char last_error[600];
+	uint64_t fetches, failures;
+
+	struct cache_waiters waiters;
+	TAILQ_ENTRY(cache_entry) lru; /* dynamic entries only */
+	void *user;
+};
+
+TAILQ_HEAD(cache_lru, cache_entry);
+
+struct cache {
+	struct cache_params p;
+	const struct cache_ops *ops;
+	void *ctx;
+	void *tree;
+	size_t n_entries;
+	size_t n_dynamic;
+	struct cache_lru lru;
+	int64_t armed_ms;
+	uint64_t generation;
+	bool running; /* inside cache_run: it re-arms at the end */
+};
+
+static int64_t
+cache_now(struct cache *c)
+{
+	return c->ops->now_ms(c->ctx);
+}
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const struct cache_entry *x = a, *y = b;
+	int r = strcmp(x->identity, y->identity);
+
+	return r != 0 ? r : strcmp(x->resource, y->resource);
+}
+
+static void
+token_wipe(struct cache_token *t)
+{
+	if (t->value != NULL) {
+		OPENSSL_cleanse((void *)t->value, t->len);
+		free((void *)t->value);
+	}
+	t->value = NULL;
+	t->len = 0;
+	t->expires_ms = 0;
+	t->expires_on = 0;
+}
+
+static void
+entry_free(struct cache *c, struct cache_entry *e)
+{
+	struct cache_waiter *w;
+
+	while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
+		TAILQ_REMOVE(&e->waiters, w, link);
+		free(w);
+	}
+	token_wipe(&e->tok);
+	if (e->user != NULL && c->ops->user_free != NULL)
+		c->ops->user_free(e->user);
+	free(e->identity);
+	free(e->resource);
+	free(e);
+}
+
+/* Asks for cache_run no later than at. */
+static void
+cache_want_run(struct cache *c, int64_t at)
+{
+	if (c->running || at >= c->armed_ms)
+		return;
+	c->armed_ms = at;
+	c->ops->arm(c->ctx, at);
+}
+
+int
+cache_new(struct cache **out, const struct cache_params *p, const struct cache_ops *ops, void *ctx)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return -ENOMEM;
+	c->p = *p;
+	c->ops = ops;
+	c->ctx = ctx;
+	c->armed_ms = INT64_MAX;
+	TAILQ_INIT(&c->lru);
+	*out = c;
+	return 0;
+}
+
+struct cache *
+cache_free(struct cache *c)
+{
+	if (c == NULL)
+		return NULL;
+	while (c->tree != NULL) {
+		struct cache_entry *e = *(struct cache_entry **)c->tree;
+
+		tdelete(e, &c->tree, entry_cmp);
+		entry_free(c, e);
+	}
+	free(c);
+	return NULL;
+}
+
+void
+cache_set_params(struct cache *c, const struct cache_params *p)
+{
+	c->p = *p;
+	cache_want_run(c, cache_now(c));
+}
+
+static void
+entry_unlink(struct cache *c, struct cache_entry *e)
+{
+	tdelete(e, &c->tree, entry_cmp);
+	c->n_entries--;
+	if (!e->pinned) {
+		TAILQ_REMOVE(&c->lru, e, lru);
+		c->n_dynamic--;
+	}
+}
+
+/* An entry may go only when nothing waits on it. */
+static bool
+entry_evictable(const struct cache_entry *e)
+{
+	return TAILQ_EMPTY(&e->waiters);
+}
+
+void
+cache_entry_drop(struct cache *c, struct cache_entry *e)
+{
+	entry_unlink(c, e);
+	if (e->in_flight) {
+		struct cache_waiter *w;
+
+		e->dropped = true;
+		token_wipe(&e->tok);
+		while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
+			struct cache_answer a = {.status = 503,
+						 .retry_after = 1,
+						 .error = "temporarily_unavailable",
+						 .description = "the audience was removed"};
+
+			TAILQ_REMOVE(&e->waiters, w, link);
+			w->cb(w->arg, &a);
+			free(w);
+		}
+		return;
+	}
+	entry_free(c, e);
+}
+
+int
+cache_entry_get(struct cache *c, struct source *src, const char *identity, const char *resource,
+		bool pinned, struct cache_entry **out)
+{
+	struct cache_entry key = {.identity = (char *)identity, .resource = (char *)resource};
+	struct cache_entry *e, **found;
+
+	found = tfind(&key, &c->tree, entry_cmp);
+	if (found != NULL) {
+		e = *found;
+		if (pinned && !e->pinned) {
+			TAILQ_REMOVE(&c->lru, e, lru);
+			c->n_dynamic--;
+			e->pinned = true;
+		}
+		*out = e;
+		return 0;
+	}
+	if (!pinned && c->n_dynamic >= c->p.max_entries) {
+		struct cache_entry *victim;
+
+		TAILQ_FOREACH(victim, &c->lru, lru)
+		{
+			if (entry_evictable(victim))
+				break;
+		}
+		if (victim == NULL)
+			return -ENOSPC;
+		cache_entry_drop(c, victim);
+	}
+	e = calloc(1, sizeof(*e));
+	if (e == NULL)
+		return -ENOMEM;
+	e->identity = strdup(identity);
+	e->resource = strdup(resource);
+	if (e->identity == NULL || e->resource == NULL) {
+		free(e->identity);
+		free(e->resource);
+		free(e);
+		return -ENOMEM;
+	}
+	e->cache = c;
+	e->src = src;
+	e->pinned = pinned;
+	e->refresh_at_ms = INT64_MAX;
+	e->last_used_ms = cache_now(c);
+	TAILQ_INIT(&e->waiters);
+	if (tsearch(e, &c->tree, entry_cmp) == NULL) {
+		entry_free(c, e);
+		return -ENOMEM;
+	}
+	c->n_entries++;
+	if (!pinned) {
+		TAILQ_INSERT_TAIL(&c->lru, e, lru);
+		c->n_dynamic++;
+	}
+	cache_want_run(c, e->last_used_ms + c->p.idle_timeout * 1000);
+	*out = e;
+	return 0;
+}
+
+static int64_t
+token_left_ms(const struct cache_entry *e, int64_t now)
+{
+	return e->tok.value != NULL ? e->tok.expires_ms - now : -1;
+}
+
+static bool
+token_usable(const struct cache_entry *e, int64_t now, int64_t min_validity_ms)
+{
+	return e->tok.value != NULL && token_left_ms(e, now) > min_validity_ms;
+}
+
+static enum cache_state
+entry_state(const struct cache *c, const struct cache_entry *e, int64_t now)
+{
+	bool usable = token_usable(e, now, c->p.min_validity * 1000);
+
+	if (e->in_flight)
+		return usable ? CACHE_REFRESHING : CACHE_FETCHING;
+	if (usable)
+		return CACHE_VALID;
+	return e->failed ? CACHE_FAILED : CACHE_EMPTY;
+}
+
+enum cache_state
+cache_entry_state(const struct cache_entry *e)
+{
+	return entry_state(e->cache, e, cache_now(e->cache));
+}
+
+const char *
+cache_state_name(enum cache_state s)
+{
+	switch (s) {
+	case CACHE_EMPTY:
+		return "empty";
+	case CACHE_FETCHING:
+		return "fetching";
+	case CACHE_VALID:
+		return "valid";
+	case CACHE_REFRESHING:
+		return "refreshing";
+	case CACHE_FAILED:
+		return "failed";
+	}
+	return "unknown";
+}
+
+bool
+cache_entry_ready(struct cache *c, const struct cache_entry *e)
+{
+	return token_usable(e, cache_now(c), c->p.min_validity * 1000);
+}
+
+static int64_t
+ceil_s(int64_t ms)
+{
+	return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
+
+void
+cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_status *st)
+{
+	int64_t now = cache_now(c);
+
+	st->identity = e->identity;
+	st->resource = e->resource;
+	st->state = entry_state(c, e, now);
+	st->pinned = e->pinned;
+	st->expires_in = e->tok.value != NULL ? (token_left_ms(e, now) / 1000) : -1;
+	st->refresh_in = e->in_flight || e->refresh_at_ms == INT64_MAX
+				 ? -1
+				 : ceil_s(e->refresh_at_ms - now);
+	st->last_status = e->last_status;
+	st->last_error = e->last_error;
+	st->fetches = e->fetches;
+	st->failures = e->failures;
+}
+
+void *
+cache_entry_user(const struct cache_entry *e)
+{
+	return e->user;
+}
+
+void
+cache_entry_set_user(struct cache_entry *e, void *user)
+{
+	e->user = user;
+}
+
+static void entry_fetch_done(void *arg, struct token_result *res);
+
+static void
+answer_ok(struct cache_entry *e, int64_t now, struct cache_answer *a)
+{
+	*a = (struct cache_answer){.status = 200,
+				   .token = &e->tok,
+				   .expires_in = token_left_ms(e, now) / 1000};
+}
+
+static void
+answer_failure(struct cache_entry *e, int64_t now, struct cache_answer *a)
+{
+	int64_t wait = e->backoff_until_ms - now;
+
+	*a = (struct cache_answer){
+		.status = 503,
+		.retry_after = wait > 0 ? ceil_s(wait) : 1,
+		.error = "temporarily_unavailable",
+		.description = e->last_error[0] != '\0' ? e->last_error : "no valid token",
+	};
+}
+
+static void
+answer_too_short(struct cache_answer *a)
+{
+	*a = (struct cache_answer){
+		.status = 503,
+		.retry_after = 1,
+		.error = "temporarily_unavailable",
+		.description = "the upstream's token does not have the requested validity left",
+	};
+}
+
+/* Starts a fetch; on a synchronous failure records it like an upstream one. */
+static int
+entry_start_fetch(struct cache *c, struct cache_entry *e)
+{
+	int r;
+
+	if (e->in_flight)
+		return 0;
+	e->in_flight = true;
+	e->refresh_at_ms = INT64_MAX;
+	r = c->ops->fetch(c->ctx, e->src, e->resource, entry_fetch_done, e);
+	if (r < 0) {
+		struct token_result res;
+
+		token_result_init(&res);
+		res.error = r;
+		snprintf(res.message, sizeof(res.message), "could not start the upstream request: %s",
+			 strerror(-r));
+		entry_fetch_done(e, &res);
+		return r;
+	}
+	return 0;
+}
+
+int
+cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cache_answer_fn *cb,
+	      void *arg, struct cache_answer *now_answer, struct cache_waiter **out)
+{
+	int64_t now = cache_now(c);
+	int64_t minv_ms = (min_validity > c->p.min_validity ? min_validity : c->p.min_validity) * 1000;
+	struct cache_waiter *w;
+
+	e->last_used_ms = now;
+	if (!e->pinned && TAILQ_LAST(&c->lru, cache_lru) != e) {
+		TAILQ_REMOVE(&c->lru, e, lru);
+		TAILQ_INSERT_TAIL(&c->lru, e, lru);
+	}
+	if (token_usable(e, now, minv_ms)) {
+		answer_ok(e, now, now_answer);
+		/* the entry was idle and is wanted again: plan its refresh */
+		if (!e->in_flight && e->refresh_at_ms == INT64_MAX) {
+			e->refresh_at_ms =
+				now + (token_left_ms(e, now) - c->p.min_validity * 1000) / 2;
+			cache_want_run(c, e->refresh_at_ms);
+		}
+		return 0;
+	}
+	if (!e->in_flight) {
+		if (e->failed && now < e->backoff_until_ms) {
+			answer_failure(e, now, now_answer);
+			return 0;
+		}
+		if (entry_start_fetch(c, e) < 0 || !e->in_flight) {
+			/* failed at once: e->failed and the backoff are set */
+			if (token_usable(e, now, minv_ms))
+				answer_ok(e, now, now_answer);
+			else
+				answer_failure(e, now, now_answer);
+			return 0;
+		}
+	}
+	w = calloc(1, sizeof(*w));
+	if (w == NULL)
+		return -ENOMEM;
+	w->entry = e;
+	w->min_validity_ms = minv_ms;
+	w->deadline_ms = now + c->p.wait_timeout_ms;
+	w->cb = cb;
+	w->arg = arg;
+	TAILQ_INSERT_TAIL(&e->waiters, w, link);
+	cache_want_run(c, w->deadline_ms);
+	*out = w;
+	return -EINPROGRESS;
+}
+
+void
+cache_waiter_cancel(struct cache *c, struct cache_waiter *w)
+{
+	(void)c;
+	TAILQ_REMOVE(&w->entry->waiters, w, link);
+	free(w);
+}
+
+void
+cache_refresh(struct cache *c, struct cache_entry *e)
+{
+	e->last_used_ms = cache_now(c);
+	entry_start_fetch(c, e);
+}
+
+void
+cache_entry_prefetch(struct cache *c, struct cache_entry *e)
+{
+	e->keep_fresh = true;
+	if (e->tok.value == NULL)
+		entry_start_fetch(c, e);
+}
+
+/* Full jitter, doubling from 1 s to the 60 s cap. */
+static int64_t
+backoff_ms(struct cache *c, int attempt)
+{
+	int64_t cap = BACKOFF_BASE_MS << (attempt < 6 ? attempt : 6);
+	int64_t d;
+
+	if (cap > BACKOFF_CAP_MS)
+		cap = BACKOFF_CAP_MS;
+	d = (int64_t)((double)c->ops->random(c->ctx) / 4294967296.0 * (double)cap);
+	return d < BACKOFF_MIN_MS ? BACKOFF_MIN_MS : d;
+}
+
+/*
+ * When to refresh a token of lifetime_s received at now: the earliest of the
+ * upstream's refresh_in, half-life for long lifetimes, and expiry minus
+ * refresh_margin (half-life when the margin exceeds it), minus up to 10 %
+ * jitter; and always before the token drops below min_validity.
+ */
+static int64_t
+refresh_time(struct cache *c, int64_t now, int64_t lifetime_s, int64_t refresh_in_s)
+{
+	int64_t life_ms = lifetime_s * 1000;
+	int64_t at = life_ms - c->p.refresh_margin * 1000;
+	int64_t latest = life_ms - c->p.min_validity * 1000;
+	double jitter;
+
+	if (at < life_ms / 2)
+		at = life_ms / 2;
+	if (lifetime_s >= LONG_LIFETIME_S && life_ms / 2 < at)
+		at = life_ms / 2;
+	if (refresh_in_s > 0 && refresh_in_s * 1000 < at)
+		at = refresh_in_s * 1000;
+	if (at > latest)
+		at = latest;
+	jitter = (double)c->ops->random(c->ctx) / 4294967296.0 * 0.1;
+	at -= (int64_t)((double)at * jitter);
+	if (at < 0)
+		at = 0;
+	return now + at;
+}
+
+static void
+entry_answer_waiters(struct cache *c, struct cache_entry *e, int64_t now)
+{
+	struct cache_waiter *w;
+
+	while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
+		struct cache_answer a;
+
+		TAILQ_REMOVE(&e->waiters, w, link);
+		if (token_usable(e, now, w->min_validity_ms))
+			answer_ok(e, now, &a);
+		else if (e->failed)
+			answer_failure(e, now, &a);
+		else
+			answer_too_short(&a);
+		w->cb(w->arg, &a);
+		free(w);
+	}
+}
+
+static void
+entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
+		     const struct token_result *res)
+{
+	int64_t delay = backoff_ms(c, e->backoff_attempt);
+
+	if (res->retry_after > 0 && res->retry_after * 1000 > delay)
+		delay = res->retry_after * 1000;
+	e->backoff_attempt++;
+	e->failed = true;
+	e->failures++;
+	e->last_status = res->http_status;
+	if (res->error_code[0] != '\0' && res->message[0] != '\0')
+		snprintf(e->last_error, sizeof(e->last_error), "%s: %s", res->error_code,
+			 res->message);
+	else if (res->message[0] != '\0')
+		snprintf(e->last_error, sizeof(e->last_error), "%s", res->message);
+	else if (res->error_code[0] != '\0')
+		snprintf(e->last_error, sizeof(e->last_error), "%s", res->error_code);
+	else
+		snprintf(e->last_error, sizeof(e->last_error), "upstream failed: %s",
+			 strerror(res->error < 0 ? -res->error : EIO));
+	e->backoff_until_ms = now + delay;
+	e->refresh_at_ms = e->backoff_until_ms;
+}
+
+static void
+entry_fetch_done(void *arg, struct token_result *res)
+{
+	struct cache_entry *e = arg;
+	struct cache *c = e->cache;
+	int64_t now = cache_now(c);
+
+	e->in_flight = false;
+	e->fetches++;
+	if (e->dropped) {
+		entry_free(c, e);
+		return;
+	}
+	if (res->error == 0 && res->access_token != NULL &&
+	    res->expires_in <= c->p.min_validity) {
+		res->error = -ERANGE;
+		snprintf(res->error_code, sizeof(res->error_code), "invalid_lifetime");
+		snprintf(res->message, sizeof(res->message),
+			 "the upstream's token lives %lld s, not more than min_validity (%lld s)",
+			 (long long)res->expires_in, (long long)c->p.min_validity);
+	}
+	if (res->error != 0 || res->access_token == NULL) {
+		entry_record_failure(c, e, now, res);
+	} else if (e->tok.value != NULL && e->tok.len == res->token_len &&
+		   CRYPTO_memcmp(e->tok.value, res->access_token, res->token_len) == 0) {
+		/*
+		 * The upstream answered from its own cache.  Keep our expiry
+		 * (set when the token first arrived) and ask again halfway to the
+		 * point where it becomes unusable, so a stale upstream cache
+		 * costs a few requests, not a storm.
+		 */
+		int64_t window = e->tok.expires_ms - c->p.min_validity * 1000 - now;
+		int64_t next = window / 2;
+
+		if (window <= 0) {
+			/* and it is no longer good enough: a failure, with backoff */
+			res->error = -ESTALE;
+			snprintf(res->error_code, sizeof(res->error_code), "stale_token");
+			snprintf(res->message, sizeof(res->message),
+				 "the upstream keeps returning a token with less than "
+				 "min_validity left");
+			entry_record_failure(c, e, now, res);
+		} else {
+			if (next < SAME_TOKEN_FLOOR_MS)
+				next = window < SAME_TOKEN_FLOOR_MS ? window : SAME_TOKEN_FLOOR_MS;
+			e->failed = false;
+			e->backoff_attempt = 0;
+			e->last_status = 0;
+			e->last_error[0] = '\0';
+			e->refresh_at_ms = now + next;
+		}
+	} else {
+		int64_t expires_ms = now + res->expires_in * 1000;
+
+		token_wipe(&e->tok);
+		e->tok.value = res->access_token;
+		e->tok.len = res->token_len;
+		res->access_token = NULL;
+		res->token_len = 0;
+		e->tok.expires_ms = expires_ms;
+		e->tok.expires_on = c->ops->wall_s(c->ctx) + res->expires_in;
+		e->tok.generation = ++c->generation;
+		e->failed = false;
+		e->backoff_attempt = 0;
+		e->last_status = 0;
+		e->last_error[0] = '\0';
+		e->refresh_at_ms = refresh_time(c, now, res->expires_in, res->refresh_in);
+	}
+	entry_answer_waiters(c, e, now);
+	cache_want_run(c, e->refresh_at_ms);
+	if (e->tok.value != NULL)
+		cache_want_run(c, e->tok.expires_ms);
+}
+
+/* Does what is due for one entry; returns its next deadline. */
+static int64_t
+entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
+{
+	int64_t next = INT64_MAX;
+	int64_t idle_at = e->last_used_ms + c->p.idle_timeout * 1000;
+	struct cache_waiter *w, *tw;
+
+	for (w = TAILQ_FIRST(&e->waiters); w != NULL; w = tw) {
+		tw = TAILQ_NEXT(w, link);
+		if (w->deadline_ms <= now) {
+			struct cache_answer a = {
+				.status = 504,
+				.retry_after = 1,
+				.error = "timeout",
+				.description = "the upstream has not answered yet; the request "
+					       "goes on, retry shortly",
+			};
+
+			TAILQ_REMOVE(&e->waiters, w, link);
+			w->cb(w->arg, &a);
+			free(w);
+		} else if (w->deadline_ms < next) {
+			next = w->deadline_ms;
+		}
+	}
+	if (e->tok.value != NULL && e->tok.expires_ms <= now)
+		token_wipe(&e->tok);
+	if (idle_at <= now && !e->keep_fresh && TAILQ_EMPTY(&e->waiters)) {
+		if (!e->pinned) {
+			*drop = true;
+			return INT64_MAX;
+		}
+		/* a configured audience nobody uses: stop refreshing it */
+		e->refresh_at_ms = INT64_MAX;
+	} else if (idle_at > now && !e->keep_fresh && idle_at < next) {
+		next = idle_at;
+	}
+	if (!e->in_flight && e->refresh_at_ms <= now)
+		entry_start_fetch(c, e);
+	if (!e->in_flight && e->refresh_at_ms < next)
+		next = e->refresh_at_ms;
+	if (e->tok.value != NULL && e->tok.expires_ms < next)
+		next = e->tok.expires_ms;
+	return next;
+}
+
+struct run_ctx {
+	struct cache *c;
+	int64_t now;
+	int64_t next;
+	struct cache_entry **drops;
+	size_t ndrops, cap;
+	bool oom;
+};
+
+static struct run_ctx *run_ctx_current;
+
+static void
+run_visit(const void *node, VISIT which, int depth)
+{
+	struct run_ctx *r = run_ctx_current;
+	struct cache_entry *e = *(struct cache_entry *const *)node;
+	bool drop = false;
+	int64_t next;
+
+	(void)depth;
+	if (which != postorder && which != leaf)
+		return;
+	next = entry_run(r->c, e, r->now, &drop);
+	if (drop) {
+		if (r->ndrops == r->cap) {
+			size_t cap = r->cap ? r->cap * 2 : 16;
+			struct cache_entry **d = realloc(r->drops, cap * sizeof(*d));
+
+			if (d == NULL) {
+				r->oom = true;
+				return;
+			}
+			r->drops = d;
+			r->cap = cap;
+		}
+		r->drops[r->ndrops++] = e;
+	} else if (next < r->next) {
+		r->next = next;
+	}
+}
+
+void
+cache_run(struct cache *c)
+{
+	struct run_ctx r = {.c = c, .now = cache_now(c), .next = INT64_MAX};
+
+	c->running = true;
+	run_ctx_current = &r;
+	twalk(c->tree, run_visit);
+	run_ctx_current = NULL;
+	for (size_t i = 0; i < r.ndrops; i++)
+		cache_entry_drop(c, r.drops[i]);
+	free(r.drops);
+	if (r.oom && r.next > r.now + 1000)
+		r.next = r.now + 1000;
+	c->running = false;
+	c->armed_ms = r.next;
+	c->ops->arm(c->ctx, r.next);
+}
+
+struct foreach_ctx {
+	cache_foreach_fn *fn;
+	void *arg;
+};
+
+static struct foreach_ctx *foreach_current;
+
+static void
+foreach_visit(const void *node, VISIT which, int depth)
+{
+	(void)depth;
+	if (which == postorder || which == leaf)
+		foreach_current->fn(foreach_current->arg, *(struct cache_entry *const *)node);
+}
+
+void
+cache_foreach(struct cache *c, cache_foreach_fn *fn, void *arg)
+{
+	struct foreach_ctx f = {fn, arg};
+	struct foreach_ctx *saved = foreach_current;
+
+	foreach_current = &f;
+	twalk(c->tree, foreach_visit);
+	foreach_current = saved;
+}
+
+size_t
+cache_size(const struct cache *c)
+{
+	return c->n_entries;
+}

@@ -67,7 +67,6 @@ typedef void cache_answer_fn(void *arg, const struct cache_answer *a);
 struct cache_status {
 	const char *identity;
 	const char *resource;
-	const char *source;
 	enum cache_state state;
 	bool pinned;
 	int64_t expires_in;   /* s, -1 without a token */

@@ -1,0 +1,621 @@
+/* Unit tests for daemon/cache.c: the refresh state machine, driven by a fake clock. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cache.h"
+
+#define MAX_PENDING 64
+
+struct fake {
+	int64_t now_ms;
+	int64_t armed_ms;
+	uint32_t rnd;
+	int fetches;
+	int fail_start; /* next fetch() call fails synchronously */
+	struct {
+		source_done_fn *done;
+		void *arg;
+		char resource[128];
+	} pending[MAX_PENDING];
+	int npending;
+	int answers;
+	struct cache_answer last;
+	char last_token[64];
+};
+
+static struct fake F;
+
+static int64_t
+fake_now(void *ctx)
+{
+	(void)ctx;
+	return F.now_ms;
+}
+
+static int64_t
+fake_wall(void *ctx)
+{
+	(void)ctx;
+	return 1700000000 + F.now_ms / 1000;
+}
+
+static uint32_t
+fake_random(void *ctx)
+{
+	(void)ctx;
+	return F.rnd;
+}
+
+static int
+fake_fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
+{
+	(void)ctx;
+	(void)src;
+	if (F.fail_start) {
+		F.fail_start = 0;
+		return -EIO;
+	}
+	assert_true(F.npending < MAX_PENDING);
+	F.pending[F.npending].done = done;
+	F.pending[F.npending].arg = arg;
+	snprintf(F.pending[F.npending].resource, sizeof(F.pending[0].resource), "%s", resource);
+	F.npending++;
+	F.fetches++;
+	return 0;
+}
+
+static void
+fake_arm(void *ctx, int64_t deadline)
+{
+	(void)ctx;
+	F.armed_ms = deadline;
+}
+
+static const struct cache_ops fake_ops = {
+	.now_ms = fake_now,
+	.wall_s = fake_wall,
+	.random = fake_random,
+	.fetch = fake_fetch,
+	.arm = fake_arm,
+	.user_free = free,
+};
+
+static void
+on_answer(void *arg, const struct cache_answer *a)
+{
+	(void)arg;
+	F.answers++;
+	F.last = *a;
+	F.last_token[0] = '\0';
+	if (a->token != NULL)
+		snprintf(F.last_token, sizeof(F.last_token), "%s", a->token->value);
+	F.last.token = NULL;
+}
+
+/* Completes the oldest pending fetch with a token (lifetime > 0) or an error status. */
+static void
+complete(const char *token, int64_t lifetime, long status, int64_t retry_after,
+	 int64_t refresh_in)
+{
+	struct token_result r;
+
+	assert_true(F.npending > 0);
+	token_result_init(&r);
+	if (token != NULL) {
+		r.access_token = strdup(token);
+		r.token_len = strlen(token);
+		r.expires_in = lifetime;
+		r.refresh_in = refresh_in;
+	} else {
+		r.error = -EIO;
+		r.http_status = status;
+		r.retry_after = retry_after;
+		snprintf(r.error_code, sizeof(r.error_code), "server_error");
+		snprintf(r.message, sizeof(r.message), "upstream said %ld", status);
+	}
+	source_done_fn *done = F.pending[0].done;
+	void *arg = F.pending[0].arg;
+	memmove(&F.pending[0], &F.pending[1], sizeof(F.pending[0]) * (size_t)(F.npending - 1));
+	F.npending--;
+	done(arg, &r);
+	token_result_clear(&r);
+}
+
+/* Moves the clock to t, firing the cache's timer at each armed deadline on the way. */
+static void
+advance_to(struct cache *c, int64_t t)
+{
+	while (F.armed_ms <= t) {
+		if (F.armed_ms > F.now_ms)
+			F.now_ms = F.armed_ms;
+		cache_run(c);
+	}
+	F.now_ms = t;
+}
+
+static struct cache *
+new_cache(int64_t minv, int64_t margin, size_t max_entries)
+{
+	struct cache_params p = {.min_validity = minv,
+				 .refresh_margin = margin,
+				 .idle_timeout = 3600,
+				 .wait_timeout_ms = 5000,
+				 .max_entries = max_entries};
+	struct cache *c;
+
+	memset(&F, 0, sizeof(F));
+	F.armed_ms = INT64_MAX;
+	assert_int_equal(cache_new(&c, &p, &fake_ops, NULL), 0);
+	return c;
+}
+
+/* Requests a token; returns the immediate status or 0 when the request waits. */
+static int
+request(struct cache *c, struct cache_entry *e, int64_t minv, struct cache_waiter **w)
+{
+	struct cache_answer a;
+	struct cache_waiter *dummy;
+	int r = cache_request(c, e, minv, on_answer, NULL, &a, w ? w : &dummy);
+
+	if (r == -EINPROGRESS)
+		return 0;
+	assert_int_equal(r, 0);
+	F.last = a;
+	F.last_token[0] = '\0';
+	if (a.token != NULL)
+		snprintf(F.last_token, sizeof(F.last_token), "%s", a.token->value);
+	return a.status;
+}
+
+static int64_t
+first_refresh_at(int64_t lifetime, int64_t minv, int64_t margin, uint32_t rnd, int64_t refresh_in)
+{
+	struct cache *c = new_cache(minv, margin, 10);
+	struct cache_entry *e;
+	struct cache_status st;
+	int64_t at;
+
+	F.rnd = rnd;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	assert_int_equal(F.fetches, 1);
+	complete("tok-1", lifetime, 0, 0, refresh_in);
+	cache_entry_status(c, e, &st);
+	at = st.refresh_in * 1000;
+	/* nothing before the planned time (to the second), one fetch at it */
+	advance_to(c, at - 1000);
+	assert_int_equal(F.fetches, 1);
+	advance_to(c, at);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+	return at;
+}
+
+static void
+test_refresh_times(void **state)
+{
+	(void)state;
+	/* 5 min token, margin 900 > half-life: refresh at half-life */
+	assert_int_equal(first_refresh_at(300, 60, 900, 0, 0), 150000);
+	/* 1 h token: expiry - margin */
+	assert_int_equal(first_refresh_at(3600, 300, 900, 0, 0), 2700000);
+	/* 24 h token: half-life, as MSAL does for lifetimes >= 2 h */
+	assert_int_equal(first_refresh_at(86400, 300, 900, 0, 0), 43200000);
+	/* the upstream's refresh_in wins when earlier */
+	assert_int_equal(first_refresh_at(3600, 300, 900, 0, 600), 600000);
+	/* a margin below min_validity: refresh before the token becomes unusable */
+	assert_int_equal(first_refresh_at(3600, 1200, 60, 0, 0), 2400000);
+}
+
+static void
+test_jitter_bounds(void **state)
+{
+	(void)state;
+	/* the largest random value takes (just under) 10 % off the interval */
+	int64_t at = first_refresh_at(3600, 300, 900, UINT32_MAX, 0);
+
+	assert_true(at < 2700000);
+	assert_true(at >= 2430000);
+	at = first_refresh_at(86400, 300, 900, UINT32_MAX / 2, 0);
+	assert_true(at <= 43200000 - 43200000 / 20 + 1000);
+	assert_true(at >= 43200000 - 43200000 / 20 - 1000);
+}
+
+static void
+test_single_flight(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(request(c, e, 0, NULL), 0);
+	assert_int_equal(F.fetches, 1);
+	assert_int_equal(cache_entry_state(e), CACHE_FETCHING);
+	complete("tok-A", 3600, 0, 0, 0);
+	assert_int_equal(F.answers, 100);
+	assert_int_equal(F.last.status, 200);
+	assert_string_equal(F.last_token, "tok-A");
+	/* now a cache hit, no fetch */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-A");
+	assert_int_equal(F.last.expires_in, 3600);
+	assert_int_equal(F.fetches, 1);
+	cache_free(c);
+}
+
+static void
+test_min_validity_request(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-A", 3600, 0, 0, 0);
+	advance_to(c, 1000 * 1000);
+	assert_int_equal(F.fetches, 1);
+	/* 2600 s left: asking for 3000 starts a fetch and waits */
+	assert_int_equal(request(c, e, 3000, NULL), 0);
+	assert_int_equal(F.fetches, 2);
+	assert_int_equal(cache_entry_state(e), CACHE_REFRESHING);
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 200);
+	assert_string_equal(F.last_token, "tok-B");
+	/* asking for more than any token has: a clear 503, not a stale token */
+	assert_int_equal(request(c, e, 4000, NULL), 0);
+	complete("tok-C", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 503);
+	assert_string_equal(F.last_token, "");
+	cache_free(c);
+}
+
+static void
+test_outage_serves_last_good_then_503(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	int64_t t;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	complete("tok-A", 3600, 0, 0, 0);
+	F.rnd = UINT32_MAX / 2;
+	/* the upstream fails every time from now on */
+	for (t = 0; t < 3600 * 1000; t += 1000) {
+		advance_to(c, t);
+		while (F.npending > 0)
+			complete(NULL, 0, 500, -1, 0);
+		int s = request(c, e, 0, NULL);
+		if (t < (3600 - 300) * 1000) {
+			assert_int_equal(s, 200);
+			assert_string_equal(F.last_token, "tok-A");
+			assert_true(F.last.expires_in > 300);
+		} else {
+			/* never the expiring token */
+			assert_int_equal(s, 503);
+			assert_true(F.last.retry_after >= 1);
+			assert_string_equal(F.last.description, "server_error: upstream said 500");
+		}
+	}
+	/* retries were spaced by the backoff (cap 60 s), not a storm */
+	assert_true(F.fetches < 2 + 3600 / 30);
+	assert_int_equal(cache_entry_state(e), CACHE_FAILED);
+	/* the upstream comes back: recovered within the backoff cap */
+	advance_to(c, t + 61000);
+	assert_int_equal(F.npending, 1);
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-B");
+	cache_free(c);
+}
+
+static void
+test_backoff_sequence_and_fail_fast(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	int64_t expect[] = {1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000};
+
+	(void)state;
+	F.rnd = UINT32_MAX; /* the top of each full-jitter range */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+		int64_t start = F.now_ms;
+		int fetches = F.fetches;
+
+		complete(NULL, 0, 503, -1, 0);
+		assert_int_equal(cache_entry_state(e), CACHE_FAILED);
+		/* waiters fail fast while backing off, without a fetch */
+		assert_int_equal(request(c, e, 0, NULL), 503);
+		assert_int_equal(F.fetches, fetches);
+		int64_t d = F.armed_ms - start;
+		assert_true(d <= expect[i] && d >= expect[i] - expect[i] / 1000 - 1);
+		advance_to(c, F.armed_ms - 1);
+		assert_int_equal(F.fetches, fetches);
+		advance_to(c, F.armed_ms);
+		assert_int_equal(F.fetches, fetches + 1);
+	}
+	/* full jitter: a small random value retries soon, with a floor */
+	F.rnd = 0;
+	complete(NULL, 0, 503, -1, 0);
+	assert_int_equal(F.armed_ms - F.now_ms, 250);
+	cache_free(c);
+}
+
+static void
+test_retry_after_honoured(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	complete(NULL, 0, 429, 30, 0);
+	assert_int_equal(F.last.status, 503);
+	assert_int_equal(F.last.retry_after, 30);
+	advance_to(c, 29999);
+	assert_int_equal(request(c, e, 0, NULL), 503);
+	assert_int_equal(F.fetches, 1);
+	advance_to(c, 30000);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+}
+
+static void
+test_same_token_does_not_loop(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	complete("tok-A", 3600, 0, 0, 0);
+	F.rnd = UINT32_MAX / 2;
+	/* the upstream keeps answering with the same token, as IMDS's own cache does */
+	for (int64_t t = 0; t < 3600 * 1000; t += 500) {
+		advance_to(c, t);
+		while (F.npending > 0)
+			complete("tok-A", 3600 - t / 1000, 0, 0, 0);
+	}
+	/*
+	 * halving steps towards min_validity (2700, 3000, 3150, ... s), then
+	 * backoff once the token is too old to serve: a few dozen, not thousands
+	 */
+	assert_true(F.fetches <= 25);
+	assert_int_equal(cache_entry_state(e), CACHE_FAILED);
+	cache_free(c);
+}
+
+static void
+test_wait_timeout_504(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	advance_to(c, 4999);
+	assert_int_equal(F.answers, 0);
+	advance_to(c, 5000);
+	assert_int_equal(F.answers, 1);
+	assert_int_equal(F.last.status, 504);
+	assert_int_equal(F.last.retry_after, 1);
+	/* the fetch went on and its token serves the next request */
+	complete("tok-late", 3600, 0, 0, 0);
+	assert_int_equal(F.answers, 1);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-late");
+	cache_free(c);
+}
+
+static void
+test_cancelled_waiter_not_called(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	struct cache_waiter *w;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, &w), 0);
+	cache_waiter_cancel(c, w);
+	complete("tok", 3600, 0, 0, 0);
+	assert_int_equal(F.answers, 0);
+	cache_free(c);
+}
+
+static void
+test_sync_fetch_failure(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	F.fail_start = 1;
+	assert_int_equal(request(c, e, 0, NULL), 503);
+	assert_int_equal(cache_entry_state(e), CACHE_FAILED);
+	cache_free(c);
+}
+
+static void
+test_idle_eviction(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *dyn, *pinned;
+	struct cache_status st;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "dynamic", false, &dyn), 0);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "pinned", true, &pinned), 0);
+	request(c, dyn, 0, NULL);
+	complete("tok-d", 3600, 0, 0, 0);
+	request(c, pinned, 0, NULL);
+	complete("tok-p", 3600, 0, 0, 0);
+	assert_int_equal(cache_size(c), 2);
+	advance_to(c, 3599 * 1000);
+	assert_int_equal(cache_size(c), 2);
+	/* the refresh at 2700 s happened while still wanted */
+	assert_int_equal(F.fetches, 4);
+	complete("tok-d2", 3600, 0, 0, 0);
+	complete("tok-p2", 3600, 0, 0, 0);
+	advance_to(c, 3601 * 1000);
+	/* dynamic dropped, configured one kept but no longer refreshed */
+	assert_int_equal(cache_size(c), 1);
+	cache_entry_status(c, pinned, &st);
+	assert_int_equal(st.refresh_in, -1);
+	advance_to(c, 10 * 3600 * 1000);
+	assert_int_equal(F.fetches, 4);
+	assert_int_equal(cache_entry_state(pinned), CACHE_EMPTY);
+	/* asked again: fetched again */
+	assert_int_equal(request(c, pinned, 0, NULL), 0);
+	assert_int_equal(F.fetches, 5);
+	complete("tok-p3", 3600, 0, 0, 0);
+	cache_free(c);
+}
+
+static void
+test_prefetch_keeps_fresh(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	/* a day of refresh cycles with nobody asking */
+	for (int64_t t = 0; t < 24 * 3600 * 1000LL; t += 60000) {
+		advance_to(c, t);
+		while (F.npending > 0) {
+			char tok[32];
+
+			snprintf(tok, sizeof(tok), "tok-%d", F.fetches);
+			complete(tok, 3600, 0, 0, 0);
+		}
+	}
+	assert_true(F.fetches >= 24 * 3600 / 2700);
+	assert_true(F.fetches <= 24 * 3600 / 2430 + 2);
+	assert_true(cache_entry_ready(c, e));
+	cache_free(c);
+}
+
+static void
+test_lru_bound(void **state)
+{
+	struct cache *c = new_cache(300, 900, 3);
+	struct cache_entry *e[4], *again;
+	char name[16];
+
+	(void)state;
+	for (int i = 0; i < 3; i++) {
+		snprintf(name, sizeof(name), "r%d", i);
+		assert_int_equal(cache_entry_get(c, NULL, "id", name, false, &e[i]), 0);
+		F.now_ms += 1000;
+	}
+	/* touch r0 so r1 is the least recently used */
+	request(c, e[0], 0, NULL);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "r3", false, &e[3]), 0);
+	assert_int_equal(cache_size(c), 3);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "r0", false, &again), 0);
+	assert_ptr_equal(again, e[0]);
+	/* r1 is gone: asking for it evicts the next least recently used (r2) */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "r1", false, &again), 0);
+	assert_ptr_not_equal(again, e[1]);
+	assert_int_equal(cache_size(c), 3);
+	/* pinned entries do not count */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "p", true, &again), 0);
+	assert_int_equal(cache_size(c), 4);
+	cache_free(c);
+}
+
+static void
+test_lru_full_of_waiters(void **state)
+{
+	struct cache *c = new_cache(300, 900, 2);
+	struct cache_entry *a, *b, *x;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "a", false, &a), 0);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "b", false, &b), 0);
+	request(c, a, 0, NULL);
+	request(c, b, 0, NULL);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "c", false, &x), -ENOSPC);
+	complete("ta", 3600, 0, 0, 0);
+	/* a's waiter answered: a can go now */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "c", false, &x), 0);
+	complete("tb", 3600, 0, 0, 0);
+	cache_free(c);
+}
+
+static void
+test_drop_in_flight(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	cache_entry_drop(c, e);
+	assert_int_equal(F.last.status, 503);
+	assert_int_equal(cache_size(c), 0);
+	/* the late answer is ignored (and frees the entry: ASan/valgrind check) */
+	complete("tok", 3600, 0, 0, 0);
+	cache_free(c);
+}
+
+static void
+test_too_short_lifetime_is_failure(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	complete("tok", 200, 0, 0, 0);
+	assert_int_equal(F.last.status, 503);
+	assert_int_equal(cache_entry_state(e), CACHE_FAILED);
+	cache_free(c);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_refresh_times),
+		cmocka_unit_test(test_jitter_bounds),
+		cmocka_unit_test(test_single_flight),
+		cmocka_unit_test(test_min_validity_request),
+		cmocka_unit_test(test_outage_serves_last_good_then_503),
+		cmocka_unit_test(test_backoff_sequence_and_fail_fast),
+		cmocka_unit_test(test_retry_after_honoured),
+		cmocka_unit_test(test_same_token_does_not_loop),
+		cmocka_unit_test(test_wait_timeout_504),
+		cmocka_unit_test(test_cancelled_waiter_not_called),
+		cmocka_unit_test(test_sync_fetch_failure),
+		cmocka_unit_test(test_idle_eviction),
+		cmocka_unit_test(test_prefetch_keeps_fresh),
+		cmocka_unit_test(test_lru_bound),
+		cmocka_unit_test(test_lru_full_of_waiters),
+		cmocka_unit_test(test_drop_in_flight),
+		cmocka_unit_test(test_too_short_lifetime_is_failure),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
