@@ -1,2 +1,335 @@
-/* placeholder */
+/*
+ * JWT: base64url (RFC 4648 section 5), RS256 compact JWS signing and
+ * verification for the dev issuer, and splitting a token for display.
+ * Everything goes through OpenSSL 3's EVP interface.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "json.h"
 #include "jwt.h"
+
+/* Longest token or base64 text we handle; far above any real access token. */
+#define JWT_MAX_LEN (1024 * 1024)
+
+static void
+jwt_free_secret(void *p, size_t len)
+{
+	if (p != NULL) {
+		OPENSSL_cleanse(p, len);
+		free(p);
+	}
+}
+
+int
+jwt_base64url_encode(const void *in, size_t len, char **out)
+{
+	size_t cap, n;
+	char *buf;
+	int r;
+
+	if (len > JWT_MAX_LEN)
+		return -E2BIG;
+	cap = (len + 2) / 3 * 4 + 1;
+	buf = malloc(cap);
+	if (buf == NULL)
+		return -ENOMEM;
+	r = EVP_EncodeBlock((unsigned char *)buf, in, (int)len);
+	if (r < 0) {
+		jwt_free_secret(buf, cap);
+		return -EIO;
+	}
+	n = (size_t)r;
+	while (n > 0 && buf[n - 1] == '=')
+		n--;
+	for (size_t i = 0; i < n; i++) {
+		if (buf[i] == '+')
+			buf[i] = '-';
+		else if (buf[i] == '/')
+			buf[i] = '_';
+	}
+	buf[n] = '\0';
+	*out = buf;
+	return 0;
+}
+
+/* The 6-bit value of a base64url character, or -1. */
+static int
+jwt_b64_value(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '-')
+		return 62;
+	if (c == '_')
+		return 63;
+	return -1;
+}
+
+int
+jwt_base64url_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
+{
+	size_t n = len, pad, padded, cap;
+	unsigned char *std = NULL, *buf = NULL;
+	int r, last;
+
+	if (len > JWT_MAX_LEN)
+		return -E2BIG;
+	/* optional padding: only at the end, and only as much as the length needs */
+	while (n > 0 && in[n - 1] == '=')
+		n--;
+	if (n % 4 == 1)
+		return -EINVAL;
+	pad = (4 - n % 4) % 4;
+	if (len != n && len != n + pad)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (jwt_b64_value(in[i]) < 0)
+			return -EINVAL;
+	}
+	/* the bits after the last whole byte must be zero: one encoding per value */
+	if (pad > 0) {
+		last = jwt_b64_value(in[n - 1]);
+		if ((pad == 2 && (last & 0x0f) != 0) || (pad == 1 && (last & 0x03) != 0))
+			return -EINVAL;
+	}
+
+	padded = n + pad;
+	std = malloc(padded + 1);
+	cap = padded / 4 * 3 + 1;
+	buf = malloc(cap);
+	if (std == NULL || buf == NULL) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++)
+		std[i] = in[i] == '-' ? '+' : in[i] == '_' ? '/' : (unsigned char)in[i];
+	memset(std + n, '=', pad);
+	std[padded] = '\0';
+	/* EVP_DecodeBlock refuses empty input, which is valid base64 */
+	r = padded == 0 ? 0 : EVP_DecodeBlock(buf, std, (int)padded);
+	if (r < 0 || (size_t)r != padded / 4 * 3) {
+		r = -EINVAL;
+		goto fail;
+	}
+	/* EVP_DecodeBlock counts the bytes the padding stands for */
+	buf[(size_t)r - pad] = '\0';
+	jwt_free_secret(std, padded + 1);
+	*out = buf;
+	*out_len = (size_t)r - pad;
+	return 0;
+
+fail:
+	jwt_free_secret(std, padded + 1);
+	jwt_free_secret(buf, cap);
+	return r;
+}
+
+/* The positions of the two dots of a compact JWS; -EINVAL unless exactly two. */
+static int
+jwt_split(const char *token, size_t len, size_t *dot1, size_t *dot2)
+{
+	const char *a, *b;
+
+	if (len > JWT_MAX_LEN)
+		return -E2BIG;
+	a = memchr(token, '.', len);
+	if (a == NULL)
+		return -EINVAL;
+	b = memchr(a + 1, '.', len - (size_t)(a + 1 - token));
+	if (b == NULL)
+		return -EINVAL;
+	if (memchr(b + 1, '.', len - (size_t)(b + 1 - token)) != NULL)
+		return -EINVAL;
+	*dot1 = (size_t)(a - token);
+	*dot2 = (size_t)(b - token);
+	return 0;
+}
+
+int
+jwt_sign_rs256(EVP_PKEY *key, const char *header_json, const char *claims_json, char **out)
+{
+	EVP_MD_CTX *ctx = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	char *h = NULL, *c = NULL, *s = NULL, *tok = NULL;
+	unsigned char *sig = NULL;
+	size_t hlen, clen, slen, siglen = 0, toklen = 0;
+	int r;
+
+	if (!EVP_PKEY_is_a(key, "RSA"))
+		return -EINVAL;
+	r = jwt_base64url_encode(header_json, strlen(header_json), &h);
+	if (r < 0)
+		goto out;
+	r = jwt_base64url_encode(claims_json, strlen(claims_json), &c);
+	if (r < 0)
+		goto out;
+	hlen = strlen(h);
+	clen = strlen(c);
+
+	/* header.claims.signature, written in place: the signing input first */
+	r = EVP_PKEY_get_size(key);
+	if (r <= 0) {
+		r = -EINVAL;
+		goto out;
+	}
+	siglen = (size_t)r;
+	toklen = hlen + 1 + clen + 1 + (siglen + 2) / 3 * 4 + 1;
+	tok = malloc(toklen);
+	sig = malloc(siglen);
+	ctx = EVP_MD_CTX_new();
+	if (tok == NULL || sig == NULL || ctx == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(tok, h, hlen);
+	tok[hlen] = '.';
+	memcpy(tok + hlen + 1, c, clen);
+	if (EVP_DigestSignInit_ex(ctx, &pctx, "SHA256", NULL, NULL, key, NULL) != 1 ||
+	    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1 ||
+	    EVP_DigestSign(ctx, sig, &siglen, (unsigned char *)tok, hlen + 1 + clen) != 1) {
+		ERR_clear_error();
+		r = -EIO;
+		goto out;
+	}
+	r = jwt_base64url_encode(sig, siglen, &s);
+	if (r < 0)
+		goto out;
+	slen = strlen(s);
+	tok[hlen + 1 + clen] = '.';
+	memcpy(tok + hlen + 1 + clen + 1, s, slen + 1);
+	*out = tok;
+	tok = NULL;
+	r = 0;
+
+out:
+	EVP_MD_CTX_free(ctx);
+	jwt_free_secret(h, h != NULL ? strlen(h) : 0);
+	jwt_free_secret(c, c != NULL ? strlen(c) : 0);
+	jwt_free_secret(s, s != NULL ? strlen(s) : 0);
+	jwt_free_secret(sig, siglen);
+	jwt_free_secret(tok, toklen);
+	return r;
+}
+
+/* The header names RS256, so a token meant for another algorithm is not accepted as one. */
+static bool
+jwt_header_is_rs256(const char *json, size_t len)
+{
+	struct json_doc doc;
+	jsmntok_t toks[64];
+	char alg[16];
+	int i;
+
+	if (json_parse(&doc, json, len, toks, 64) < 0)
+		return false;
+	i = json_find(&doc, 0, "alg");
+	if (i < 0 || json_string_copy(&doc, i, alg, sizeof(alg)) < 0)
+		return false;
+	return strcmp(alg, "RS256") == 0;
+}
+
+int
+jwt_verify_rs256(EVP_PKEY *key, const char *token, size_t len)
+{
+	EVP_MD_CTX *ctx = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	unsigned char *hdr = NULL, *sig = NULL;
+	size_t dot1, dot2, hdrlen = 0, siglen = 0;
+	int r;
+
+	if (!EVP_PKEY_is_a(key, "RSA") || jwt_split(token, len, &dot1, &dot2) < 0)
+		return -EBADMSG;
+	r = jwt_base64url_decode(token, dot1, &hdr, &hdrlen);
+	if (r == -ENOMEM)
+		return r;
+	if (r < 0 || !jwt_header_is_rs256((char *)hdr, hdrlen)) {
+		r = -EBADMSG;
+		goto out;
+	}
+	r = jwt_base64url_decode(token + dot2 + 1, len - dot2 - 1, &sig, &siglen);
+	if (r == -ENOMEM)
+		goto out;
+	if (r < 0 || siglen != (size_t)EVP_PKEY_get_size(key)) {
+		r = -EBADMSG;
+		goto out;
+	}
+	ctx = EVP_MD_CTX_new();
+	if (ctx == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (EVP_DigestVerifyInit_ex(ctx, &pctx, "SHA256", NULL, NULL, key, NULL) != 1 ||
+	    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1 ||
+	    EVP_DigestVerify(ctx, sig, siglen, (const unsigned char *)token, dot2) != 1) {
+		ERR_clear_error();
+		r = -EBADMSG;
+		goto out;
+	}
+	r = 0;
+
+out:
+	EVP_MD_CTX_free(ctx);
+	jwt_free_secret(hdr, hdrlen);
+	jwt_free_secret(sig, siglen);
+	return r;
+}
+
+/* Decoded JSON text: no NUL, no control characters JSON could not carry as whitespace. */
+static bool
+jwt_is_text(const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' && p[i] != '\r')
+			return false;
+	}
+	return n > 0;
+}
+
+int
+jwt_decode(const char *token, size_t len, char **header_json, char **claims_json)
+{
+	unsigned char *h = NULL, *c = NULL, *s = NULL;
+	size_t dot1, dot2, hlen = 0, clen = 0, slen = 0;
+	int r;
+
+	r = jwt_split(token, len, &dot1, &dot2);
+	if (r < 0)
+		return r;
+	r = jwt_base64url_decode(token, dot1, &h, &hlen);
+	if (r < 0)
+		goto fail;
+	r = jwt_base64url_decode(token + dot1 + 1, dot2 - dot1 - 1, &c, &clen);
+	if (r < 0)
+		goto fail;
+	/* the signature is not checked, but it must at least be base64url */
+	r = jwt_base64url_decode(token + dot2 + 1, len - dot2 - 1, &s, &slen);
+	if (r < 0)
+		goto fail;
+	if (!jwt_is_text(h, hlen) || !jwt_is_text(c, clen)) {
+		r = -EINVAL;
+		goto fail;
+	}
+	jwt_free_secret(s, slen);
+	*header_json = (char *)h;
+	*claims_json = (char *)c;
+	return 0;
+
+fail:
+	jwt_free_secret(h, hlen);
+	jwt_free_secret(c, clen);
+	jwt_free_secret(s, slen);
+	return r;
+}
