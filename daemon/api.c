@@ -1,2 +1,713 @@
-/* placeholder */
+/*
+ * Local API: routes of the Unix-socket HTTP server.  A token request is a
+ * cache lookup; the JSON body for a token is rendered once per token (the
+ * part before and after "expires_in") and reused for every hit.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <openssl/crypto.h>
+
 #include "api.h"
+#include "cache.h"
+#include "config.h"
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "source.h"
+
+#define MAX_PARAM 4096
+
+struct api_audience {
+	const struct config_audience *cfg;
+	struct source *src;
+	struct cache_entry *entry;
+};
+
+struct api {
+	struct cache *cache;
+	const struct config *cfg;
+	struct source **sources;
+	struct api_audience *audiences; /* sorted by name */
+	size_t n_audiences;
+	char *scratch; /* reused body buffer for token replies */
+	size_t scratch_size;
+};
+
+/* A request waiting for the cache. */
+struct api_wait {
+	struct api *api;
+	struct http_request *req;
+	struct cache_waiter *waiter;
+	struct cache_entry *entry;
+	const struct config_audience *audience; /* NULL for dynamic resources */
+	bool plain;
+};
+
+/* The per-token rendering stored in the cache entry. */
+struct api_render {
+	uint64_t generation;
+	char *prefix; /* {"access_token":"...","token_type":"Bearer","expires_on":N,"expires_in": */
+	size_t prefix_len;
+	char *suffix; /* ,"resource":"...","audience":...} */
+	size_t suffix_len;
+};
+
+static void
+api_render_free(void *p)
+{
+	struct api_render *r = p;
+
+	if (r == NULL)
+		return;
+	if (r->prefix != NULL) {
+		OPENSSL_cleanse(r->prefix, r->prefix_len);
+		free(r->prefix);
+	}
+	free(r->suffix);
+	free(r);
+}
+
+void
+api_user_free(void *p)
+{
+	api_render_free(p);
+}
+
+static int
+audience_cmp(const void *a, const void *b)
+{
+	const struct api_audience *x = a, *y = b;
+
+	return strcmp(x->cfg->name, y->cfg->name);
+}
+
+static struct api_audience *
+api_audience_find(struct api *a, const char *name)
+{
+	struct config_audience key_cfg = {.name = (char *)name};
+	struct api_audience key = {.cfg = &key_cfg};
+
+	return bsearch(&key, a->audiences, a->n_audiences, sizeof(key), audience_cmp);
+}
+
+static struct source *
+api_source_for(struct api *a, const struct config_identity *id)
+{
+	for (size_t i = 0; i < a->cfg->n_identities; i++)
+		if (&a->cfg->identities[i] == id)
+			return a->sources[i];
+	return NULL;
+}
+
+int
+api_new(struct api **out, struct cache *cache, const struct config *cfg, struct source **sources)
+{
+	struct api *a = calloc(1, sizeof(*a));
+	int r = -ENOMEM;
+
+	if (a == NULL)
+		return -ENOMEM;
+	a->cache = cache;
+	a->cfg = cfg;
+	a->sources = sources;
+	if (cfg->n_audiences > 0) {
+		a->audiences = calloc(cfg->n_audiences, sizeof(*a->audiences));
+		if (a->audiences == NULL)
+			goto fail;
+	}
+	for (size_t i = 0; i < cfg->n_audiences; i++) {
+		struct api_audience *aud = &a->audiences[i];
+		const struct config_audience *ca = &cfg->audiences[i];
+
+		aud->cfg = ca;
+		aud->src = api_source_for(a, ca->identity);
+		r = cache_entry_get(cache, aud->src, ca->identity->name, ca->resource, true,
+				    &aud->entry);
+		if (r < 0)
+			goto fail;
+	}
+	a->n_audiences = cfg->n_audiences;
+	qsort(a->audiences, a->n_audiences, sizeof(*a->audiences), audience_cmp);
+	for (size_t i = 0; i < a->n_audiences; i++)
+		if (a->audiences[i].cfg->prefetch)
+			cache_entry_prefetch(cache, a->audiences[i].entry);
+	*out = a;
+	return 0;
+fail:
+	free(a->audiences);
+	free(a);
+	return r;
+}
+
+struct api *
+api_free(struct api *a)
+{
+	if (a == NULL)
+		return NULL;
+	free(a->audiences);
+	if (a->scratch != NULL)
+		OPENSSL_cleanse(a->scratch, a->scratch_size);
+	free(a->scratch);
+	free(a);
+	return NULL;
+}
+
+static void
+reply_json_error(struct http_request *req, int status, const char *error, const char *description,
+		 int64_t retry_after)
+{
+	struct evbuffer *b = evbuffer_new();
+	char extra[64] = "";
+
+	if (b == NULL) {
+		http_reply(req, 500, NULL, NULL, NULL, 0);
+		return;
+	}
+	evbuffer_add_printf(b, "{\"error\":");
+	json_append_string(b, error, strlen(error));
+	evbuffer_add_printf(b, ",\"error_description\":");
+	json_append_string(b, description, strlen(description));
+	evbuffer_add(b, "}", 1);
+	if (retry_after > 0)
+		snprintf(extra, sizeof(extra), "Retry-After: %" PRId64 "\r\n", retry_after);
+	http_reply_buffer(req, status, "application/json", extra[0] ? extra : NULL, b);
+	evbuffer_free(b);
+}
+
+static char *
+evbuffer_take_string(struct evbuffer *b, size_t *len)
+{
+	size_t n = evbuffer_get_length(b);
+	char *s = malloc(n + 1);
+
+	if (s == NULL)
+		return NULL;
+	evbuffer_remove(b, s, n);
+	s[n] = '\0';
+	*len = n;
+	return s;
+}
+
+static struct api_render *
+api_render(struct api *a, struct cache_entry *e, const struct cache_token *tok,
+	   const struct config_audience *aud)
+{
+	struct api_render *r = cache_entry_user(e);
+	struct cache_status st;
+	struct evbuffer *b;
+
+	if (r != NULL && r->generation == tok->generation)
+		return r;
+	api_render_free(r);
+	cache_entry_set_user(e, NULL);
+	r = calloc(1, sizeof(*r));
+	b = evbuffer_new();
+	if (r == NULL || b == NULL)
+		goto fail;
+	cache_entry_status(a->cache, e, &st);
+	evbuffer_add_printf(b, "{\"access_token\":");
+	json_append_string(b, tok->value, tok->len);
+	evbuffer_add_printf(b, ",\"token_type\":\"Bearer\",\"expires_on\":%" PRId64
+			       ",\"expires_in\":",
+			    tok->expires_on);
+	r->prefix = evbuffer_take_string(b, &r->prefix_len);
+	evbuffer_add_printf(b, ",\"resource\":");
+	json_append_string(b, st.resource, strlen(st.resource));
+	evbuffer_add_printf(b, ",\"audience\":");
+	if (aud != NULL)
+		json_append_string(b, aud->name, strlen(aud->name));
+	else
+		evbuffer_add_printf(b, "null");
+	evbuffer_add(b, "}", 1);
+	r->suffix = evbuffer_take_string(b, &r->suffix_len);
+	evbuffer_free(b);
+	b = NULL;
+	if (r->prefix == NULL || r->suffix == NULL)
+		goto fail;
+	r->generation = tok->generation;
+	cache_entry_set_user(e, r);
+	return r;
+fail:
+	if (b != NULL)
+		evbuffer_free(b);
+	api_render_free(r);
+	return NULL;
+}
+
+static void
+reply_token(struct api *a, struct http_request *req, struct cache_entry *e,
+	    const struct config_audience *aud, const struct cache_answer *ans, bool plain)
+{
+	struct api_render *r;
+	size_t need, n;
+	char num[24];
+	int numlen;
+
+	if (ans->status != 200) {
+		reply_json_error(req, ans->status, ans->error, ans->description, ans->retry_after);
+		return;
+	}
+	if (plain) {
+		http_reply(req, 200, "text/plain", NULL, ans->token->value, ans->token->len);
+		return;
+	}
+	r = api_render(a, e, ans->token, aud);
+	if (r == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	numlen = snprintf(num, sizeof(num), "%" PRId64, ans->expires_in);
+	need = r->prefix_len + (size_t)numlen + r->suffix_len;
+	if (need > a->scratch_size) {
+		char *s = malloc(need);
+
+		if (s == NULL) {
+			reply_json_error(req, 500, "server_error", "out of memory", 0);
+			return;
+		}
+		if (a->scratch != NULL) {
+			OPENSSL_cleanse(a->scratch, a->scratch_size);
+			free(a->scratch);
+		}
+		a->scratch = s;
+		a->scratch_size = need;
+	}
+	memcpy(a->scratch, r->prefix, r->prefix_len);
+	n = r->prefix_len;
+	memcpy(a->scratch + n, num, (size_t)numlen);
+	n += (size_t)numlen;
+	memcpy(a->scratch + n, r->suffix, r->suffix_len);
+	n += r->suffix_len;
+	http_reply(req, 200, "application/json", NULL, a->scratch, n);
+	OPENSSL_cleanse(a->scratch, n);
+}
+
+static void
+wait_answered(void *arg, const struct cache_answer *ans)
+{
+	struct api_wait *w = arg;
+
+	reply_token(w->api, w->req, w->entry, w->audience, ans, w->plain);
+	free(w);
+}
+
+static void
+wait_cancelled(struct http_request *req, void *arg)
+{
+	struct api_wait *w = arg;
+
+	(void)req;
+	cache_waiter_cancel(w->api->cache, w->waiter);
+	free(w);
+}
+
+static bool
+wants_plain(struct http_request *req)
+{
+	const struct http_header *h = http_request_header(req, "Accept");
+
+	return h != NULL && h->value_len >= 10 && strncasecmp(h->value, "text/plain", 10) == 0;
+}
+
+/* SO_PEERCRED against the audience's allow lists; true when allowed. */
+static bool
+peer_allowed(struct http_request *req, const struct config_audience *aud)
+{
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+
+	if (aud == NULL || (aud->allow_uids == NULL && aud->allow_gids == NULL))
+		return true;
+	if (http_request_peer(req, &uid, &gid, &pid) < 0)
+		return false;
+	for (size_t i = 0; i < aud->n_allow_uids; i++)
+		if (aud->allow_uids[i] == uid)
+			return true;
+	for (size_t i = 0; i < aud->n_allow_gids; i++)
+		if (aud->allow_gids[i] == gid)
+			return true;
+	return false;
+}
+
+static void
+serve_token(struct api *a, struct http_request *req, struct cache_entry *e,
+	    const struct config_audience *aud, int64_t min_validity)
+{
+	struct cache_answer ans;
+	struct api_wait *w;
+	int r;
+
+	if (!peer_allowed(req, aud)) {
+		reply_json_error(req, 403, "forbidden",
+				 "this user may not have tokens for this audience", 0);
+		return;
+	}
+	w = calloc(1, sizeof(*w));
+	if (w == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	*w = (struct api_wait){.api = a, .req = req, .entry = e, .audience = aud};
+	w->plain = wants_plain(req);
+	r = cache_request(a->cache, e, min_validity, wait_answered, w, &ans, &w->waiter);
+	if (r == -EINPROGRESS) {
+		http_request_on_cancel(req, wait_cancelled, w);
+		return;
+	}
+	free(w);
+	if (r < 0) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	reply_token(a, req, e, aud, &ans, wants_plain(req));
+}
+
+/* Reads ?min_validity=S (absent: 0); -EINVAL when malformed or repeated. */
+static int
+parse_min_validity(const char *query, size_t query_len, int64_t *out)
+{
+	char v[32];
+	int count = 0;
+	char *end;
+	long long n;
+	int r = http_query_get(query, query_len, "min_validity", v, sizeof(v), &count);
+
+	if (r == -ENOENT) {
+		*out = 0;
+		return 0;
+	}
+	if (r < 0 || count != 1 || v[0] < '0' || v[0] > '9')
+		return -EINVAL;
+	errno = 0;
+	n = strtoll(v, &end, 10);
+	if (errno != 0 || *end != '\0' || n > 86400 * 366)
+		return -EINVAL;
+	*out = n;
+	return 0;
+}
+
+static const struct config_audience *
+audience_for_resource(struct api *a, const struct config_identity *id, const char *resource)
+{
+	for (size_t i = 0; i < a->cfg->n_audiences; i++) {
+		const struct config_audience *aud = &a->cfg->audiences[i];
+
+		if (aud->identity == id && strcmp(aud->resource, resource) == 0)
+			return aud;
+	}
+	return NULL;
+}
+
+/* The identity for a dynamic request: named, or the only one allowing dynamic resources. */
+static const struct config_identity *
+dynamic_identity(struct api *a, const char *name)
+{
+	const struct config_identity *found = NULL;
+
+	if (name != NULL)
+		return config_identity_find(a->cfg, name);
+	for (size_t i = 0; i < a->cfg->n_identities; i++) {
+		if (!a->cfg->identities[i].dynamic_resources)
+			continue;
+		if (found != NULL)
+			return NULL;
+		found = &a->cfg->identities[i];
+	}
+	return found;
+}
+
+static void
+route_token_dynamic(struct api *a, struct http_request *req, const char *query, size_t query_len)
+{
+	char *resource = NULL, identity[256];
+	const struct config_identity *id;
+	const struct config_audience *aud;
+	struct cache_entry *e;
+	int64_t minv;
+	int count = 0, r;
+
+	resource = malloc(MAX_PARAM);
+	if (resource == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	r = http_query_get(query, query_len, "resource", resource, MAX_PARAM, &count);
+	if (r < 0 || count != 1 || resource[0] == '\0') {
+		reply_json_error(req, 400, "invalid_request",
+				 r == -ENOENT || resource[0] == '\0'
+					 ? "the resource parameter is required"
+					 : "the resource parameter is malformed or repeated",
+				 0);
+		goto done;
+	}
+	r = http_query_get(query, query_len, "identity", identity, sizeof(identity), &count);
+	if (r < 0 && r != -ENOENT) {
+		reply_json_error(req, 400, "invalid_request", "the identity parameter is malformed",
+				 0);
+		goto done;
+	}
+	if (r == 0 && count != 1) {
+		reply_json_error(req, 400, "invalid_request", "the identity parameter is repeated",
+				 0);
+		goto done;
+	}
+	if (parse_min_validity(query, query_len, &minv) < 0) {
+		reply_json_error(req, 400, "invalid_request",
+				 "min_validity must be a number of seconds", 0);
+		goto done;
+	}
+	id = dynamic_identity(a, r == 0 ? identity : NULL);
+	if (id == NULL) {
+		reply_json_error(req, 404, "not_found",
+				 r == 0 ? "no such identity"
+					: "name an identity: none or several allow dynamic resources",
+				 0);
+		goto done;
+	}
+	/* a resource that is also a configured audience keeps that audience's rules */
+	aud = audience_for_resource(a, id, resource);
+	if (aud == NULL && !id->dynamic_resources) {
+		reply_json_error(req, 403, "forbidden",
+				 "this identity does not allow dynamic resources", 0);
+		goto done;
+	}
+	if (aud != NULL) {
+		e = api_audience_find(a, aud->name)->entry;
+	} else {
+		r = cache_entry_get(a->cache, api_source_for(a, id), id->name, resource, false, &e);
+		if (r < 0) {
+			reply_json_error(req, 503, "temporarily_unavailable",
+					 "too many cached resources are in use; retry shortly", 1);
+			goto done;
+		}
+	}
+	serve_token(a, req, e, aud, minv);
+done:
+	free(resource);
+}
+
+/* Decodes the single path segment after prefix into name; false when it is not one. */
+static bool
+path_segment(const char *path, size_t path_len, const char *prefix, char *name, size_t size)
+{
+	size_t pl = strlen(prefix), n;
+
+	if (path_len <= pl || memcmp(path, prefix, pl) != 0)
+		return false;
+	if (memchr(path + pl, '/', path_len - pl) != NULL)
+		return false;
+	if (http_percent_decode(path + pl, path_len - pl, name, size, &n) < 0)
+		return false;
+	return n > 0;
+}
+
+static bool
+path_is(const char *path, size_t len, const char *want)
+{
+	return len == strlen(want) && memcmp(path, want, len) == 0;
+}
+
+static void
+reply_method_not_allowed(struct http_request *req, const char *allow)
+{
+	char extra[64];
+
+	snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+	http_reply(req, 405, "application/json", extra,
+		   "{\"error\":\"invalid_request\",\"error_description\":\"method not allowed\"}",
+		   70);
+}
+
+struct status_ctx {
+	struct api *api;
+	struct evbuffer *b;
+	bool first;
+};
+
+static const struct config_audience *
+audience_for_entry(struct api *a, const struct cache_entry *e)
+{
+	for (size_t i = 0; i < a->n_audiences; i++)
+		if (a->audiences[i].entry == e)
+			return a->audiences[i].cfg;
+	return NULL;
+}
+
+static void
+status_one(void *arg, struct cache_entry *e)
+{
+	struct status_ctx *s = arg;
+	const struct config_audience *aud = audience_for_entry(s->api, e);
+	const struct config_identity *id;
+	struct cache_status st;
+
+	cache_entry_status(s->api->cache, e, &st);
+	id = config_identity_find(s->api->cfg, st.identity);
+	evbuffer_add_printf(s->b, "%s{\"audience\":", s->first ? "" : ",");
+	s->first = false;
+	if (aud != NULL)
+		json_append_string(s->b, aud->name, strlen(aud->name));
+	else
+		evbuffer_add_printf(s->b, "null");
+	evbuffer_add_printf(s->b, ",\"identity\":");
+	json_append_string(s->b, st.identity, strlen(st.identity));
+	evbuffer_add_printf(s->b, ",\"source\":\"%s\",\"resource\":",
+			    id == NULL ? "" : id->source == CONFIG_SOURCE_DEV ? "dev" : "azure-imds");
+	json_append_string(s->b, st.resource, strlen(st.resource));
+	evbuffer_add_printf(s->b,
+			    ",\"state\":\"%s\",\"expires_in\":%" PRId64 ",\"refresh_in\":%" PRId64
+			    ",\"last_status\":%ld,\"fetches\":%" PRIu64 ",\"failures\":%" PRIu64
+			    ",\"last_error\":",
+			    cache_state_name(st.state), st.expires_in, st.refresh_in,
+			    st.last_status, st.fetches, st.failures);
+	json_append_string(s->b, st.last_error, strlen(st.last_error));
+	evbuffer_add(s->b, "}", 1);
+}
+
+static void
+route_status(struct api *a, struct http_request *req)
+{
+	struct status_ctx s = {.api = a, .b = evbuffer_new(), .first = true};
+
+	if (s.b == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	evbuffer_add(s.b, "[", 1);
+	cache_foreach(a->cache, status_one, &s);
+	evbuffer_add(s.b, "]", 1);
+	http_reply_buffer(req, 200, "application/json", NULL, s.b);
+	evbuffer_free(s.b);
+}
+
+bool
+api_ready(struct api *a, struct evbuffer *reasons)
+{
+	bool ready = true;
+
+	for (size_t i = 0; i < a->n_audiences; i++) {
+		struct api_audience *aud = &a->audiences[i];
+		struct cache_status st;
+
+		if (!aud->cfg->prefetch || cache_entry_ready(a->cache, aud->entry))
+			continue;
+		cache_entry_status(a->cache, aud->entry, &st);
+		if (reasons != NULL)
+			evbuffer_add_printf(reasons, "%saudience %s: %s%s%s", ready ? "" : "; ",
+					    aud->cfg->name, cache_state_name(st.state),
+					    st.last_error[0] ? ": " : "", st.last_error);
+		ready = false;
+	}
+	return ready;
+}
+
+static void
+route_readyz(struct api *a, struct http_request *req)
+{
+	struct evbuffer *reasons = evbuffer_new();
+	char *text;
+	size_t len;
+
+	if (reasons == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	if (api_ready(a, reasons)) {
+		http_reply(req, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
+	} else {
+		text = evbuffer_take_string(reasons, &len);
+		reply_json_error(req, 503, "not_ready", text != NULL ? text : "not ready", 1);
+		free(text);
+	}
+	evbuffer_free(reasons);
+}
+
+static void
+route_jwks(struct api *a, struct http_request *req)
+{
+	for (size_t i = 0; i < a->cfg->n_identities; i++) {
+		struct evbuffer *b;
+
+		if (a->cfg->identities[i].source != CONFIG_SOURCE_DEV)
+			continue;
+		b = evbuffer_new();
+		if (b == NULL || source_jwks(a->sources[i], b) < 0) {
+			if (b != NULL)
+				evbuffer_free(b);
+			reply_json_error(req, 500, "server_error", "could not render the keys", 0);
+			return;
+		}
+		http_reply_buffer(req, 200, "application/json", NULL, b);
+		evbuffer_free(b);
+		return;
+	}
+	reply_json_error(req, 404, "not_found", "no dev identity is configured", 0);
+}
+
+void
+api_handle(struct http_request *req, void *arg)
+{
+	struct api *a = arg;
+	const char *path, *query;
+	size_t path_len, query_len;
+	char name[256];
+	bool get = http_request_method_is(req, "GET") || http_request_method_is(req, "HEAD");
+	struct api_audience *aud;
+	int64_t minv;
+
+	http_request_path(req, &path, &path_len, &query, &query_len);
+	if (path_segment(path, path_len, "/v1/token/", name, sizeof(name))) {
+		aud = api_audience_find(a, name);
+		if (!get)
+			reply_method_not_allowed(req, "GET, HEAD");
+		else if (aud == NULL)
+			reply_json_error(req, 404, "not_found", "no such audience", 0);
+		else if (parse_min_validity(query, query_len, &minv) < 0)
+			reply_json_error(req, 400, "invalid_request",
+					 "min_validity must be a number of seconds", 0);
+		else
+			serve_token(a, req, aud->entry, aud->cfg, minv);
+	} else if (path_is(path, path_len, "/v1/token")) {
+		if (!get)
+			reply_method_not_allowed(req, "GET, HEAD");
+		else
+			route_token_dynamic(a, req, query, query_len);
+	} else if (path_segment(path, path_len, "/v1/refresh/", name, sizeof(name))) {
+		aud = api_audience_find(a, name);
+		if (!http_request_method_is(req, "POST")) {
+			reply_method_not_allowed(req, "POST");
+		} else if (aud == NULL) {
+			reply_json_error(req, 404, "not_found", "no such audience", 0);
+		} else if (!peer_allowed(req, aud->cfg)) {
+			reply_json_error(req, 403, "forbidden",
+					 "this user may not refresh this audience", 0);
+		} else {
+			cache_refresh(a->cache, aud->entry);
+			log_info("refresh requested", "audience=%s", aud->cfg->name);
+			http_reply(req, 202, "application/json", NULL, "{\"status\":\"refreshing\"}",
+				   23);
+		}
+	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
+		   !path_is(path, path_len, "/readyz") &&
+		   !path_is(path, path_len, "/v1/dev/jwks.json")) {
+		reply_json_error(req, 404, "not_found", "no such endpoint", 0);
+	} else if (!get) {
+		reply_method_not_allowed(req, "GET, HEAD");
+	} else if (path_is(path, path_len, "/v1/status")) {
+		route_status(a, req);
+	} else if (path_is(path, path_len, "/healthz")) {
+		http_reply(req, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+	} else if (path_is(path, path_len, "/readyz")) {
+		route_readyz(a, req);
+	} else {
+		route_jwks(a, req);
+	}
+}

@@ -1,4 +1,32 @@
-/* Local API: the HTTP/1.1 routes on the Unix socket. */
+/* Local API: the HTTP/1.1 routes served on the Unix socket (tokens, status, health). */
 #ifndef BEARERD_API_H
 #define BEARERD_API_H
+
+#include <stdbool.h>
+
+struct api;
+struct cache;
+struct config;
+struct evbuffer;
+struct http_request;
+struct source;
+
+/*
+ * Binds the configured audiences to cache entries (and starts their
+ * prefetch).  sources[i] belongs to cfg->identities[i].  cfg and sources
+ * must outlive the api.
+ */
+int api_new(struct api **out, struct cache *cache, const struct config *cfg,
+	    struct source **sources);
+struct api *api_free(struct api *a);
+
+/* The http_handler_fn of the Unix-socket server. */
+void api_handle(struct http_request *req, void *arg);
+
+/* Frees the per-token rendering the api keeps in cache entries (cache_ops.user_free). */
+void api_user_free(void *user);
+
+/* True once every prefetch audience holds a valid token; else reasons are appended. */
+bool api_ready(struct api *a, struct evbuffer *reasons);
+
 #endif
