@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""A scriptable fake of the Azure IMDS managed-identity token endpoint.
+
+For integration tests only: binds 127.0.0.1, answers
+
+    GET /metadata/identity/oauth2/token?api-version=...&resource=...
+
+the way IMDS does (reference/azure-managed-identity.md section 1: Metadata
+header required, all-string fields, selectors echoed), and lets the test
+script its behaviour through a control API on the same port:
+
+    POST /_fake/config  {"lifetime": 3600, "status": 200, "error_body": null,
+                         "retry_after": null, "delay": 0, "same_token": false,
+                         "body": null}
+        replaces the behaviour (omitted keys take these defaults)
+    GET  /_fake/stats   {"requests", "by_resource", "by_status", "last_query",
+                         "last_headers", "issued"}
+    POST /_fake/reset   resets counters, issued tokens and config
+
+Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
+The chosen port is written to PATH once the socket listens.
+Standard library only.  Token values never appear in the log.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+TOKEN_PATH = "/metadata/identity/oauth2/token"
+API_VERSIONS = ["2018-02-01", "2018-04-02", "2019-08-01", "2021-02-01", "2023-07-01"]
+SELECTORS = ("client_id", "object_id", "msi_res_id")
+MAX_CONTROL_BODY = 1 << 20
+
+DEFAULT_CONFIG = {
+    "lifetime": 3600,
+    "status": 200,
+    "error_body": None,
+    "retry_after": None,
+    "delay": 0,
+    "same_token": False,
+    "body": None,
+}
+
+CONFIG_TYPES = {
+    "lifetime": (int,),
+    "status": (int,),
+    "error_body": (str, type(None)),
+    "retry_after": (int, type(None)),
+    "delay": (int, float),
+    "same_token": (bool,),
+    "body": (str, type(None)),
+}
+
+ERROR_NAMES = {
+    400: "bad_request",
+    401: "unknown_source",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    410: "gone",
+    429: "too_many_requests",
+    500: "unknown",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+QUIET = False
+
+
+def log(msg):
+    if not QUIET:
+        sys.stderr.write("fake_imds: %s\n" % msg)
+        sys.stderr.flush()
+
+
+class State:
+    """Everything the handlers share, behind one lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.config = dict(DEFAULT_CONFIG)
+        self.requests = 0
+        self.by_resource = {}
+        self.by_status = {}
+        self.last_query = {}
+        self.last_headers = {}
+        self.issued = []
+        self.current = {}  # (resource, selector) -> (token, expires_on), for same_token
+        self.serial = 0
+
+    def stats(self):
+        return {
+            "requests": self.requests,
+            "by_resource": dict(self.by_resource),
+            "by_status": dict(self.by_status),
+            "last_query": dict(self.last_query),
+            "last_headers": dict(self.last_headers),
+            "issued": list(self.issued),
+        }
+
+
+STATE = State()
+
+
+def validate_config(doc):
+    if not isinstance(doc, dict):
+        raise ValueError("config must be a JSON object")
+    cfg = dict(DEFAULT_CONFIG)
+    for key, value in doc.items():
+        if key not in CONFIG_TYPES:
+            raise ValueError("unknown config key %r" % key)
+        types = CONFIG_TYPES[key]
+        # bool is an int in Python: do not let true pass as a status
+        if isinstance(value, bool) and bool not in types:
+            raise ValueError("%s has the wrong type" % key)
+        if not isinstance(value, types):
+            raise ValueError("%s has the wrong type" % key)
+        cfg[key] = value
+    if not 100 <= cfg["status"] <= 599:
+        raise ValueError("status out of range")
+    if cfg["delay"] < 0 or cfg["delay"] > 600:
+        raise ValueError("delay out of range")
+    if cfg["retry_after"] is not None and cfg["retry_after"] < 0:
+        raise ValueError("retry_after must be >= 0")
+    return cfg
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is testable
+    server_version = "fake-imds"
+    sys_version = ""
+
+    # -- plumbing ---------------------------------------------------------
+
+    def log_message(self, fmt, *args):
+        pass  # replaced by log_request below: no query strings, no tokens
+
+    def log_request(self, code="-", size="-"):
+        path = urlsplit(self.path).path
+        log("%s %s -> %s" % (self.command, path, code))
+
+    def send(self, status, body, content_type="application/json", extra=None):
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    def send_json(self, status, doc, extra=None):
+        self.send(status, json.dumps(doc), extra=extra)
+
+    def read_body(self):
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            n = int(length)
+        except ValueError:
+            raise ValueError("bad Content-Length")
+        if n < 0 or n > MAX_CONTROL_BODY:
+            raise ValueError("body too large")
+        return self.rfile.read(n)
+
+    # -- routing ----------------------------------------------------------
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path in (TOKEN_PATH, TOKEN_PATH + "/"):
+            self.token()
+        elif path == "/_fake/stats":
+            with STATE.lock:
+                doc = STATE.stats()
+            self.send_json(200, doc)
+        else:
+            self.send_json(404, {"error": "not_found", "error_description": "Not found"})
+
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        try:
+            body = self.read_body()
+        except ValueError as e:
+            self.close_connection = True
+            self.send_json(400, {"error": str(e)})
+            return
+        if path == "/_fake/config":
+            try:
+                cfg = validate_config(json.loads(body.decode("utf-8") or "null"))
+            except (ValueError, UnicodeDecodeError) as e:
+                self.send_json(400, {"error": str(e)})
+                return
+            with STATE.lock:
+                STATE.config = cfg
+            self.send_json(200, {"ok": True, "config": cfg})
+        elif path == "/_fake/reset":
+            with STATE.lock:
+                STATE.reset()
+            self.send_json(200, {"ok": True})
+        elif path in (TOKEN_PATH, TOKEN_PATH + "/"):
+            self.send_json(405, {"error": "method_not_allowed",
+                                 "error_description": "The method is not allowed"})
+        else:
+            self.send_json(404, {"error": "not_found", "error_description": "Not found"})
+
+    def do_PUT(self):
+        self.send_json(405, {"error": "method_not_allowed",
+                             "error_description": "The method is not allowed"})
+
+    do_DELETE = do_PUT
+    do_PATCH = do_PUT
+
+    # -- the token endpoint -----------------------------------------------
+
+    def token(self):
+        pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
+        query = {}
+        duplicate = False
+        for k, v in pairs:
+            if k in query:
+                duplicate = True
+            query.setdefault(k, v)
+        resource = query.get("resource", "")
+
+        with STATE.lock:
+            STATE.requests += 1
+            STATE.by_resource[resource] = STATE.by_resource.get(resource, 0) + 1
+            STATE.last_query = dict(query)
+            STATE.last_headers = {k: v for k, v in self.headers.items()}
+            cfg = dict(STATE.config)
+
+        if cfg["delay"]:
+            time.sleep(cfg["delay"])
+
+        status, body, extra = self.token_answer(query, duplicate, cfg)
+        with STATE.lock:
+            key = str(status)
+            STATE.by_status[key] = STATE.by_status.get(key, 0) + 1
+        self.send(status, body, extra=extra)
+
+    def token_answer(self, query, duplicate, cfg):
+        """Returns (status, body, extra headers) for one token request."""
+        extra = {}
+        if cfg["retry_after"] is not None:
+            extra["Retry-After"] = str(cfg["retry_after"])
+
+        def error(status, code, description):
+            return status, json.dumps({"error": code, "error_description": description}), extra
+
+        # what real IMDS checks, in its order
+        if self.headers.get("Metadata") != "true":
+            return error(400, "invalid_request", "Required metadata header not specified")
+        if self.headers.get("X-Forwarded-For") is not None:
+            return error(400, "invalid_request", "X-Forwarded-For header is not allowed")
+        if duplicate:
+            return error(400, "invalid_request", "Duplicate query parameters")
+        if query.get("api-version") not in API_VERSIONS:
+            return 400, json.dumps({
+                "error": "Bad request. api-version is invalid or was not specified in the "
+                         "request. For more information refer to aka.ms/azureimds",
+                "newest-versions": list(reversed(API_VERSIONS[-3:])),
+            }), extra
+        if not query.get("resource"):
+            return error(400, "invalid_request", "Required audience parameter not specified")
+        selectors = [s for s in SELECTORS if s in query]
+        if len(selectors) > 1:
+            return error(400, "invalid_request",
+                         "Only one of client_id, object_id, msi_res_id may be given")
+
+        # scripted behaviour
+        if cfg["body"] is not None:
+            return cfg["status"], cfg["body"], extra
+        if cfg["status"] != 200:
+            status = cfg["status"]
+            if cfg["error_body"] is not None:
+                return status, cfg["error_body"], extra
+            return error(status, ERROR_NAMES.get(status, "unknown"),
+                         "fake_imds scripted error %d" % status)
+
+        resource = query["resource"]
+        selector = (selectors[0], query[selectors[0]]) if selectors else None
+        now = int(time.time())
+        with STATE.lock:
+            key = (resource, selector)
+            held = STATE.current.get(key)
+            if cfg["same_token"] and held is not None and held[1] > now:
+                token, expires_on = held
+            else:
+                STATE.serial += 1
+                token = "fake.%d.%s" % (STATE.serial, secrets.token_hex(16))
+                expires_on = now + int(cfg["lifetime"])
+                STATE.current[key] = (token, expires_on)
+                STATE.issued.append(token)
+        doc = {
+            "access_token": token,
+            "refresh_token": "",
+            "expires_in": str(expires_on - now),
+            "expires_on": str(expires_on),
+            "ext_expires_in": str(expires_on - now),
+            "not_before": str(now),
+            "resource": resource,
+            "token_type": "Bearer",
+        }
+        if selector is not None:
+            doc[selector[0]] = selector[1]
+        return 200, json.dumps(doc), extra
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        # clients that time out or abort mid-answer are part of the tests
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        log("error handling a request: %r" % (exc,))
+
+
+def main():
+    global QUIET
+    ap = argparse.ArgumentParser(description="fake Azure IMDS token endpoint (loopback only)")
+    ap.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
+    ap.add_argument("--port-file", help="write the chosen port here once listening")
+    ap.add_argument("--quiet", action="store_true", help="no request log on stderr")
+    args = ap.parse_args()
+    QUIET = args.quiet
+
+    server = Server(("127.0.0.1", args.port), Handler)  # binds and listens
+    port = server.server_address[1]
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % port)
+        os.replace(tmp, args.port_file)
+    log("listening on 127.0.0.1:%d" % port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
