@@ -1,0 +1,893 @@
+/*
+ * libbearer: the blocking client side of bearerd's local API (HTTP/1.1 on a Unix socket).
+ *
+ * One call is one connection: the request goes out with "Connection: close" and one answer
+ * is read back, framed by Content-Length or by the end of the connection.  The library must
+ * not depend on anything but libc, so it carries this small response reader instead of
+ * libcurl; it only ever talks to bearerd, whose answers are small and simply framed, and it
+ * refuses anything else (no chunked encoding, no 1xx, no folded headers).  JSON is tokenized
+ * with jsmn, which is header-only: compiled in with JSMN_STATIC it adds no run-time
+ * dependency and no exported symbol.  Every buffer that may hold a token is wiped before it
+ * is freed.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
+#include "bearer.h"
+#include "build-config.h"
+
+#define DEFAULT_SOCKET	 "/run/bearerd/bearerd.sock"
+#define TIMEOUT_MS	 30000
+#define HEAD_MAX	 (16 * 1024)	    /* status line and headers of an answer */
+#define TOKEN_BODY_MAX	 (1024 * 1024)	    /* body of a token answer */
+#define REQUEST_BODY_MAX (16 * 1024 * 1024) /* body for bearer_request (status of many entries) */
+#define PATH_MAX_LEN	 8192		    /* request target */
+#define AUDIENCE_MAX	 1024		    /* audience name, before encoding */
+#define TOKEN_JSON_MAX	 64		    /* jsmn tokens in a token answer */
+#define ERROR_JSON_MAX	 32		    /* jsmn tokens in an error answer */
+
+struct answer {
+	int status;
+	char *body;
+	size_t len;
+};
+
+static void
+wipe_free(void *p, size_t len)
+{
+	if (p == NULL)
+		return;
+	explicit_bzero(p, len);
+	free(p);
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *
+bearer_default_socket(void)
+{
+	const char *s = secure_getenv("BEARERD_SOCKET");
+
+	return s != NULL && s[0] != '\0' ? s : DEFAULT_SOCKET;
+}
+
+/* Waits until fd is ready for events or the deadline passes. */
+static int
+wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		struct pollfd p = {.fd = fd, .events = events};
+		int r;
+
+		if (left <= 0)
+			return -ETIMEDOUT;
+		r = poll(&p, 1, (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+		return 0; /* POLLHUP and POLLERR are reported by the next recv or send */
+	}
+}
+
+static int
+connect_socket(const char *path, int64_t deadline, int *out)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	size_t n = strlen(path);
+	int64_t left = deadline - now_ms();
+	struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+	int fd, r;
+
+	if (n == 0)
+		return -EINVAL;
+	if (left <= 0)
+		return -ETIMEDOUT;
+	if (n >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, n);
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* connect() on a Unix socket blocks only while the backlog is full; bound that too. */
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	while (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (errno == EINTR)
+			continue;
+		r = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
+		goto fail;
+	}
+	*out = fd;
+	return 0;
+
+fail:
+	close(fd);
+	return r;
+}
+
+static int
+send_all(int fd, const char *buf, size_t len, int64_t deadline)
+{
+	while (len > 0) {
+		/* MSG_NOSIGNAL: a library must not kill its caller with SIGPIPE. */
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int r;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		if (n < 0) {
+			r = wait_fd(fd, POLLOUT, deadline);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Reads what is there, at most len bytes: the count, 0 at the end, or a negative errno. */
+static ssize_t
+recv_some(int fd, char *buf, size_t len, int64_t deadline)
+{
+	for (;;) {
+		ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+		int r;
+
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		r = wait_fd(fd, POLLIN, deadline);
+		if (r < 0)
+			return r;
+	}
+}
+
+static bool
+valid_chars(const char *s, char lo, char hi)
+{
+	for (; *s != '\0'; s++)
+		if (*s < lo || *s > hi)
+			return false;
+	return true;
+}
+
+static int
+build_request(const char *method, const char *path, const char *accept, char **out, size_t *out_len)
+{
+	bool with_length = strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0;
+	size_t mlen = strlen(method);
+	char *req;
+	int n;
+
+	if (mlen == 0 || mlen > 16 || !valid_chars(method, 'A', 'Z'))
+		return -EINVAL;
+	if (path[0] != '/' || !valid_chars(path, '!', '~'))
+		return -EINVAL;
+	if (strlen(path) > PATH_MAX_LEN || strlen(accept) > 256)
+		return -ENAMETOOLONG;
+	if (!valid_chars(accept, ' ', '~'))
+		return -EINVAL;
+
+	n = asprintf(&req,
+		     "%s %s HTTP/1.1\r\n"
+		     "Host: localhost\r\n"
+		     "User-Agent: libbearer/%s\r\n"
+		     "Accept: %s\r\n"
+		     "%s"
+		     "Connection: close\r\n"
+		     "\r\n",
+		     method, path, BEARERD_VERSION, accept,
+		     with_length ? "Content-Length: 0\r\n" : "");
+	if (n < 0)
+		return -ENOMEM;
+	*out = req;
+	*out_len = (size_t)n;
+	return 0;
+}
+
+static bool
+ascii_caseeq(const char *a, size_t alen, const char *b)
+{
+	size_t i;
+
+	if (alen != strlen(b))
+		return false;
+	for (i = 0; i < alen; i++) {
+		char c = a[i] >= 'A' && a[i] <= 'Z' ? (char)(a[i] - 'A' + 'a') : a[i];
+
+		if (c != b[i])
+			return false;
+	}
+	return true;
+}
+
+static int
+parse_uint(const char *s, size_t len, int64_t *out)
+{
+	int64_t v = 0;
+	size_t i;
+
+	if (len == 0)
+		return -EPROTO;
+	for (i = 0; i < len; i++) {
+		int d = s[i] - '0';
+
+		if (d < 0 || d > 9 || v > (INT64_MAX - d) / 10)
+			return -EPROTO;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return 0;
+}
+
+/*
+ * Parses the status line and headers in head[0..len), which ends with the blank line.
+ * *content_length is -1 when the answer has none.
+ */
+static int
+parse_head(const char *head, size_t len, int *status, int64_t *content_length)
+{
+	const char *p = head, *end = head + len;
+	const char *eol = memmem(p, len, "\r\n", 2);
+	int64_t clen = -1, code;
+
+	/* "HTTP/1.x SSS[ reason]" */
+	if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' ||
+	    p[8] != ' ' || (eol - p > 12 && p[12] != ' '))
+		return -EPROTO;
+	if (parse_uint(p + 9, 3, &code) < 0 || code < 200 || code > 599)
+		return -EPROTO;
+	for (p = eol + 2; p < end; p = eol + 2) {
+		const char *colon, *v, *vend;
+		int64_t n;
+
+		eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+		if (eol == p)
+			break; /* the blank line */
+		if (*p == ' ' || *p == '\t')
+			return -EPROTO; /* obsolete line folding */
+		colon = memchr(p, ':', (size_t)(eol - p));
+		if (colon == NULL || colon == p)
+			return -EPROTO;
+		for (v = p; v < eol; v++)
+			if ((v < colon && (*v == ' ' || *v == '\t')) ||
+			    ((unsigned char)*v < ' ' && *v != '\t') || *v == 0x7f)
+				return -EPROTO;
+		for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
+			;
+		for (vend = eol; vend > v && (vend[-1] == ' ' || vend[-1] == '\t'); vend--)
+			;
+		if (ascii_caseeq(p, (size_t)(colon - p), "transfer-encoding"))
+			return -EPROTO; /* bearerd never sends chunked answers */
+		if (ascii_caseeq(p, (size_t)(colon - p), "content-length")) {
+			if (parse_uint(v, (size_t)(vend - v), &n) < 0 || (clen >= 0 && n != clen))
+				return -EPROTO;
+			clen = n;
+		}
+	}
+	*status = (int)code;
+	*content_length = clen;
+	return 0;
+}
+
+/* Moves the first len bytes of *buf to a new allocation of size bytes, wiping the old one. */
+static int
+grow(char **buf, size_t old_size, size_t len, size_t size)
+{
+	char *n = malloc(size);
+
+	if (n == NULL)
+		return -ENOMEM;
+	memcpy(n, *buf, len);
+	wipe_free(*buf, old_size);
+	*buf = n;
+	return 0;
+}
+
+static int
+read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct answer *out)
+{
+	char *head = malloc(HEAD_MAX), *body = NULL;
+	const char *hend = NULL;
+	size_t hlen = 0, head_len, got, cap = 0;
+	int64_t clen;
+	int status = 0, r;
+	ssize_t n;
+
+	if (head == NULL)
+		return -ENOMEM;
+	while (hend == NULL) {
+		size_t from = hlen > 3 ? hlen - 3 : 0;
+
+		if (hlen == HEAD_MAX) {
+			r = -EMSGSIZE;
+			goto out;
+		}
+		n = recv_some(fd, head + hlen, HEAD_MAX - hlen, deadline);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : hlen == 0 ? -ECONNRESET : -EPROTO;
+			goto out;
+		}
+		hlen += (size_t)n;
+		hend = memmem(head + from, hlen - from, "\r\n\r\n", 4);
+	}
+	head_len = (size_t)(hend - head) + 4;
+	r = parse_head(head, head_len, &status, &clen);
+	if (r < 0)
+		goto out;
+	got = hlen - head_len;
+
+	if (head_only || status == 204 || status == 304) {
+		got = 0;
+		cap = 1;
+		body = malloc(cap);
+		r = body == NULL ? -ENOMEM : 0;
+	} else if (clen >= 0) {
+		if ((uint64_t)clen > body_max) {
+			r = -EMSGSIZE;
+			goto out;
+		}
+		if (got > (size_t)clen) {
+			r = -EPROTO;
+			goto out;
+		}
+		cap = (size_t)clen + 1;
+		body = malloc(cap);
+		if (body == NULL) {
+			r = -ENOMEM;
+			goto out;
+		}
+		memcpy(body, hend + 4, got);
+		while (got < (size_t)clen) {
+			n = recv_some(fd, body + got, (size_t)clen - got, deadline);
+			if (n <= 0) {
+				r = n < 0 ? (int)n : -EPROTO;
+				goto out;
+			}
+			got += (size_t)n;
+		}
+	} else {
+		/* No Content-Length: the body ends with the connection. */
+		if (got > body_max) {
+			r = -EMSGSIZE;
+			goto out;
+		}
+		cap = got + 4096 < body_max + 2 ? got + 4096 : body_max + 2;
+		body = malloc(cap);
+		if (body == NULL) {
+			r = -ENOMEM;
+			goto out;
+		}
+		memcpy(body, hend + 4, got);
+		for (;;) {
+			if (got == cap - 1) {
+				size_t ncap = cap * 2 < body_max + 2 ? cap * 2 : body_max + 2;
+
+				if (got > body_max) {
+					r = -EMSGSIZE;
+					goto out;
+				}
+				r = grow(&body, cap, got, ncap);
+				if (r < 0)
+					goto out;
+				cap = ncap;
+			}
+			n = recv_some(fd, body + got, cap - 1 - got, deadline);
+			if (n < 0) {
+				r = (int)n;
+				goto out;
+			}
+			if (n == 0)
+				break;
+			got += (size_t)n;
+		}
+		r = got > body_max ? -EMSGSIZE : 0;
+	}
+	if (r < 0)
+		goto out;
+
+	body[got] = '\0';
+	out->status = status;
+	out->body = body;
+	out->len = got;
+	body = NULL;
+out:
+	wipe_free(body, cap);
+	wipe_free(head, HEAD_MAX);
+	return r;
+}
+
+/* One request, one answer of at most body_max bytes. */
+static int
+request(const char *socket_path, const char *method, const char *path, const char *accept,
+	size_t body_max, struct answer *out)
+{
+	int64_t deadline = now_ms() + TIMEOUT_MS;
+	char *req = NULL;
+	size_t req_len;
+	int fd = -1, sent, r;
+
+	if (socket_path == NULL)
+		socket_path = bearer_default_socket();
+	r = build_request(method, path, accept, &req, &req_len);
+	if (r < 0)
+		return r;
+	r = connect_socket(socket_path, deadline, &fd);
+	if (r < 0)
+		goto out;
+	/* The daemon may answer and close before reading everything: still read its answer. */
+	sent = send_all(fd, req, req_len, deadline);
+	if (sent < 0 && sent != -EPIPE && sent != -ECONNRESET) {
+		r = sent;
+		goto out;
+	}
+	r = read_answer(fd, deadline, strcmp(method, "HEAD") == 0, body_max, out);
+	if (r == -ECONNRESET && sent < 0)
+		r = sent;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(req);
+	return r;
+}
+
+int
+bearer_request(const char *socket_path, const char *method, const char *path, const char *accept,
+	       int *status, char **body, size_t *body_len)
+{
+	struct answer a;
+	int r;
+
+	if (method == NULL || path == NULL || status == NULL || body == NULL || body_len == NULL)
+		return -EINVAL;
+	r = request(socket_path, method, path, accept != NULL ? accept : "application/json",
+		    REQUEST_BODY_MAX, &a);
+	if (r < 0)
+		return r;
+	*status = a.status;
+	*body = a.body;
+	*body_len = a.len;
+	return 0;
+}
+
+/* Index of the token after t[i] and everything nested in it. */
+static int
+json_next(const jsmntok_t *t, int n, int i)
+{
+	int end = t[i].end;
+
+	for (i++; i < n && t[i].start < end; i++)
+		;
+	return i;
+}
+
+/* Tokenizes js as one JSON object; returns the token count or -EPROTO. */
+static int
+json_parse(const char *js, size_t len, jsmntok_t *t, int max)
+{
+	jsmn_parser p;
+	size_t i;
+	int n;
+
+	jsmn_init(&p);
+	n = jsmn_parse(&p, js, len, t, (unsigned int)max);
+	if (n < 1 || t[0].type != JSMN_OBJECT)
+		return -EPROTO;
+	for (i = (size_t)t[0].end; i < len; i++)
+		if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
+			return -EPROTO;
+	return n;
+}
+
+/* Index of the value of key in the top-level object, or -1. */
+static int
+json_get(const char *js, const jsmntok_t *t, int n, const char *key)
+{
+	size_t klen = strlen(key);
+	int i = 1;
+
+	while (i + 1 < n) {
+		if (t[i].type == JSMN_STRING && (size_t)(t[i].end - t[i].start) == klen &&
+		    memcmp(js + t[i].start, key, klen) == 0)
+			return i + 1;
+		i = json_next(t, n, i + 1);
+	}
+	return -1;
+}
+
+static int
+hex4(const char *s, size_t avail, uint32_t *out)
+{
+	uint32_t v = 0;
+	size_t i;
+
+	if (avail < 4)
+		return -EPROTO;
+	for (i = 0; i < 4; i++) {
+		char c = s[i];
+
+		if (c >= '0' && c <= '9')
+			v = v * 16 + (uint32_t)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = v * 16 + (uint32_t)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v = v * 16 + (uint32_t)(c - 'A' + 10);
+		else
+			return -EPROTO;
+	}
+	*out = v;
+	return 0;
+}
+
+static size_t
+utf8_put(char *o, uint32_t cp)
+{
+	if (cp < 0x80) {
+		o[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (char)(0xc0 | cp >> 6);
+		o[1] = (char)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (char)(0xe0 | cp >> 12);
+		o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+		o[2] = (char)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (char)(0xf0 | cp >> 18);
+	o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+	o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+	o[3] = (char)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+/*
+ * Copies the JSON string at t, unescaped and NUL-terminated, into a new allocation (never
+ * longer than the escaped text).  -EPROTO for a non-string, a bad escape or an embedded NUL.
+ */
+static int
+json_string(const char *js, const jsmntok_t *t, char **out, size_t *out_len)
+{
+	const char *s = js + t->start;
+	size_t n = (size_t)(t->end - t->start), i, o = 0;
+	char *buf;
+	uint32_t cp, lo;
+
+	if (t->type != JSMN_STRING)
+		return -EPROTO;
+	buf = malloc(n + 1);
+	if (buf == NULL)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		if (s[i] != '\\') {
+			if (s[i] == '\0')
+				goto bad;
+			buf[o++] = s[i];
+			continue;
+		}
+		if (++i == n)
+			goto bad;
+		switch (s[i]) {
+		case '"':
+		case '\\':
+		case '/':
+			buf[o++] = s[i];
+			break;
+		case 'b':
+			buf[o++] = '\b';
+			break;
+		case 'f':
+			buf[o++] = '\f';
+			break;
+		case 'n':
+			buf[o++] = '\n';
+			break;
+		case 'r':
+			buf[o++] = '\r';
+			break;
+		case 't':
+			buf[o++] = '\t';
+			break;
+		case 'u':
+			if (hex4(s + i + 1, n - i - 1, &cp) < 0)
+				goto bad;
+			i += 4;
+			if (cp >= 0xd800 && cp < 0xdc00) {
+				if (i + 2 >= n || s[i + 1] != '\\' || s[i + 2] != 'u' ||
+				    hex4(s + i + 3, n - i - 3, &lo) < 0 || lo < 0xdc00 ||
+				    lo > 0xdfff)
+					goto bad;
+				i += 6;
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			} else if ((cp >= 0xdc00 && cp < 0xe000) || cp == 0) {
+				goto bad;
+			}
+			o += utf8_put(buf + o, cp);
+			break;
+		default:
+			goto bad;
+		}
+	}
+	buf[o] = '\0';
+	*out = buf;
+	*out_len = o;
+	return 0;
+bad:
+	wipe_free(buf, n + 1);
+	return -EPROTO;
+}
+
+/* An integer given as a JSON number or a string of decimal digits, as Azure sends both. */
+static int
+json_int64(const char *js, const jsmntok_t *t, int64_t *out)
+{
+	const char *s = js + t->start;
+	size_t n = (size_t)(t->end - t->start);
+	int64_t v;
+
+	if (t->type != JSMN_PRIMITIVE && t->type != JSMN_STRING)
+		return -EPROTO;
+	if (n > 0 && s[0] == '-') {
+		if (parse_uint(s + 1, n - 1, &v) < 0)
+			return -EPROTO;
+		*out = -v;
+		return 0;
+	}
+	if (parse_uint(s, n, &v) < 0)
+		return -EPROTO;
+	*out = v;
+	return 0;
+}
+
+static int
+parse_token(const char *js, size_t len, struct bearer_token *out)
+{
+	jsmntok_t t[TOKEN_JSON_MAX];
+	int n, at, eo, ei, r;
+	int64_t expires_on, expires_in;
+	char *token;
+	size_t tlen, i;
+
+	n = json_parse(js, len, t, TOKEN_JSON_MAX);
+	if (n < 0)
+		return n;
+	at = json_get(js, t, n, "access_token");
+	eo = json_get(js, t, n, "expires_on");
+	ei = json_get(js, t, n, "expires_in");
+	if (at < 0 || eo < 0 || json_int64(js, &t[eo], &expires_on) < 0)
+		return -EPROTO;
+	if (ei < 0)
+		expires_in = expires_on - (int64_t)time(NULL);
+	else if (json_int64(js, &t[ei], &expires_in) < 0)
+		return -EPROTO;
+	r = json_string(js, &t[at], &token, &tlen);
+	if (r < 0)
+		return r;
+	/* It goes into HTTP headers: printable ASCII only, and never empty. */
+	for (i = 0; i < tlen; i++)
+		if (token[i] <= ' ' || token[i] > '~')
+			break;
+	if (tlen == 0 || i < tlen) {
+		wipe_free(token, tlen + 1);
+		return -EPROTO;
+	}
+	out->access_token = token;
+	out->len = tlen;
+	out->expires_on = expires_on;
+	out->expires_in = expires_in;
+	return 0;
+}
+
+static __attribute__((format(printf, 3, 4))) void
+set_error(char *buf, size_t size, const char *fmt, ...)
+{
+	va_list ap;
+	size_t i;
+
+	if (buf == NULL || size == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, size, fmt, ap);
+	va_end(ap);
+	for (i = 0; buf[i] != '\0'; i++)
+		if ((unsigned char)buf[i] < ' ' || buf[i] == 0x7f)
+			buf[i] = '?';
+}
+
+/* "error: description" from the daemon's JSON error, or a generic text. */
+static void
+describe_http_error(const struct answer *a, char *buf, size_t size)
+{
+	jsmntok_t t[ERROR_JSON_MAX];
+	char *error = NULL, *desc = NULL;
+	size_t elen, dlen;
+	int n, e, d;
+
+	n = json_parse(a->body, a->len, t, ERROR_JSON_MAX);
+	e = n > 0 ? json_get(a->body, t, n, "error") : -1;
+	d = n > 0 ? json_get(a->body, t, n, "error_description") : -1;
+	if (e < 0 || json_string(a->body, &t[e], &error, &elen) < 0) {
+		set_error(buf, size, "bearerd answered HTTP status %d", a->status);
+		return;
+	}
+	if (d >= 0 && json_string(a->body, &t[d], &desc, &dlen) == 0 && dlen > 0)
+		set_error(buf, size, "%s: %s", error, desc);
+	else
+		set_error(buf, size, "%s", error);
+	free(error);
+	free(desc);
+}
+
+static int
+errno_for_status(int status)
+{
+	switch (status) {
+	case 400:
+		return -EINVAL;
+	case 403:
+		return -EPERM;
+	case 404:
+		return -ENXIO;
+	case 503:
+		return -EAGAIN;
+	case 504:
+		return -ETIMEDOUT;
+	default:
+		return -EIO;
+	}
+}
+
+static void
+describe_errno(int r, const char *socket_path, char *buf, size_t size)
+{
+	char tmp[128];
+
+	switch (r) {
+	case -EPROTO:
+		set_error(buf, size, "malformed answer from bearerd at %s", socket_path);
+		break;
+	case -EMSGSIZE:
+		set_error(buf, size, "answer from bearerd at %s is too large", socket_path);
+		break;
+	case -ENOMEM:
+		set_error(buf, size, "out of memory");
+		break;
+	case -ETIMEDOUT:
+		set_error(buf, size, "no answer from bearerd at %s within %d s", socket_path,
+			  TIMEOUT_MS / 1000);
+		break;
+	default:
+		set_error(buf, size, "cannot reach bearerd at %s: %s", socket_path,
+			  strerror_r(-r, tmp, sizeof(tmp)));
+		break;
+	}
+}
+
+/* Percent-encodes s (RFC 3986 unreserved characters stay) for one path segment. */
+static int
+encode_segment(const char *s, char *out, size_t size)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			     (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
+
+		if (o + 4 > size)
+			return -ENAMETOOLONG;
+		if (plain) {
+			out[o++] = (char)c;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 15];
+		}
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+int
+bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_validity,
+		    struct bearer_token *out, int *http_status, char *errbuf, size_t errlen)
+{
+	char enc[AUDIENCE_MAX * 3 + 1], path[sizeof(enc) + 64];
+	struct answer a = {0};
+	int r;
+
+	if (socket_path == NULL)
+		socket_path = bearer_default_socket();
+	if (http_status != NULL)
+		*http_status = 0;
+	set_error(errbuf, errlen, "%s", "");
+
+	if (audience == NULL || audience[0] == '\0' || out == NULL || min_validity < 0) {
+		set_error(errbuf, errlen, "invalid argument");
+		return -EINVAL;
+	}
+	if (strlen(audience) > AUDIENCE_MAX || encode_segment(audience, enc, sizeof(enc)) < 0) {
+		set_error(errbuf, errlen, "audience name too long");
+		return -ENAMETOOLONG;
+	}
+	if (min_validity > 0)
+		snprintf(path, sizeof(path), "/v1/token/%s?min_validity=%" PRId64, enc,
+			 min_validity);
+	else
+		snprintf(path, sizeof(path), "/v1/token/%s", enc);
+
+	r = request(socket_path, "GET", path, "application/json", TOKEN_BODY_MAX, &a);
+	if (r < 0) {
+		describe_errno(r, socket_path, errbuf, errlen);
+		return r;
+	}
+	if (http_status != NULL)
+		*http_status = a.status;
+	if (a.status == 200) {
+		r = parse_token(a.body, a.len, out);
+		if (r < 0)
+			describe_errno(r, socket_path, errbuf, errlen);
+	} else {
+		r = errno_for_status(a.status);
+		describe_http_error(&a, errbuf, errlen);
+	}
+	wipe_free(a.body, a.len + 1);
+	return r;
+}
+
+int
+bearer_get_token(const char *socket_path, const char *audience, int64_t min_validity,
+		 struct bearer_token *out)
+{
+	return bearer_get_token_ex(socket_path, audience, min_validity, out, NULL, NULL, 0);
+}
+
+void
+bearer_token_clear(struct bearer_token *t)
+{
+	if (t == NULL)
+		return;
+	if (t->access_token != NULL)
+		wipe_free(t->access_token, t->len + 1);
+	explicit_bzero(t, sizeof(*t));
+}
