@@ -1,2 +1,1461 @@
-/* placeholder */
+/*
+ * Configuration: reads the INI file with inih, validates all of it and
+ * reports every problem as "FILE:LINE: message", then builds struct config.
+ *
+ * How inih is used, and why this way.  Debian's libinih (55) is built with
+ * INI_HANDLER_LINENO=0, so the handler is never told the line of a key; it
+ * also has a fixed 200-byte line buffer and a 50-byte section buffer compiled
+ * into the shared library (the INI_* macros and the ini_* variables in ini.h
+ * do not change them), it ignores text after "]", reports only the first
+ * syntax error, and never calls the handler for a section without keys.  So
+ * we feed inih through ini_parse_stream with our own reader, which:
+ *   - counts lines, so the handler (called for a line before the next one is
+ *     read) knows the line of every key;
+ *   - strips leading blanks, so an indented line is never taken as a
+ *     continuation of the previous value (inih's multi-line mode);
+ *   - handles "[section]" headers itself (names are up to 128 bytes, too long
+ *     for inih's buffer; empty and duplicate sections need their line) and
+ *     hands inih a blank line instead;
+ *   - reports lines inih would reject (no "=" or ":"), so that every syntax
+ *     error is reported, not only the first;
+ *   - bounds the file (CONFIG_MAX_SIZE) and its lines (CONFIG_MAX_LINE).
+ * inih splits "key = value" lines, strips inline " ;" comments and blanks.
+ * A key line too long for inih's buffer is split by key_line_split, which
+ * follows inih's rules (first "=" or ":", inline comment after a blank).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include "config.h"
+#include "log.h"
+
+#define CONFIG_MAX_SIZE	      (1024 * 1024) /* bytes in a file */
+#define CONFIG_MAX_LINE	      4096	    /* bytes in a line */
+#define CONFIG_MAX_IDENTITIES 256
+#define CONFIG_MAX_AUDIENCES  4096
+#define CONFIG_MAX_ERRORS     1000 /* then one "too many errors" line */
+
+#define DEFAULT_SOCKET	      "/run/bearerd/bearerd.sock"
+#define DEFAULT_SOCKET_MODE   0660
+#define DEFAULT_MIN_VALIDITY  300
+#define DEFAULT_REFRESH	      900
+#define DEFAULT_MAX_ENTRIES   10000
+#define DEFAULT_IDLE_TIMEOUT  3600
+#define DEFAULT_WAIT_TIMEOUT  5
+#define DEFAULT_IMDS_ENDPOINT "http://169.254.169.254/metadata/identity/oauth2/token"
+#define DEFAULT_IMDS_TIMEOUT  10
+#define DEFAULT_DEV_ISSUER    "bearerd-dev"
+#define DEFAULT_DEV_LIFETIME  3600
+
+/* Keys of [bearerd]. */
+enum bkey {
+	BK_SOCKET,
+	BK_SOCKET_MODE,
+	BK_SOCKET_GROUP,
+	BK_LOG_LEVEL,
+	BK_MIN_VALIDITY,
+	BK_REFRESH_MARGIN,
+	BK_MAX_ENTRIES,
+	BK_IDLE_TIMEOUT,
+	BK_WAIT_TIMEOUT,
+	BK__N,
+};
+
+static const char *const bkey_names[BK__N] = {
+    "socket",	      "socket_mode", "socket_group", "log_level",    "min_validity",
+    "refresh_margin", "max_entries", "idle_timeout", "wait_timeout",
+};
+
+/* Keys of [identity "NAME"], and which source each applies to. */
+enum ikey {
+	IK_SOURCE,
+	IK_ENDPOINT,
+	IK_CLIENT_ID,
+	IK_OBJECT_ID,
+	IK_MSI_RES_ID,
+	IK_CA_FILE,
+	IK_TIMEOUT,
+	IK_ISSUER,
+	IK_SUBJECT,
+	IK_ROLES,
+	IK_LIFETIME,
+	IK_DYNAMIC_RESOURCES,
+	IK__N,
+};
+
+static const char *const ikey_names[IK__N] = {
+    "source",  "endpoint", "client_id", "object_id", "msi_res_id", "ca_file",
+    "timeout", "issuer",   "subject",	"roles",     "lifetime",   "dynamic_resources",
+};
+
+/* 0: every source; else the one source the key belongs to. */
+static const enum config_source ikey_source[IK__N] = {
+    [IK_ENDPOINT] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_CLIENT_ID] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_OBJECT_ID] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_MSI_RES_ID] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_CA_FILE] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_TIMEOUT] = CONFIG_SOURCE_AZURE_IMDS,
+    [IK_ISSUER] = CONFIG_SOURCE_DEV,
+    [IK_SUBJECT] = CONFIG_SOURCE_DEV,
+    [IK_ROLES] = CONFIG_SOURCE_DEV,
+    [IK_LIFETIME] = CONFIG_SOURCE_DEV,
+};
+
+/* Keys of [audience "NAME"]. */
+enum akey {
+	AK_IDENTITY,
+	AK_RESOURCE,
+	AK_PREFETCH,
+	AK_ALLOW_UIDS,
+	AK_ALLOW_GIDS,
+	AK__N,
+};
+
+static const char *const akey_names[AK__N] = {
+    "identity", "resource", "prefetch", "allow_uids", "allow_gids",
+};
+
+/* Sources named in DESIGN.md that this build does not implement yet. */
+static const char *const unsupported_sources[] = {
+    "azure-appservice", "entra-secret", "entra-certificate", "entra-federated", "oauth2",
+};
+
+/* Sections named in DESIGN.md that this build does not implement yet. */
+static const char *const unsupported_sections[] = {"compat", "proxy", "route"};
+
+enum section {
+	SEC_NONE, /* before the first header */
+	SEC_SKIP, /* a bad header: its keys are ignored, the header was reported */
+	SEC_BEARERD,
+	SEC_IDENTITY,
+	SEC_AUDIENCE,
+};
+
+enum source_state {
+	SOURCE_UNSET,
+	SOURCE_OK,
+	SOURCE_BAD, /* invalid or unsupported: reported, the rest depends on it */
+};
+
+/* What the parser remembers about an identity beyond struct config_identity. */
+struct ident_info {
+	int key_line[IK__N]; /* 0: not set */
+	enum source_state source_state;
+	bool lost_line; /* a line of the section was unreadable: no "missing key" */
+};
+
+struct aud_info {
+	int key_line[AK__N];
+	bool lost_line;
+};
+
+struct perr {
+	int line;
+	size_t seq;
+	size_t owner; /* identity index + 1 for errors dropped when its source is bad */
+	bool dropped;
+	char *msg;
+};
+
+struct parser {
+	const char *name; /* FILE in messages */
+	struct config *c;
+	bool oom;
+
+	/* reader */
+	FILE *f;	  /* either a stream... */
+	const char *text; /* ...or the rest of a string */
+	char *buf;
+	size_t buf_cap;
+	size_t total;
+	int line;
+	int read_errno;
+	bool stop;
+
+	/* current section */
+	enum section sec;
+	size_t cur;
+	int *cur_lines;
+	int bearerd_line;
+	int bearerd_lines[BK__N];
+	struct ident_info *iinfo;
+	size_t identities_cap;
+	struct aud_info *ainfo;
+	size_t audiences_cap;
+
+	struct perr *errs;
+	size_t n_errs, errs_cap;
+	size_t owner; /* applied to errors added while nonzero */
+};
+
+static const char dev_config[] = "[identity \"dev\"]\n"
+				 "source = dev\n"
+				 "roles = Sample.Read Sample.Write\n"
+				 "lifetime = 3600\n"
+				 "dynamic_resources = yes\n"
+				 "\n"
+				 "[audience \"demo\"]\n"
+				 "identity = dev\n"
+				 "resource = api://bearerd-demo\n"
+				 "prefetch = yes\n";
+
+/* Errors */
+
+static void perr_at(struct parser *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+perr_at(struct parser *p, int line, const char *fmt, ...)
+{
+	struct perr *e;
+	va_list ap;
+	char *msg;
+	int r;
+
+	if (p->n_errs > CONFIG_MAX_ERRORS)
+		return;
+	if (p->n_errs == p->errs_cap) {
+		size_t cap = p->errs_cap ? p->errs_cap * 2 : 16;
+		e = reallocarray(p->errs, cap, sizeof(*e));
+		if (e == NULL) {
+			p->oom = true;
+			return;
+		}
+		p->errs = e;
+		p->errs_cap = cap;
+	}
+	if (p->n_errs == CONFIG_MAX_ERRORS) {
+		msg = strdup("too many errors, giving up");
+		p->stop = true;
+	} else {
+		va_start(ap, fmt);
+		r = vasprintf(&msg, fmt, ap);
+		va_end(ap);
+		if (r < 0)
+			msg = NULL;
+	}
+	if (msg == NULL) {
+		p->oom = true;
+		return;
+	}
+	e = &p->errs[p->n_errs];
+	*e = (struct perr){.line = line, .seq = p->n_errs, .owner = p->owner, .msg = msg};
+	p->n_errs++;
+}
+
+#define perr(p, ...) perr_at((p), (p)->line, __VA_ARGS__)
+
+static int
+perr_cmp(const void *a, const void *b)
+{
+	const struct perr *x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Prints the errors in line order; returns how many were printed. */
+static size_t
+perr_flush(struct parser *p, FILE *out)
+{
+	size_t n = 0;
+
+	if (p->n_errs == 0)
+		return 0;
+	qsort(p->errs, p->n_errs, sizeof(*p->errs), perr_cmp);
+	for (size_t i = 0; i < p->n_errs; i++) {
+		if (p->errs[i].dropped)
+			continue;
+		n++;
+		if (out != NULL)
+			fprintf(out, "%s:%d: %s\n", p->name, p->errs[i].line, p->errs[i].msg);
+	}
+	return n;
+}
+
+/* Values */
+
+static bool
+name_valid(const char *s)
+{
+	size_t n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-");
+
+	return n > 0 && n <= CONFIG_NAME_MAX && s[n] == '\0';
+}
+
+static bool
+all_digits(const char *s)
+{
+	return s[0] != '\0' && s[strspn(s, "0123456789")] == '\0';
+}
+
+/* Whole seconds (or a plain count) in [min, max]; reports and fails otherwise. */
+static int
+parse_int(struct parser *p, const char *key, const char *v, int64_t min, int64_t max, int64_t *out)
+{
+	long long n;
+
+	if (v[0] == '-' && all_digits(v + 1)) {
+		perr(p, "%s: must not be negative, got '%.64s'", key, v);
+		return -EINVAL;
+	}
+	if (!all_digits(v)) {
+		perr(p, "%s: expected a whole number, got '%.64s'", key, v);
+		return -EINVAL;
+	}
+	errno = 0;
+	n = strtoll(v, NULL, 10);
+	if (errno == ERANGE || n < min || n > max) {
+		perr(p, "%s: %.64s is out of range (%" PRId64 "..%" PRId64 ")", key, v, min, max);
+		return -EINVAL;
+	}
+	*out = n;
+	return 0;
+}
+
+static int
+parse_bool(struct parser *p, const char *key, const char *v, bool *out)
+{
+	static const char *const yes[] = {"yes", "true", "1", "on"};
+	static const char *const no[] = {"no", "false", "0", "off"};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		if (strcasecmp(v, yes[i]) == 0) {
+			*out = true;
+			return 0;
+		}
+		if (strcasecmp(v, no[i]) == 0) {
+			*out = false;
+			return 0;
+		}
+	}
+	perr(p, "%s: expected yes or no, got '%.64s'", key, v);
+	return -EINVAL;
+}
+
+/* A non-empty string without blanks (ids and URLs). */
+static int
+parse_word(struct parser *p, const char *key, const char *v, char **out)
+{
+	char *s;
+
+	if (v[0] == '\0') {
+		perr(p, "%s: empty value", key);
+		return -EINVAL;
+	}
+	if (strpbrk(v, " \t") != NULL) {
+		perr(p, "%s: must not contain blanks, got '%.64s'", key, v);
+		return -EINVAL;
+	}
+	s = strdup(v);
+	if (s == NULL) {
+		p->oom = true;
+		return -ENOMEM;
+	}
+	free(*out);
+	*out = s;
+	return 0;
+}
+
+/* A non-empty string, kept byte for byte (inih has stripped the blanks around it). */
+static int
+parse_string(struct parser *p, const char *key, const char *v, char **out)
+{
+	char *s;
+
+	if (v[0] == '\0') {
+		perr(p, "%s: empty value", key);
+		return -EINVAL;
+	}
+	s = strdup(v);
+	if (s == NULL) {
+		p->oom = true;
+		return -ENOMEM;
+	}
+	free(*out);
+	*out = s;
+	return 0;
+}
+
+static char **
+strv_free(char **v)
+{
+	if (v == NULL)
+		return NULL;
+	for (size_t i = 0; v[i] != NULL; i++)
+		free(v[i]);
+	free(v);
+	return NULL;
+}
+
+/* Blank-separated words into a NULL-terminated array (empty for an empty value). */
+static int
+split_words(const char *v, char ***out)
+{
+	char **words = NULL, **w, *copy, *save = NULL, *tok;
+	size_t n = 0;
+	int r = -ENOMEM;
+
+	copy = strdup(v);
+	if (copy == NULL)
+		goto out;
+	words = calloc(1, sizeof(*words));
+	if (words == NULL)
+		goto out;
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+		w = reallocarray(words, n + 2, sizeof(*words));
+		if (w == NULL)
+			goto out;
+		words = w;
+		words[n] = strdup(tok);
+		words[n + 1] = NULL;
+		if (words[n] == NULL)
+			goto out;
+		n++;
+	}
+	*out = words;
+	words = NULL;
+	r = 0;
+out:
+	strv_free(words);
+	free(copy);
+	return r;
+}
+
+_Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t),
+	       "uid_t and gid_t are 32-bit");
+
+/* allow_uids / allow_gids: names (resolved now) or numeric ids. */
+static int
+parse_ids(struct parser *p, const char *key, const char *v, bool groups, uint32_t **out,
+	  size_t *n_out)
+{
+	char **words = NULL;
+	uint32_t *ids = NULL;
+	size_t n = 0;
+	bool bad = false;
+	int r;
+
+	r = split_words(v, &words);
+	if (r < 0) {
+		p->oom = true;
+		goto out;
+	}
+	for (n = 0; words[n] != NULL; n++)
+		;
+	if (n == 0) {
+		perr(p, "%s: empty list", key);
+		r = -EINVAL;
+		goto out;
+	}
+	ids = calloc(n, sizeof(*ids));
+	if (ids == NULL) {
+		p->oom = true;
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *w = words[i];
+		unsigned long long id;
+
+		if (all_digits(w)) {
+			errno = 0;
+			id = strtoull(w, NULL, 10);
+			/* (uid_t)-1 means "no change" to the kernel: never a real id */
+			if (errno == ERANGE || id >= UINT32_MAX) {
+				perr(p, "%s: id %.64s is out of range", key, w);
+				bad = true;
+				continue;
+			}
+			ids[i] = (uint32_t)id;
+		} else if (groups) {
+			struct group *g = getgrnam(w);
+
+			if (g == NULL) {
+				perr(p, "%s: unknown group '%.64s'", key, w);
+				bad = true;
+				continue;
+			}
+			ids[i] = g->gr_gid;
+		} else {
+			struct passwd *pw = getpwnam(w);
+
+			if (pw == NULL) {
+				perr(p, "%s: unknown user '%.64s'", key, w);
+				bad = true;
+				continue;
+			}
+			ids[i] = pw->pw_uid;
+		}
+	}
+	if (bad) {
+		r = -EINVAL;
+		goto out;
+	}
+	*out = ids;
+	*n_out = n;
+	ids = NULL;
+	r = 0;
+out:
+	free(ids);
+	strv_free(words);
+	return r;
+}
+
+/* Sections */
+
+/* inih's scanner: the first of chars, or an inline comment (";" after a blank). */
+static char *
+find_chars_or_comment(char *s, const char *chars)
+{
+	bool was_space = false;
+
+	while (*s != '\0' && (chars == NULL || strchr(chars, *s) == NULL) &&
+	       !(was_space && *s == ';')) {
+		was_space = isspace((unsigned char)*s);
+		s++;
+	}
+	return s;
+}
+
+static char *
+rstrip(char *s)
+{
+	size_t n = strlen(s);
+
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+static char *
+lskip(char *s)
+{
+	while (*s != '\0' && isspace((unsigned char)*s))
+		s++;
+	return s;
+}
+
+static bool
+in_list(const char *s, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(s, list[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int
+key_index(const char *const *names, size_t n, const char *key)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(names[i], key) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+static int
+identity_add(struct parser *p, const char *name)
+{
+	struct config *c = p->c;
+
+	if (c->n_identities == p->identities_cap) {
+		size_t cap = p->identities_cap ? p->identities_cap * 2 : 4;
+		struct config_identity *ids;
+		struct ident_info *info;
+
+		ids = reallocarray(c->identities, cap, sizeof(*ids));
+		if (ids == NULL)
+			return -ENOMEM;
+		c->identities = ids;
+		info = reallocarray(p->iinfo, cap, sizeof(*info));
+		if (info == NULL)
+			return -ENOMEM;
+		p->iinfo = info;
+		p->identities_cap = cap;
+	}
+	c->identities[c->n_identities] = (struct config_identity){
+	    .name = strdup(name),
+	    .line = p->line,
+	    .timeout = DEFAULT_IMDS_TIMEOUT,
+	    .lifetime = DEFAULT_DEV_LIFETIME,
+	};
+	p->iinfo[c->n_identities] = (struct ident_info){.source_state = SOURCE_UNSET};
+	if (c->identities[c->n_identities].name == NULL)
+		return -ENOMEM;
+	p->cur = c->n_identities++;
+	p->cur_lines = p->iinfo[p->cur].key_line;
+	return 0;
+}
+
+static int
+audience_add(struct parser *p, const char *name)
+{
+	struct config *c = p->c;
+
+	if (c->n_audiences == p->audiences_cap) {
+		size_t cap = p->audiences_cap ? p->audiences_cap * 2 : 4;
+		struct config_audience *auds;
+		struct aud_info *info;
+
+		auds = reallocarray(c->audiences, cap, sizeof(*auds));
+		if (auds == NULL)
+			return -ENOMEM;
+		c->audiences = auds;
+		info = reallocarray(p->ainfo, cap, sizeof(*info));
+		if (info == NULL)
+			return -ENOMEM;
+		p->ainfo = info;
+		p->audiences_cap = cap;
+	}
+	c->audiences[c->n_audiences] = (struct config_audience){
+	    .name = strdup(name),
+	    .line = p->line,
+	};
+	p->ainfo[c->n_audiences] = (struct aud_info){.lost_line = false};
+	if (c->audiences[c->n_audiences].name == NULL)
+		return -ENOMEM;
+	p->cur = c->n_audiences++;
+	p->cur_lines = p->ainfo[p->cur].key_line;
+	return 0;
+}
+
+/* [identity "NAME"] and [audience "NAME"]: kind is "identity" or "audience". */
+static void
+section_named(struct parser *p, const char *kind, char *rest)
+{
+	bool identity = strcmp(kind, "identity") == 0;
+	size_t n = strlen(rest);
+	char *name = rest;
+	int r;
+
+	if (n == 0) {
+		perr(p, "section [%s] needs a name: [%s \"NAME\"]", kind, kind);
+		return;
+	}
+	if (rest[0] == '"') {
+		if (n < 2 || rest[n - 1] != '"' || strchr(rest + 1, '"') != rest + n - 1) {
+			perr(p, "bad section header: expected [%s \"NAME\"]", kind);
+			return;
+		}
+		rest[n - 1] = '\0';
+		name = rest + 1;
+	} else {
+		/* reported, but taken as the name so that its keys are still checked */
+		perr(p, "section name must be quoted: [%s \"%.128s\"]", kind, rest);
+	}
+	if (!name_valid(name)) {
+		perr(p, "invalid %s name '%.140s': use 1 to %d of A-Z a-z 0-9 . _ -", kind, name,
+		     CONFIG_NAME_MAX);
+		return;
+	}
+	if (identity) {
+		const struct config_identity *id = config_identity_find(p->c, name);
+
+		if (id != NULL) {
+			perr(p, "duplicate section [identity \"%s\"] (first on line %d)", name,
+			     id->line);
+			return;
+		}
+		if (p->c->n_identities >= CONFIG_MAX_IDENTITIES) {
+			perr(p, "too many identities (at most %d)", CONFIG_MAX_IDENTITIES);
+			return;
+		}
+		r = identity_add(p, name);
+	} else {
+		const struct config_audience *a = config_audience_find(p->c, name);
+
+		if (a != NULL) {
+			perr(p, "duplicate section [audience \"%s\"] (first on line %d)", name,
+			     a->line);
+			return;
+		}
+		if (p->c->n_audiences >= CONFIG_MAX_AUDIENCES) {
+			perr(p, "too many audiences (at most %d)", CONFIG_MAX_AUDIENCES);
+			return;
+		}
+		r = audience_add(p, name);
+	}
+	if (r < 0) {
+		p->oom = true;
+		return;
+	}
+	p->sec = identity ? SEC_IDENTITY : SEC_AUDIENCE;
+}
+
+/* A "[...]" line (leading blanks already stripped). */
+static void
+section_begin(struct parser *p, char *line)
+{
+	char *end, *inner, *rest, *kind;
+
+	p->sec = SEC_SKIP;
+	p->cur_lines = NULL;
+	end = find_chars_or_comment(line + 1, "]");
+	if (*end != ']') {
+		perr(p, "bad section header: missing ']'");
+		return;
+	}
+	*end = '\0';
+	rest = lskip(end + 1);
+	if (*rest != '\0' && *rest != ';' && *rest != '#') {
+		perr(p, "unexpected text after section header: '%.64s'", rest);
+		return;
+	}
+	inner = rstrip(lskip(line + 1));
+	kind = inner;
+	rest = inner + strcspn(inner, " \t\"");
+	if (*rest != '\0' && *rest != '"')
+		*rest++ = '\0';
+	else if (*rest == '"') {
+		perr(p, "bad section header: expected [identity \"NAME\"] or [audience \"NAME\"]");
+		return;
+	}
+	rest = lskip(rest);
+
+	if (strcmp(kind, "bearerd") == 0) {
+		if (*rest != '\0') {
+			perr(p, "section [bearerd] takes no name");
+			return;
+		}
+		if (p->bearerd_line != 0) {
+			perr(p, "duplicate section [bearerd] (first on line %d)", p->bearerd_line);
+			return;
+		}
+		p->bearerd_line = p->line;
+		p->sec = SEC_BEARERD;
+		p->cur_lines = p->bearerd_lines;
+	} else if (strcmp(kind, "identity") == 0 || strcmp(kind, "audience") == 0) {
+		section_named(p, kind, rest);
+	} else if (in_list(kind, unsupported_sections,
+			   sizeof(unsupported_sections) / sizeof(unsupported_sections[0]))) {
+		perr(p, "section [%s] is not supported by this build yet", kind);
+	} else {
+		perr(p, "unknown section [%.64s]", kind);
+	}
+}
+
+/* Keys */
+
+static void
+bearerd_key(struct parser *p, int k, const char *v)
+{
+	struct config *c = p->c;
+	const char *key = bkey_names[k];
+	enum log_level level;
+	unsigned long mode;
+	int64_t n;
+
+	switch ((enum bkey)k) {
+	case BK_SOCKET:
+		if (parse_string(p, key, v, &c->socket) == 0 &&
+		    strlen(v) >= sizeof(((struct sockaddr_un *)NULL)->sun_path))
+			perr(p, "socket: path is longer than %zu bytes",
+			     sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+		break;
+	case BK_SOCKET_MODE:
+		if (v[0] == '\0' || v[strspn(v, "01234567")] != '\0')
+			perr(p, "socket_mode: expected an octal mode such as 0660, got '%.64s'", v);
+		else if ((mode = strtoul(v, NULL, 8)) > 0777)
+			perr(p, "socket_mode: %.64s is out of range (0..0777)", v);
+		else
+			c->socket_mode = (mode_t)mode;
+		break;
+	case BK_SOCKET_GROUP:
+		parse_word(p, key, v, &c->socket_group);
+		break;
+	case BK_LOG_LEVEL:
+		if (log_level_parse(v, &level) < 0)
+			perr(p, "log_level: expected error, warning, info or debug, got '%.64s'",
+			     v);
+		else
+			c->log_level = (int)level;
+		break;
+	case BK_MIN_VALIDITY:
+		parse_int(p, key, v, 0, 86400, &c->min_validity);
+		break;
+	case BK_REFRESH_MARGIN:
+		parse_int(p, key, v, 0, 86400, &c->refresh_margin);
+		break;
+	case BK_MAX_ENTRIES:
+		if (parse_int(p, key, v, 1, 1000000, &n) == 0)
+			c->max_entries = (size_t)n;
+		break;
+	case BK_IDLE_TIMEOUT:
+		parse_int(p, key, v, 1, 30 * 86400, &c->idle_timeout);
+		break;
+	case BK_WAIT_TIMEOUT:
+		parse_int(p, key, v, 1, 300, &c->wait_timeout);
+		break;
+	case BK__N:
+		break;
+	}
+}
+
+static void
+identity_source(struct parser *p, struct config_identity *id, struct ident_info *info,
+		const char *v)
+{
+	info->source_state = SOURCE_BAD;
+	if (strcmp(v, "dev") == 0) {
+		id->source = CONFIG_SOURCE_DEV;
+		info->source_state = SOURCE_OK;
+	} else if (strcmp(v, "azure-imds") == 0) {
+		id->source = CONFIG_SOURCE_AZURE_IMDS;
+		info->source_state = SOURCE_OK;
+	} else if (in_list(v, unsupported_sources,
+			   sizeof(unsupported_sources) / sizeof(unsupported_sources[0]))) {
+		perr(p, "source %s is not supported by this build yet", v);
+	} else {
+		perr(p, "source: unknown source '%.64s' (expected dev or azure-imds)", v);
+	}
+}
+
+static void
+identity_key(struct parser *p, int k, const char *v)
+{
+	struct config_identity *id = &p->c->identities[p->cur];
+	struct ident_info *info = &p->iinfo[p->cur];
+	const char *key = ikey_names[k];
+	char **roles = NULL;
+
+	switch ((enum ikey)k) {
+	case IK_SOURCE:
+		identity_source(p, id, info, v);
+		break;
+	case IK_ENDPOINT:
+		if (parse_word(p, key, v, &id->endpoint) < 0)
+			break;
+		if ((strncmp(v, "http://", 7) != 0 || v[7] == '\0') &&
+		    (strncmp(v, "https://", 8) != 0 || v[8] == '\0'))
+			perr(p, "endpoint: expected an http:// or https:// URL, got '%.64s'", v);
+		break;
+	case IK_CLIENT_ID:
+		parse_word(p, key, v, &id->client_id);
+		break;
+	case IK_OBJECT_ID:
+		parse_word(p, key, v, &id->object_id);
+		break;
+	case IK_MSI_RES_ID:
+		parse_word(p, key, v, &id->msi_res_id);
+		break;
+	case IK_CA_FILE:
+		if (parse_string(p, key, v, &id->ca_file) == 0 && access(v, R_OK) < 0)
+			perr(p, "ca_file: cannot read '%.128s': %s", v, strerror(errno));
+		break;
+	case IK_TIMEOUT:
+		parse_int(p, key, v, 1, 120, &id->timeout);
+		break;
+	case IK_ISSUER:
+		parse_string(p, key, v, &id->issuer);
+		break;
+	case IK_SUBJECT:
+		parse_string(p, key, v, &id->subject);
+		break;
+	case IK_ROLES:
+		if (split_words(v, &roles) < 0) {
+			p->oom = true;
+			break;
+		}
+		strv_free(id->roles);
+		id->roles = roles;
+		break;
+	case IK_LIFETIME:
+		parse_int(p, key, v, 60, 86400, &id->lifetime);
+		break;
+	case IK_DYNAMIC_RESOURCES:
+		parse_bool(p, key, v, &id->dynamic_resources);
+		break;
+	case IK__N:
+		break;
+	}
+}
+
+static void
+audience_key(struct parser *p, int k, const char *v)
+{
+	struct config_audience *a = &p->c->audiences[p->cur];
+	const char *key = akey_names[k];
+	uint32_t *ids = NULL;
+	size_t n = 0;
+
+	switch ((enum akey)k) {
+	case AK_IDENTITY:
+		if (parse_string(p, key, v, &a->identity_name) == 0 && !name_valid(v))
+			perr(p, "identity: invalid identity name '%.140s'", v);
+		break;
+	case AK_RESOURCE:
+		parse_string(p, key, v, &a->resource);
+		break;
+	case AK_PREFETCH:
+		parse_bool(p, key, v, &a->prefetch);
+		break;
+	case AK_ALLOW_UIDS:
+		if (parse_ids(p, key, v, false, &ids, &n) == 0) {
+			a->allow_uids = ids;
+			a->n_allow_uids = n;
+		}
+		break;
+	case AK_ALLOW_GIDS:
+		if (parse_ids(p, key, v, true, &ids, &n) == 0) {
+			a->allow_gids = ids;
+			a->n_allow_gids = n;
+		}
+		break;
+	case AK__N:
+		break;
+	}
+}
+
+/* One "key = value" of the current line, from inih or from key_line_split. */
+static void
+key_value(struct parser *p, const char *key, const char *v)
+{
+	const char *const *names;
+	size_t n;
+	int k;
+
+	switch (p->sec) {
+	case SEC_NONE:
+		perr(p, "key '%.64s' outside of any section", key);
+		return;
+	case SEC_SKIP:
+		return;
+	case SEC_BEARERD:
+		names = bkey_names;
+		n = BK__N;
+		break;
+	case SEC_IDENTITY:
+		names = ikey_names;
+		n = IK__N;
+		break;
+	case SEC_AUDIENCE:
+		names = akey_names;
+		n = AK__N;
+		break;
+	default:
+		return;
+	}
+	if (key[0] == '\0') {
+		perr(p, "missing key name before '='");
+		return;
+	}
+	k = key_index(names, n, key);
+	if (k < 0) {
+		if (p->sec == SEC_BEARERD) {
+			perr(p, "unknown key '%.64s' in [bearerd]", key);
+		} else if (p->sec == SEC_IDENTITY) {
+			/* dropped if the source turns out unsupported: keys of other sources */
+			p->owner = p->cur + 1;
+			perr(p, "unknown key '%.64s' in [identity \"%s\"]", key,
+			     p->c->identities[p->cur].name);
+			p->owner = 0;
+		} else {
+			perr(p, "unknown key '%.64s' in [audience \"%s\"]", key,
+			     p->c->audiences[p->cur].name);
+		}
+		return;
+	}
+	if (p->cur_lines[k] != 0) {
+		perr(p, "duplicate key '%s' (first set on line %d)", key, p->cur_lines[k]);
+		return;
+	}
+	p->cur_lines[k] = p->line;
+	if (p->sec == SEC_BEARERD)
+		bearerd_key(p, k, v);
+	else if (p->sec == SEC_IDENTITY)
+		identity_key(p, k, v);
+	else
+		audience_key(p, k, v);
+}
+
+#if INI_HANDLER_LINENO
+static int
+ini_on_key(void *user, const char *section, const char *name, const char *value, int lineno)
+#else
+static int
+ini_on_key(void *user, const char *section, const char *name, const char *value)
+#endif
+{
+	struct parser *p = user;
+
+	/* section is always "": the reader keeps headers from inih */
+	key_value(p, name, value != NULL ? value : "");
+	return 1;
+}
+
+/*
+ * A key line too long for inih's fixed buffer, split the way inih splits:
+ * the key ends at the first "=" or ":", the value loses an inline comment
+ * (";" after a blank) and surrounding blanks.
+ */
+static void
+key_line_split(struct parser *p, char *line)
+{
+	char *sep = find_chars_or_comment(line, "=:");
+	char *value;
+
+	*sep = '\0';
+	value = lskip(sep + 1);
+	*find_chars_or_comment(value, NULL) = '\0';
+	key_value(p, rstrip(line), rstrip(value));
+}
+
+/* Reader */
+
+/* A line of the current section was reported and dropped: a missing key may be on it. */
+static char *
+line_lost(struct parser *p, char *str)
+{
+	if (p->sec == SEC_IDENTITY)
+		p->iinfo[p->cur].lost_line = true;
+	else if (p->sec == SEC_AUDIENCE)
+		p->ainfo[p->cur].lost_line = true;
+	return str;
+}
+
+/* The next raw line without its "\n" into p->buf; false at the end. */
+static bool
+reader_getline(struct parser *p, size_t *len)
+{
+	ssize_t n;
+
+	if (p->f != NULL) {
+		n = getline(&p->buf, &p->buf_cap, p->f);
+		if (n < 0) {
+			if (ferror(p->f))
+				p->read_errno = errno ? errno : EIO;
+			return false;
+		}
+	} else {
+		const char *nl;
+		char *b;
+
+		if (p->text == NULL || p->text[0] == '\0')
+			return false;
+		nl = strchr(p->text, '\n');
+		n = nl != NULL ? nl - p->text + 1 : (ssize_t)strlen(p->text);
+		if ((size_t)n + 1 > p->buf_cap) {
+			b = realloc(p->buf, (size_t)n + 1);
+			if (b == NULL) {
+				p->read_errno = ENOMEM;
+				return false;
+			}
+			p->buf = b;
+			p->buf_cap = (size_t)n + 1;
+		}
+		memcpy(p->buf, p->text, (size_t)n);
+		p->buf[n] = '\0';
+		p->text += n;
+	}
+	p->total += (size_t)n;
+	if (n > 0 && p->buf[n - 1] == '\n')
+		p->buf[--n] = '\0';
+	*len = (size_t)n;
+	return true;
+}
+
+/*
+ * inih's fgets-style reader.  Hands inih one "key = value" line at a time,
+ * or "\n" for lines handled here (blank, comment, header, error).
+ */
+static char *
+reader_next(char *str, int num, void *stream)
+{
+	struct parser *p = stream;
+	char *line, sep;
+	size_t len;
+
+	if (p->stop || p->read_errno != 0 || !reader_getline(p, &len))
+		return NULL;
+	p->line++;
+	snprintf(str, (size_t)num, "\n");
+	if (p->total > CONFIG_MAX_SIZE) {
+		perr(p, "file too large (more than %d bytes)", CONFIG_MAX_SIZE);
+		p->stop = true;
+		return NULL;
+	}
+	if (len > CONFIG_MAX_LINE) {
+		perr(p, "line too long (more than %d bytes)", CONFIG_MAX_LINE);
+		return line_lost(p, str);
+	}
+	if (strlen(p->buf) != len) {
+		perr(p, "NUL byte in line");
+		return line_lost(p, str);
+	}
+	line = p->buf;
+	if (p->line == 1 && strncmp(line, "\xEF\xBB\xBF", 3) == 0)
+		line += 3;
+	line = rstrip(lskip(line));
+	for (const char *s = line; *s != '\0'; s++) {
+		if ((iscntrl((unsigned char)*s) && *s != '\t')) {
+			perr(p, "control character in line");
+			return line_lost(p, str);
+		}
+	}
+	if (line[0] == '\0' || line[0] == ';' || line[0] == '#')
+		return str;
+	if (line[0] == '[') {
+		section_begin(p, line);
+		return str;
+	}
+	len = strlen(line);
+	sep = *find_chars_or_comment(line, "=:");
+	if (sep != '=' && sep != ':') {
+		perr(p, "syntax error: expected 'key = value' or a [section] header");
+		return line_lost(p, str);
+	}
+	if (len + 2 > (size_t)num) {
+		key_line_split(p, line);
+		return str;
+	}
+	snprintf(str, (size_t)num, "%s\n", line);
+	return str;
+}
+
+/* Validation after the whole file was read */
+
+static int
+identity_finish(struct parser *p, size_t i)
+{
+	struct config_identity *id = &p->c->identities[i];
+	struct ident_info *info = &p->iinfo[i];
+	static const int selectors[] = {IK_CLIENT_ID, IK_OBJECT_ID, IK_MSI_RES_ID};
+	int first = -1;
+
+	if (info->source_state == SOURCE_UNSET) {
+		if (!info->lost_line)
+			perr_at(p, id->line, "identity '%s': missing required key 'source'",
+				id->name);
+		return 0;
+	}
+	if (info->source_state == SOURCE_BAD) {
+		/* keys of a source this build does not know: already said so */
+		for (size_t e = 0; e < p->n_errs; e++) {
+			if (p->errs[e].owner == i + 1)
+				p->errs[e].dropped = true;
+		}
+		return 0;
+	}
+	for (int k = 0; k < IK__N; k++) {
+		if (info->key_line[k] != 0 && ikey_source[k] != 0 && ikey_source[k] != id->source)
+			perr_at(p, info->key_line[k], "key '%s' does not apply to source %s",
+				ikey_names[k], config_source_name(id->source));
+	}
+
+	if (id->source == CONFIG_SOURCE_AZURE_IMDS) {
+		/* the earliest selector stands; each later one is reported on its line */
+		for (size_t s = 0; s < sizeof(selectors) / sizeof(selectors[0]); s++) {
+			int line = info->key_line[selectors[s]];
+
+			if (line != 0 && (first < 0 || line < info->key_line[first]))
+				first = selectors[s];
+		}
+		for (size_t s = 0; s < sizeof(selectors) / sizeof(selectors[0]); s++) {
+			int k = selectors[s];
+
+			if (k == first || info->key_line[k] == 0)
+				continue;
+			perr_at(p, info->key_line[k],
+				"%s conflicts with %s (line %d): set at most one of client_id, "
+				"object_id, msi_res_id",
+				ikey_names[k], ikey_names[first], info->key_line[first]);
+		}
+		if (id->endpoint == NULL) {
+			id->endpoint = strdup(DEFAULT_IMDS_ENDPOINT);
+			if (id->endpoint == NULL)
+				return -ENOMEM;
+		}
+	} else {
+		if (id->lifetime <= p->c->min_validity) {
+			int line = info->key_line[IK_LIFETIME];
+
+			if (line == 0)
+				line = p->bearerd_lines[BK_MIN_VALIDITY]
+					   ? p->bearerd_lines[BK_MIN_VALIDITY]
+					   : id->line;
+			perr_at(p, line,
+				"lifetime (%" PRId64 ") must exceed min_validity (%" PRId64 ")",
+				id->lifetime, p->c->min_validity);
+		}
+		if (id->issuer == NULL)
+			id->issuer = strdup(DEFAULT_DEV_ISSUER);
+		if (id->subject == NULL)
+			id->subject = strdup(id->name);
+		if (id->roles == NULL)
+			id->roles = calloc(1, sizeof(*id->roles));
+		if (id->issuer == NULL || id->subject == NULL || id->roles == NULL)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void
+audience_finish(struct parser *p, size_t i)
+{
+	struct config_audience *a = &p->c->audiences[i];
+	struct aud_info *info = &p->ainfo[i];
+
+	if (info->key_line[AK_IDENTITY] == 0 && !info->lost_line)
+		perr_at(p, a->line, "audience '%s': missing required key 'identity'", a->name);
+	if (info->key_line[AK_RESOURCE] == 0 && !info->lost_line)
+		perr_at(p, a->line, "audience '%s': missing required key 'resource'", a->name);
+	if (a->identity_name == NULL)
+		return;
+	for (size_t k = 0; k < p->c->n_identities; k++) {
+		if (strcmp(p->c->identities[k].name, a->identity_name) == 0) {
+			a->identity = &p->c->identities[k];
+			return;
+		}
+	}
+	if (name_valid(a->identity_name))
+		perr_at(p, info->key_line[AK_IDENTITY], "identity: no [identity \"%s\"] section",
+			a->identity_name);
+}
+
+static int
+config_new(struct config **out)
+{
+	struct config *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return -ENOMEM;
+	c->socket_mode = DEFAULT_SOCKET_MODE;
+	c->log_level = LOG_LEVEL_INFO;
+	c->min_validity = DEFAULT_MIN_VALIDITY;
+	c->refresh_margin = DEFAULT_REFRESH;
+	c->idle_timeout = DEFAULT_IDLE_TIMEOUT;
+	c->wait_timeout = DEFAULT_WAIT_TIMEOUT;
+	c->max_entries = DEFAULT_MAX_ENTRIES;
+	*out = c;
+	return 0;
+}
+
+/* Parses from p->f or p->text into a new config; prints errors to errs. */
+static int
+load(struct config **out, struct parser *p, FILE *errs)
+{
+	struct config *c = NULL;
+	int r;
+
+	r = config_new(&c);
+	if (r < 0)
+		goto out;
+	p->c = c;
+	c->path = strdup(p->name);
+	if (c->path == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+
+	r = ini_parse_stream(reader_next, p, ini_on_key, p);
+	if (r == -2 || p->read_errno == ENOMEM)
+		p->oom = true;
+	if (p->read_errno != 0 && p->read_errno != ENOMEM) {
+		r = -p->read_errno;
+		if (errs != NULL)
+			fprintf(errs, "%s: read error: %s\n", p->name, strerror(p->read_errno));
+		goto out;
+	}
+	if (r > 0 && p->n_errs == 0)
+		perr_at(p, r, "syntax error"); /* inih saw something the reader did not */
+
+	if (!p->stop) {
+		if (c->n_identities == 0)
+			perr_at(
+			    p, p->line > 0 ? p->line : 1,
+			    "no [identity \"NAME\"] section: at least one identity is required");
+		for (size_t i = 0; i < c->n_identities; i++) {
+			if (identity_finish(p, i) < 0)
+				p->oom = true;
+		}
+		for (size_t i = 0; i < c->n_audiences; i++)
+			audience_finish(p, i);
+	}
+	if (c->socket == NULL) {
+		c->socket = strdup(DEFAULT_SOCKET);
+		if (c->socket == NULL)
+			p->oom = true;
+	}
+	if (p->oom) {
+		r = -ENOMEM;
+		if (errs != NULL)
+			fprintf(errs, "%s: out of memory\n", p->name);
+		goto out;
+	}
+	if (perr_flush(p, errs) > 0) {
+		r = -EINVAL;
+		goto out;
+	}
+	*out = c;
+	c = NULL;
+	r = 0;
+out:
+	for (size_t i = 0; i < p->n_errs; i++)
+		free(p->errs[i].msg);
+	free(p->errs);
+	free(p->iinfo);
+	free(p->ainfo);
+	free(p->buf);
+	config_free(c);
+	return r;
+}
+
+int
+config_load(struct config **out, const char *path, FILE *errs)
+{
+	struct parser p = {.name = path};
+	struct stat st;
+	int r;
+
+	p.f = fopen(path, "re");
+	if (p.f == NULL) {
+		r = -errno;
+		if (errs != NULL)
+			fprintf(errs, "%s: %s\n", path, strerror(-r));
+		return r;
+	}
+	/* the reader bounds the size too; this spares reading a huge file first */
+	if (fstat(fileno(p.f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > CONFIG_MAX_SIZE) {
+		if (errs != NULL)
+			fprintf(errs, "%s:1: file too large (more than %d bytes)\n", path,
+				CONFIG_MAX_SIZE);
+		r = -EINVAL;
+		goto out;
+	}
+	r = load(out, &p, errs);
+out:
+	fclose(p.f);
+	return r;
+}
+
+int
+config_load_string(struct config **out, const char *name, const char *text, FILE *errs)
+{
+	struct parser p = {.name = name, .text = text};
+
+	return load(out, &p, errs);
+}
+
+int
+config_load_dev(struct config **out, const char *socket_path, FILE *errs)
+{
+	struct config *c = NULL;
+	char *socket;
+	int r;
+
+	r = config_load_string(&c, "<dev>", dev_config, errs);
+	if (r < 0)
+		return r;
+	if (socket_path != NULL) {
+		socket = strdup(socket_path);
+		if (socket == NULL) {
+			config_free(c);
+			return -ENOMEM;
+		}
+		free(c->socket);
+		c->socket = socket;
+	}
+	*out = c;
+	return 0;
+}
+
+const struct config_identity *
+config_identity_find(const struct config *c, const char *name)
+{
+	for (size_t i = 0; i < c->n_identities; i++) {
+		if (strcmp(c->identities[i].name, name) == 0)
+			return &c->identities[i];
+	}
+	return NULL;
+}
+
+const struct config_audience *
+config_audience_find(const struct config *c, const char *name)
+{
+	for (size_t i = 0; i < c->n_audiences; i++) {
+		if (strcmp(c->audiences[i].name, name) == 0)
+			return &c->audiences[i];
+	}
+	return NULL;
+}
+
+const char *
+config_source_name(enum config_source s)
+{
+	switch (s) {
+	case CONFIG_SOURCE_DEV:
+		return "dev";
+	case CONFIG_SOURCE_AZURE_IMDS:
+		return "azure-imds";
+	}
+	return "unknown";
+}
+
+bool
+config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid)
+{
+	if (a->allow_uids == NULL && a->allow_gids == NULL)
+		return true;
+	for (size_t i = 0; i < a->n_allow_uids; i++) {
+		if (a->allow_uids[i] == uid)
+			return true;
+	}
+	for (size_t i = 0; i < a->n_allow_gids; i++) {
+		if (a->allow_gids[i] == gid)
+			return true;
+	}
+	return false;
+}
+
+struct config *
+config_free(struct config *c)
+{
+	if (c == NULL)
+		return NULL;
+	for (size_t i = 0; i < c->n_identities; i++) {
+		struct config_identity *id = &c->identities[i];
+
+		free(id->name);
+		free(id->endpoint);
+		free(id->client_id);
+		free(id->object_id);
+		free(id->msi_res_id);
+		free(id->ca_file);
+		free(id->issuer);
+		free(id->subject);
+		strv_free(id->roles);
+	}
+	for (size_t i = 0; i < c->n_audiences; i++) {
+		struct config_audience *a = &c->audiences[i];
+
+		free(a->name);
+		free(a->identity_name);
+		free(a->resource);
+		free(a->allow_uids);
+		free(a->allow_gids);
+	}
+	free(c->identities);
+	free(c->audiences);
+	free(c->path);
+	free(c->socket);
+	free(c->socket_group);
+	free(c);
+	return NULL;
+}

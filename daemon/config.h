@@ -17,16 +17,16 @@ struct config_identity {
 	enum config_source source;
 	int line; /* line of the section header */
 	/* azure-imds */
-	char *endpoint;   /* default http://169.254.169.254/metadata/identity/oauth2/token */
-	char *client_id;  /* selectors: at most one of the three */
+	char *endpoint;	 /* default http://169.254.169.254/metadata/identity/oauth2/token */
+	char *client_id; /* selectors: at most one of the three */
 	char *object_id;
 	char *msi_res_id;
-	char *ca_file;    /* extra trust anchor for https endpoints, or NULL */
-	int64_t timeout;  /* seconds for one upstream request, default 10 */
+	char *ca_file;	 /* extra trust anchor for https endpoints, or NULL */
+	int64_t timeout; /* seconds for one upstream request, default 10 */
 	/* dev */
-	char *issuer;     /* default "bearerd-dev" */
-	char *subject;    /* default the identity name */
-	char **roles;     /* NULL-terminated, may be empty */
+	char *issuer;	  /* default "bearerd-dev" */
+	char *subject;	  /* default the identity name */
+	char **roles;	  /* NULL-terminated, may be empty */
 	int64_t lifetime; /* seconds, default 3600 */
 	/* /v1/token?resource= may create entries for this identity */
 	bool dynamic_resources;
@@ -48,14 +48,14 @@ struct config_audience {
 struct config {
 	char *path;
 	char *socket;
-	mode_t socket_mode;  /* default 0660 */
-	char *socket_group;  /* NULL: the daemon's group */
-	int log_level;       /* enum log_level, default info */
-	int64_t min_validity;   /* seconds, default 300 */
+	mode_t socket_mode;	/* default 0660 */
+	char *socket_group;	/* NULL: the daemon's group */
+	int log_level;		/* enum log_level, default info */
+	int64_t min_validity;	/* seconds, default 300 */
 	int64_t refresh_margin; /* seconds, default 900 */
-	int64_t idle_timeout;   /* seconds, default 3600 */
-	int64_t wait_timeout;   /* seconds, default 5 */
-	size_t max_entries;     /* default 10000 */
+	int64_t idle_timeout;	/* seconds, default 3600 */
+	int64_t wait_timeout;	/* seconds, default 5 */
+	size_t max_entries;	/* default 10000 */
 	struct config_identity *identities;
 	size_t n_identities;
 	struct config_audience *audiences;
@@ -82,5 +82,20 @@ const struct config_identity *config_identity_find(const struct config *c, const
 const struct config_audience *config_audience_find(const struct config *c, const char *name);
 
 struct config *config_free(struct config *c);
+
+/* Additions */
+
+/* Longest identity or audience name; names are [A-Za-z0-9._-]{1,CONFIG_NAME_MAX}. */
+#define CONFIG_NAME_MAX 128
+
+/* "dev", "azure-imds": the spelling of the source key, for logs and status. */
+const char *config_source_name(enum config_source s);
+
+/*
+ * True when a peer (SO_PEERCRED uid and primary gid) may use the audience:
+ * always when it has neither allow_uids nor allow_gids, otherwise when the
+ * uid is in allow_uids or the gid is in allow_gids.
+ */
+bool config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid);
 
 #endif
