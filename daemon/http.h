@@ -18,17 +18,27 @@ struct http_server;
 struct http_request;
 
 struct http_limits {
-	size_t max_head;         /* bytes of request line + headers; default 16384 -> 431 */
-	size_t max_body;         /* request body bytes; default 65536 -> 413 */
-	unsigned max_conns;      /* open connections per server; default 1024 */
-	unsigned idle_timeout;   /* seconds a keep-alive connection may sit idle; default 60 */
-	unsigned head_timeout;   /* seconds to receive a whole head once started; default 10 */
-	unsigned write_timeout;  /* seconds a reply may take to drain; default 30 */
+	size_t max_head;	    /* bytes of request line + headers; default 16384 -> 431 */
+	size_t max_body;	    /* request body bytes; default 65536 -> 413 */
+	unsigned max_conns;	    /* open connections per server; default 1024 */
+	unsigned idle_timeout;	    /* seconds a keep-alive connection may sit idle; default 60 */
+	unsigned head_timeout;	    /* seconds to receive a whole head once started; default 10 */
+	unsigned write_timeout;	    /* seconds a reply may take to drain; default 30 */
+	unsigned max_conns_per_uid; /* AF_UNIX connections per peer uid; 0 (default) = no limit */
 };
 
-/* Called once per complete request (head and body).  Must eventually call http_reply*. */
+/*
+ * Called once per complete request (head and body).  Must eventually call
+ * http_reply*, either before returning or later from the loop; a handler that
+ * replies later must register a cancel callback (http_request_on_cancel).
+ */
 typedef void http_handler_fn(struct http_request *req, void *arg);
-/* Called if the connection dies before the reply; the request is freed right after. */
+/*
+ * Called if the connection dies before the reply (peer closed, timeout,
+ * http_server_free); the request is freed right after and must not be replied
+ * to.  Without one, req stays valid until the handler replies (the reply is
+ * dropped), except in http_server_free.
+ */
 typedef void http_cancel_fn(struct http_request *req, void *arg);
 
 void http_limits_default(struct http_limits *l);
@@ -38,7 +48,10 @@ int http_server_new(struct http_server **out, struct event_base *base,
 /* Frees the server and closes every connection (pending requests are cancelled). */
 struct http_server *http_server_free(struct http_server *s);
 
-/* Starts accepting on a bound, listening socket (made non-blocking here); takes ownership. */
+/*
+ * Starts accepting on a bound, listening socket (made non-blocking and CLOEXEC
+ * here, its backlog left alone); takes ownership, also on failure.
+ */
 int http_server_add_listener(struct http_server *s, int fd);
 /* Stops accepting; open connections finish their current request then close. */
 void http_server_stop_accepting(struct http_server *s);
@@ -46,15 +59,19 @@ void http_server_stop_accepting(struct http_server *s);
 unsigned http_server_pending(const struct http_server *s);
 unsigned http_server_connections(const struct http_server *s);
 
-/* The parsed head; strings point into the connection's buffer and live until the reply. */
+/*
+ * The parsed head; strings point into the connection's buffer and live until
+ * the reply.  In the server layer the method, target, header names and header
+ * values are also NUL-terminated (at their *_len).
+ */
 const struct http_head *http_request_head(const struct http_request *req);
 /* Path part of the target (before '?') and query (after, without '?', may be empty). */
 void http_request_path(const struct http_request *req, const char **path, size_t *path_len,
 		       const char **query, size_t *query_len);
 bool http_request_method_is(const struct http_request *req, const char *method);
-/* NUL-terminated copy of the first header called name, or NULL (case-insensitive). */
+/* The first header called name (case-insensitive; value NUL-terminated), or NULL. */
 const struct http_header *http_request_header(const struct http_request *req, const char *name);
-/* The request body (may be empty). */
+/* The request body (may be empty; chunked bodies are decoded), NUL-terminated. */
 const char *http_request_body(const struct http_request *req, size_t *len);
 /* SO_PEERCRED of an AF_UNIX peer; -ENOTSUP for TCP. */
 int http_request_peer(const struct http_request *req, uid_t *uid, gid_t *gid, pid_t *pid);

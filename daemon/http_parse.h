@@ -29,18 +29,21 @@ struct http_head {
 	int nheaders;
 	/* framing, derived from the headers */
 	int64_t content_length; /* -1 when absent */
-	int chunked;            /* Transfer-Encoding: chunked (the final coding) */
-	int keep_alive;         /* per version and Connection */
+	int chunked;		/* Transfer-Encoding: chunked (the final coding) */
+	int keep_alive;		/* per version and Connection */
 };
 
 /*
  * Parses one request head from buf[0..len).  Returns the number of bytes the
  * head occupies including the blank line (> 0), 0 when more input is needed,
- * or a negative errno: -EINVAL malformed (bad token, bare CR, obs-fold,
+ * or a negative errno: -EINVAL malformed (bad token, bare CR or LF, obs-fold,
  * control characters, bad version, conflicting Content-Length /
- * Transfer-Encoding, unknown transfer coding), -E2BIG more than
- * HTTP_MAX_HEADERS headers, -ENOTSUP an HTTP version other than 1.0/1.1.
- * The caller bounds len (the head size limit) and treats 0 at the limit as 431.
+ * Transfer-Encoding, unknown transfer coding, Transfer-Encoding on HTTP/1.0,
+ * a second Host), -E2BIG more than HTTP_MAX_HEADERS headers, -ENOTSUP a
+ * well-formed HTTP version other than 1.0/1.1.  An invalid prefix fails at
+ * once, before the blank line arrives.  The caller bounds len (the head size
+ * limit) and treats 0 at the limit as 431.  *out is scratch space: its
+ * contents are meaningful only when the return is > 0.
  */
 int http_parse_request_head(const char *buf, size_t len, struct http_head *out);
 
@@ -48,12 +51,22 @@ int http_parse_request_head(const char *buf, size_t len, struct http_head *out);
 const struct http_header *http_head_find(const struct http_head *h, const char *name);
 
 /*
- * Splits an origin-form target into path and query (no '?'), and decodes
- * percent-escapes of one query parameter value.  Used by the API and compat
- * layers; -EINVAL on a bad escape or embedded NUL.
+ * Finds the parameter called name in an application/x-www-form-urlencoded
+ * query (without the '?'; split it off with http_request_path) and decodes the
+ * value of its first occurrence into out, NUL-terminated (%XX, '+' is a space;
+ * names are decoded the same way before comparing).  *count, when count is not
+ * NULL, gets the number of occurrences on 0 and -ENOENT, so that callers can
+ * reject duplicates; out may be NULL to only count.  Used by the API and compat
+ * layers.  Returns 0 found, -ENOENT absent, -EINVAL a bad escape or NUL in any
+ * key or in any value of name, -ENOSPC the value does not fit out_size.
  */
 int http_query_get(const char *query, size_t query_len, const char *name, char *out,
 		   size_t out_size, int *count);
+/*
+ * Decodes %XX escapes of one path segment into out, NUL-terminated ('+' stays
+ * '+'); *out_len (may be NULL) gets the decoded length.  -EINVAL on a bad escape
+ * or %00, -ENOSPC when it does not fit out_size.
+ */
 int http_percent_decode(const char *in, size_t len, char *out, size_t out_size, size_t *out_len);
 
 #endif
