@@ -328,13 +328,7 @@ peer_allowed(struct http_request *req, const struct config_audience *aud)
 		return true;
 	if (http_request_peer(req, &uid, &gid, &pid) < 0)
 		return false;
-	for (size_t i = 0; i < aud->n_allow_uids; i++)
-		if (aud->allow_uids[i] == uid)
-			return true;
-	for (size_t i = 0; i < aud->n_allow_gids; i++)
-		if (aud->allow_gids[i] == gid)
-			return true;
-	return false;
+	return config_audience_allows(aud, uid, gid);
 }
 
 static void
@@ -560,7 +554,7 @@ status_one(void *arg, struct cache_entry *e)
 	evbuffer_add_printf(s->b, ",\"identity\":");
 	json_append_string(s->b, st.identity, strlen(st.identity));
 	evbuffer_add_printf(s->b, ",\"source\":\"%s\",\"resource\":",
-			    id == NULL ? "" : id->source == CONFIG_SOURCE_DEV ? "dev" : "azure-imds");
+			    id == NULL ? "" : config_source_name(id->source));
 	json_append_string(s->b, st.resource, strlen(st.resource));
 	evbuffer_add_printf(s->b,
 			    ",\"state\":\"%s\",\"expires_in\":%" PRId64 ",\"refresh_in\":%" PRId64

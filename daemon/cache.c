@@ -280,10 +280,11 @@ token_left_ms(const struct cache_entry *e, int64_t now)
 	return e->tok.value != NULL ? e->tok.expires_ms - now : -1;
 }
 
+/* Whole seconds count, as clients see expires_in: 3.9 s left is 3, not more than 3. */
 static bool
 token_usable(const struct cache_entry *e, int64_t now, int64_t min_validity_ms)
 {
-	return e->tok.value != NULL && token_left_ms(e, now) > min_validity_ms;
+	return e->tok.value != NULL && token_left_ms(e, now) / 1000 > min_validity_ms / 1000;
 }
 
 static enum cache_state
