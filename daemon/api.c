@@ -214,8 +214,8 @@ api_render(struct api *a, struct cache_entry *e, const struct cache_token *tok,
 	cache_entry_status(a->cache, e, &st);
 	evbuffer_add_printf(b, "{\"access_token\":");
 	json_append_string(b, tok->value, tok->len);
-	evbuffer_add_printf(b, ",\"token_type\":\"Bearer\",\"expires_on\":%" PRId64
-			       ",\"expires_in\":",
+	evbuffer_add_printf(b,
+			    ",\"token_type\":\"Bearer\",\"expires_on\":%" PRId64 ",\"expires_in\":",
 			    tok->expires_on);
 	r->prefix = evbuffer_take_string(b, &r->prefix_len);
 	evbuffer_add_printf(b, ",\"resource\":");
@@ -437,8 +437,8 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 	if (r < 0 || count != 1 || resource[0] == '\0') {
 		reply_json_error(req, 400, "invalid_request",
 				 r == -ENOENT || resource[0] == '\0'
-					 ? "the resource parameter is required"
-					 : "the resource parameter is malformed or repeated",
+				     ? "the resource parameter is required"
+				     : "the resource parameter is malformed or repeated",
 				 0);
 		goto done;
 	}
@@ -461,8 +461,9 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 	id = dynamic_identity(a, r == 0 ? identity : NULL);
 	if (id == NULL) {
 		reply_json_error(req, 404, "not_found",
-				 r == 0 ? "no such identity"
-					: "name an identity: none or several allow dynamic resources",
+				 r == 0
+				     ? "no such identity"
+				     : "name an identity: none or several allow dynamic resources",
 				 0);
 		goto done;
 	}
@@ -686,8 +687,8 @@ api_handle(struct http_request *req, void *arg)
 		} else {
 			cache_refresh(a->cache, aud->entry);
 			log_info("refresh requested", "audience=%s", aud->cfg->name);
-			http_reply(req, 202, "application/json", NULL, "{\"status\":\"refreshing\"}",
-				   23);
+			http_reply(req, 202, "application/json", NULL,
+				   "{\"status\":\"refreshing\"}", 23);
 		}
 	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
 		   !path_is(path, path_len, "/readyz") &&

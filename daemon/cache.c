@@ -345,9 +345,8 @@ cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_st
 	st->state = entry_state(c, e, now);
 	st->pinned = e->pinned;
 	st->expires_in = e->tok.value != NULL ? (token_left_ms(e, now) / 1000) : -1;
-	st->refresh_in = e->in_flight || e->refresh_at_ms == INT64_MAX
-				 ? -1
-				 : ceil_s(e->refresh_at_ms - now);
+	st->refresh_in =
+	    e->in_flight || e->refresh_at_ms == INT64_MAX ? -1 : ceil_s(e->refresh_at_ms - now);
 	st->last_status = e->last_status;
 	st->last_error = e->last_error;
 	st->fetches = e->fetches;
@@ -371,9 +370,8 @@ static void entry_fetch_done(void *arg, struct token_result *res);
 static void
 answer_ok(struct cache_entry *e, int64_t now, struct cache_answer *a)
 {
-	*a = (struct cache_answer){.status = 200,
-				   .token = &e->tok,
-				   .expires_in = token_left_ms(e, now) / 1000};
+	*a = (struct cache_answer){
+	    .status = 200, .token = &e->tok, .expires_in = token_left_ms(e, now) / 1000};
 }
 
 static void
@@ -382,10 +380,10 @@ answer_failure(struct cache_entry *e, int64_t now, struct cache_answer *a)
 	int64_t wait = e->backoff_until_ms - now;
 
 	*a = (struct cache_answer){
-		.status = 503,
-		.retry_after = wait > 0 ? ceil_s(wait) : 1,
-		.error = "temporarily_unavailable",
-		.description = e->last_error[0] != '\0' ? e->last_error : "no valid token",
+	    .status = 503,
+	    .retry_after = wait > 0 ? ceil_s(wait) : 1,
+	    .error = "temporarily_unavailable",
+	    .description = e->last_error[0] != '\0' ? e->last_error : "no valid token",
 	};
 }
 
@@ -393,10 +391,10 @@ static void
 answer_too_short(struct cache_answer *a)
 {
 	*a = (struct cache_answer){
-		.status = 503,
-		.retry_after = 1,
-		.error = "temporarily_unavailable",
-		.description = "the upstream's token does not have the requested validity left",
+	    .status = 503,
+	    .retry_after = 1,
+	    .error = "temporarily_unavailable",
+	    .description = "the upstream's token does not have the requested validity left",
 	};
 }
 
@@ -416,8 +414,8 @@ entry_start_fetch(struct cache *c, struct cache_entry *e)
 
 		token_result_init(&res);
 		res.error = r;
-		snprintf(res.message, sizeof(res.message), "could not start the upstream request: %s",
-			 strerror(-r));
+		snprintf(res.message, sizeof(res.message),
+			 "could not start the upstream request: %s", strerror(-r));
 		entry_fetch_done(e, &res);
 		return r;
 	}
@@ -429,7 +427,8 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 	      void *arg, struct cache_answer *now_answer, struct cache_waiter **out)
 {
 	int64_t now = cache_now(c);
-	int64_t minv_ms = (min_validity > c->p.min_validity ? min_validity : c->p.min_validity) * 1000;
+	int64_t minv_ms =
+	    (min_validity > c->p.min_validity ? min_validity : c->p.min_validity) * 1000;
 	struct cache_waiter *w;
 
 	e->last_used_ms = now;
@@ -442,7 +441,7 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 		/* the entry was idle and is wanted again: plan its refresh */
 		if (!e->in_flight && e->refresh_at_ms == INT64_MAX) {
 			e->refresh_at_ms =
-				now + (token_left_ms(e, now) - c->p.min_validity * 1000) / 2;
+			    now + (token_left_ms(e, now) - c->p.min_validity * 1000) / 2;
 			cache_want_run(c, e->refresh_at_ms);
 		}
 		return 0;
@@ -599,8 +598,7 @@ entry_fetch_done(void *arg, struct token_result *res)
 		entry_free(c, e);
 		return;
 	}
-	if (res->error == 0 && res->access_token != NULL &&
-	    res->expires_in <= c->p.min_validity) {
+	if (res->error == 0 && res->access_token != NULL && res->expires_in <= c->p.min_validity) {
 		res->error = -ERANGE;
 		snprintf(res->error_code, sizeof(res->error_code), "invalid_lifetime");
 		snprintf(res->message, sizeof(res->message),
@@ -672,11 +670,11 @@ entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
 		tw = TAILQ_NEXT(w, link);
 		if (w->deadline_ms <= now) {
 			struct cache_answer a = {
-				.status = 504,
-				.retry_after = 1,
-				.error = "timeout",
-				.description = "the upstream has not answered yet; the request "
-					       "goes on, retry shortly",
+			    .status = 504,
+			    .retry_after = 1,
+			    .error = "timeout",
+			    .description = "the upstream has not answered yet; the request "
+					   "goes on, retry shortly",
 			};
 
 			TAILQ_REMOVE(&e->waiters, w, link);

@@ -17,11 +17,11 @@ struct cache_entry;
 struct cache_waiter;
 
 struct cache_params {
-	int64_t min_validity;    /* s: never hand out a token with less left */
-	int64_t refresh_margin;  /* s: refresh at the latest this long before expiry */
-	int64_t idle_timeout;    /* s: drop entries nobody asked for this long */
+	int64_t min_validity;	 /* s: never hand out a token with less left */
+	int64_t refresh_margin;	 /* s: refresh at the latest this long before expiry */
+	int64_t idle_timeout;	 /* s: drop entries nobody asked for this long */
 	int64_t wait_timeout_ms; /* how long a request waits for a fetch */
-	size_t max_entries;      /* bound on dynamic entries */
+	size_t max_entries;	 /* bound on dynamic entries */
 };
 
 struct cache_ops {
@@ -48,18 +48,18 @@ enum cache_state {
 struct cache_token {
 	const char *value; /* NUL-terminated */
 	size_t len;
-	int64_t expires_ms; /* monotonic expiry */
-	int64_t expires_on; /* epoch seconds of expiry, from the local clock at receipt */
+	int64_t expires_ms;  /* monotonic expiry */
+	int64_t expires_on;  /* epoch seconds of expiry, from the local clock at receipt */
 	uint64_t generation; /* changes whenever the token changes */
 };
 
 struct cache_answer {
-	int status;                     /* 200, 503 or 504 */
+	int status;			 /* 200, 503 or 504 */
 	const struct cache_token *token; /* with 200; valid until the callback returns */
-	int64_t expires_in;             /* s, with 200 */
-	int64_t retry_after;            /* s, with 503 and 504 */
-	const char *error;              /* with 503/504: short code */
-	const char *description;        /* with 503/504 */
+	int64_t expires_in;		 /* s, with 200 */
+	int64_t retry_after;		 /* s, with 503 and 504 */
+	const char *error;		 /* with 503/504: short code */
+	const char *description;	 /* with 503/504 */
 };
 
 typedef void cache_answer_fn(void *arg, const struct cache_answer *a);
@@ -69,9 +69,9 @@ struct cache_status {
 	const char *resource;
 	enum cache_state state;
 	bool pinned;
-	int64_t expires_in;   /* s, -1 without a token */
-	int64_t refresh_in;   /* s until the next fetch, -1 when none is planned */
-	long last_status;     /* upstream HTTP status of the last failure, 0 if none */
+	int64_t expires_in;	/* s, -1 without a token */
+	int64_t refresh_in;	/* s until the next fetch, -1 when none is planned */
+	long last_status;	/* upstream HTTP status of the last failure, 0 if none */
 	const char *last_error; /* "" when the last fetch succeeded */
 	uint64_t fetches, failures;
 };
@@ -88,8 +88,8 @@ void cache_set_params(struct cache *c, const struct cache_params *p);
  * max_entries; the least recently used idle one is evicted to make room, or
  * -ENOSPC when none can be.
  */
-int cache_entry_get(struct cache *c, struct source *src, const char *identity,
-		    const char *resource, bool pinned, struct cache_entry **out);
+int cache_entry_get(struct cache *c, struct source *src, const char *identity, const char *resource,
+		    bool pinned, struct cache_entry **out);
 /* Drops an entry (reload removed its audience); a fetch in flight is ignored. */
 void cache_entry_drop(struct cache *c, struct cache_entry *e);
 /* Starts fetching now if there is no token (prefetch). */
@@ -109,8 +109,8 @@ void cache_entry_set_user(struct cache_entry *e, void *user);
  * when cb will be called later (fetch finished or wait timed out) and sets
  * *w for cancelling.
  */
-int cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity,
-		  cache_answer_fn *cb, void *arg, struct cache_answer *now, struct cache_waiter **w);
+int cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cache_answer_fn *cb,
+		  void *arg, struct cache_answer *now, struct cache_waiter **w);
 /* Forgets a waiter whose client went away. */
 void cache_waiter_cancel(struct cache *c, struct cache_waiter *w);
 

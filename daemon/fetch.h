@@ -11,23 +11,23 @@ struct fetch;
 #define FETCH_MAX_BODY (1024 * 1024) /* default bound on an upstream answer */
 
 struct fetch_request {
-	const char *method;          /* "GET" or "POST" */
+	const char *method; /* "GET" or "POST" */
 	const char *url;
-	const char *const *headers;  /* "Name: value", NULL-terminated, may be NULL */
-	const char *body;            /* POST body, may be NULL */
+	const char *const *headers; /* "Name: value", NULL-terminated, may be NULL */
+	const char *body;	    /* POST body, may be NULL */
 	size_t body_len;
-	const char *ca_file;         /* extra trust anchor, or NULL */
-	long timeout_ms;             /* whole request; 0 means 10 s */
-	size_t max_body;             /* 0 means FETCH_MAX_BODY; larger answers fail */
+	const char *ca_file; /* extra trust anchor, or NULL */
+	long timeout_ms;     /* whole request; 0 means 10 s */
+	size_t max_body;     /* 0 means FETCH_MAX_BODY; larger answers fail */
 };
 
 struct fetch_response {
-	int error;            /* 0, or negative errno (-ETIMEDOUT, -ECONNREFUSED, -EFBIG, -EIO ...) */
-	const char *message;  /* curl's error text when error != 0 */
-	long status;          /* HTTP status, 0 when none */
-	const char *body;     /* NUL-terminated; wiped after the callback returns */
+	int error; /* 0, or negative errno (-ETIMEDOUT, -ECONNREFUSED, -EFBIG, -EIO ...) */
+	const char *message; /* curl's error text when error != 0 */
+	long status;	     /* HTTP status, 0 when none */
+	const char *body;    /* NUL-terminated; wiped after the callback returns */
 	size_t body_len;
-	int64_t retry_after;  /* seconds from a Retry-After header (delta or date), -1 when absent */
+	int64_t retry_after; /* seconds from a Retry-After header (delta or date), -1 when absent */
 };
 
 /* Called exactly once per fetch_start, from the loop, never from inside fetch_start. */

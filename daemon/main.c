@@ -98,12 +98,12 @@ daemon_arm(void *ctx, int64_t deadline_ms)
 }
 
 static const struct cache_ops daemon_cache_ops = {
-	.now_ms = mono_ms,
-	.wall_s = wall_s,
-	.random = random_u32,
-	.fetch = daemon_fetch,
-	.arm = daemon_arm,
-	.user_free = api_user_free,
+    .now_ms = mono_ms,
+    .wall_s = wall_s,
+    .random = random_u32,
+    .fetch = daemon_fetch,
+    .arm = daemon_arm,
+    .user_free = api_user_free,
 };
 
 static void
@@ -177,8 +177,8 @@ listen_unix(const char *path, mode_t mode, const char *group)
 
 		if (g == NULL || chown(path, (uid_t)-1, g->gr_gid) < 0) {
 			r = g == NULL ? -ENOENT : -errno;
-			log_error("cannot give the socket its group", "path=%s group=%s error=\"%s\"",
-				  path, group, strerror(-r));
+			log_error("cannot give the socket its group",
+				  "path=%s group=%s error=\"%s\"", path, group, strerror(-r));
 			goto fail_unlink;
 		}
 	}
@@ -268,11 +268,11 @@ static int
 daemon_setup(struct daemon *d)
 {
 	struct cache_params cp = {
-		.min_validity = d->cfg->min_validity,
-		.refresh_margin = d->cfg->refresh_margin,
-		.idle_timeout = d->cfg->idle_timeout,
-		.wait_timeout_ms = d->cfg->wait_timeout * 1000,
-		.max_entries = d->cfg->max_entries,
+	    .min_validity = d->cfg->min_validity,
+	    .refresh_margin = d->cfg->refresh_margin,
+	    .idle_timeout = d->cfg->idle_timeout,
+	    .wait_timeout_ms = d->cfg->wait_timeout * 1000,
+	    .max_entries = d->cfg->max_entries,
 	};
 	struct http_limits limits;
 	int r, fd;
@@ -362,10 +362,10 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"dev", no_argument, NULL, 'D'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{NULL, 0, NULL, 0},
+	    {"dev", no_argument, NULL, 'D'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *path = BEARERD_DEFAULT_CONFIG;
 	bool check = false, dev = false, verbose = false;

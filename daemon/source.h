@@ -35,7 +35,8 @@ int source_jwks(struct source *s, struct evbuffer *out);
 
 /* Per-kind constructors, used by source_new. */
 int source_dev_new(struct source **out, const struct config_identity *id, struct event_base *base);
-/* The dev issuer's signing key (borrowed), for tests that verify its tokens; NULL for other kinds. */
+/* The dev issuer's signing key (borrowed), for tests that verify its tokens; NULL for other kinds.
+ */
 EVP_PKEY *source_dev_key(struct source *s);
 int source_imds_new(struct source **out, const struct config_identity *id, struct event_base *base,
 		    struct fetch *fetch);

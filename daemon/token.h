@@ -9,17 +9,17 @@
 #define TOKEN_MAX_LEN 16384 /* longest access token we accept */
 
 struct token_result {
-	int error;              /* 0 on success, else a negative errno */
-	long http_status;       /* upstream HTTP status, 0 when none was received */
-	char *access_token;     /* owned, NUL-terminated; wiped by token_result_clear */
+	int error;	    /* 0 on success, else a negative errno */
+	long http_status;   /* upstream HTTP status, 0 when none was received */
+	char *access_token; /* owned, NUL-terminated; wiped by token_result_clear */
 	size_t token_len;
-	int64_t expires_in;     /* seconds from receipt; > 0 on success */
-	int64_t expires_on;     /* upstream's epoch expiry, 0 when not given */
-	int64_t refresh_in;     /* seconds, 0 when not given */
-	int64_t retry_after;    /* seconds, -1 when not given */
-	bool permanent;         /* a caller/config error: retrying soon will not help */
-	char error_code[64];    /* upstream "error" (or our own code), "" on success */
-	char message[512];      /* upstream description, printable ASCII, no secrets */
+	int64_t expires_in;  /* seconds from receipt; > 0 on success */
+	int64_t expires_on;  /* upstream's epoch expiry, 0 when not given */
+	int64_t refresh_in;  /* seconds, 0 when not given */
+	int64_t retry_after; /* seconds, -1 when not given */
+	bool permanent;	     /* a caller/config error: retrying soon will not help */
+	char error_code[64]; /* upstream "error" (or our own code), "" on success */
+	char message[512];   /* upstream description, printable ASCII, no secrets */
 };
 
 void token_result_init(struct token_result *r);

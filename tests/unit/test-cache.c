@@ -80,12 +80,12 @@ fake_arm(void *ctx, int64_t deadline)
 }
 
 static const struct cache_ops fake_ops = {
-	.now_ms = fake_now,
-	.wall_s = fake_wall,
-	.random = fake_random,
-	.fetch = fake_fetch,
-	.arm = fake_arm,
-	.user_free = free,
+    .now_ms = fake_now,
+    .wall_s = fake_wall,
+    .random = fake_random,
+    .fetch = fake_fetch,
+    .arm = fake_arm,
+    .user_free = free,
 };
 
 static void
@@ -102,8 +102,7 @@ on_answer(void *arg, const struct cache_answer *a)
 
 /* Completes the oldest pending fetch with a token (lifetime > 0) or an error status. */
 static void
-complete(const char *token, int64_t lifetime, long status, int64_t retry_after,
-	 int64_t refresh_in)
+complete(const char *token, int64_t lifetime, long status, int64_t retry_after, int64_t refresh_in)
 {
 	struct token_result r;
 
@@ -599,23 +598,23 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_refresh_times),
-		cmocka_unit_test(test_jitter_bounds),
-		cmocka_unit_test(test_single_flight),
-		cmocka_unit_test(test_min_validity_request),
-		cmocka_unit_test(test_outage_serves_last_good_then_503),
-		cmocka_unit_test(test_backoff_sequence_and_fail_fast),
-		cmocka_unit_test(test_retry_after_honoured),
-		cmocka_unit_test(test_same_token_does_not_loop),
-		cmocka_unit_test(test_wait_timeout_504),
-		cmocka_unit_test(test_cancelled_waiter_not_called),
-		cmocka_unit_test(test_sync_fetch_failure),
-		cmocka_unit_test(test_idle_eviction),
-		cmocka_unit_test(test_prefetch_keeps_fresh),
-		cmocka_unit_test(test_lru_bound),
-		cmocka_unit_test(test_lru_full_of_waiters),
-		cmocka_unit_test(test_drop_in_flight),
-		cmocka_unit_test(test_too_short_lifetime_is_failure),
+	    cmocka_unit_test(test_refresh_times),
+	    cmocka_unit_test(test_jitter_bounds),
+	    cmocka_unit_test(test_single_flight),
+	    cmocka_unit_test(test_min_validity_request),
+	    cmocka_unit_test(test_outage_serves_last_good_then_503),
+	    cmocka_unit_test(test_backoff_sequence_and_fail_fast),
+	    cmocka_unit_test(test_retry_after_honoured),
+	    cmocka_unit_test(test_same_token_does_not_loop),
+	    cmocka_unit_test(test_wait_timeout_504),
+	    cmocka_unit_test(test_cancelled_waiter_not_called),
+	    cmocka_unit_test(test_sync_fetch_failure),
+	    cmocka_unit_test(test_idle_eviction),
+	    cmocka_unit_test(test_prefetch_keeps_fresh),
+	    cmocka_unit_test(test_lru_bound),
+	    cmocka_unit_test(test_lru_full_of_waiters),
+	    cmocka_unit_test(test_drop_in_flight),
+	    cmocka_unit_test(test_too_short_lifetime_is_failure),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
