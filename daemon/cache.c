@@ -55,7 +55,7 @@ struct cache_entry {
 	int64_t last_used_ms;
 
 	long last_status;
-	char last_error[600];
+	char *last_error; /* NULL after a success: most entries never fail */
 	uint64_t fetches, failures;
 
 	struct cache_waiters waiters;
@@ -107,6 +107,13 @@ token_wipe(struct cache_token *t)
 }
 
 static void
+clear_error(struct cache_entry *e)
+{
+	free(e->last_error);
+	e->last_error = NULL;
+}
+
+static void
 entry_free(struct cache *c, struct cache_entry *e)
 {
 	struct cache_waiter *w;
@@ -116,6 +123,7 @@ entry_free(struct cache *c, struct cache_entry *e)
 		free(w);
 	}
 	token_wipe(&e->tok);
+	clear_error(e);
 	if (e->user != NULL && c->ops->user_free != NULL)
 		c->ops->user_free(e->user);
 	free(e->identity);
@@ -348,7 +356,7 @@ cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_st
 	st->refresh_in =
 	    e->in_flight || e->refresh_at_ms == INT64_MAX ? -1 : ceil_s(e->refresh_at_ms - now);
 	st->last_status = e->last_status;
-	st->last_error = e->last_error;
+	st->last_error = e->last_error != NULL ? e->last_error : "";
 	st->fetches = e->fetches;
 	st->failures = e->failures;
 }
@@ -383,7 +391,7 @@ answer_failure(struct cache_entry *e, int64_t now, struct cache_answer *a)
 	    .status = 503,
 	    .retry_after = wait > 0 ? ceil_s(wait) : 1,
 	    .error = "temporarily_unavailable",
-	    .description = e->last_error[0] != '\0' ? e->last_error : "no valid token",
+	    .description = e->last_error != NULL ? e->last_error : "no valid token",
 	};
 }
 
@@ -564,6 +572,7 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 		     const struct token_result *res)
 {
 	int64_t delay = backoff_ms(c, e->backoff_attempt);
+	int r;
 
 	if (res->retry_after > 0 && res->retry_after * 1000 > delay)
 		delay = res->retry_after * 1000;
@@ -571,16 +580,17 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 	e->failed = true;
 	e->failures++;
 	e->last_status = res->http_status;
+	free(e->last_error);
 	if (res->error_code[0] != '\0' && res->message[0] != '\0')
-		snprintf(e->last_error, sizeof(e->last_error), "%s: %s", res->error_code,
-			 res->message);
-	else if (res->message[0] != '\0')
-		snprintf(e->last_error, sizeof(e->last_error), "%s", res->message);
-	else if (res->error_code[0] != '\0')
-		snprintf(e->last_error, sizeof(e->last_error), "%s", res->error_code);
+		r = asprintf(&e->last_error, "%s: %s", res->error_code, res->message);
+	else if (res->message[0] != '\0' || res->error_code[0] != '\0')
+		r = asprintf(&e->last_error, "%s",
+			     res->message[0] != '\0' ? res->message : res->error_code);
 	else
-		snprintf(e->last_error, sizeof(e->last_error), "upstream failed: %s",
-			 strerror(res->error < 0 ? -res->error : EIO));
+		r = asprintf(&e->last_error, "upstream failed: %s",
+			     strerror(res->error < 0 ? -res->error : EIO));
+	if (r < 0)
+		e->last_error = NULL;
 	e->backoff_until_ms = now + delay;
 	e->refresh_at_ms = e->backoff_until_ms;
 }
@@ -632,7 +642,7 @@ entry_fetch_done(void *arg, struct token_result *res)
 			e->failed = false;
 			e->backoff_attempt = 0;
 			e->last_status = 0;
-			e->last_error[0] = '\0';
+			clear_error(e);
 			e->refresh_at_ms = now + next;
 		}
 	} else {
@@ -649,7 +659,7 @@ entry_fetch_done(void *arg, struct token_result *res)
 		e->failed = false;
 		e->backoff_attempt = 0;
 		e->last_status = 0;
-		e->last_error[0] = '\0';
+		clear_error(e);
 		e->refresh_at_ms = refresh_time(c, now, res->expires_in, res->refresh_in);
 	}
 	entry_answer_waiters(c, e, now);
