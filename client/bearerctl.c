@@ -4,8 +4,8 @@
  * Every command is one request through libbearer.  Tokens (and the App Service secret) go
  * to stdout only, written with write(2) rather than stdio so that no copy stays behind in a
  * stdio buffer, and the buffers that held them are wiped; messages on stderr never contain
- * one.  JSON (status, errors, JWT claims) is tokenized with jsmn, which is header-only, so
- * bearerctl, like libbearer, needs nothing but libc at run time.
+ * one.  JSON (status, errors, JWT claims) is read with the daemon's json.c, built on jsmn,
+ * which is header-only, so bearerctl, like libbearer, needs nothing but libc at run time.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,12 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JSMN_STATIC
-#define JSMN_STRICT
-#include <jsmn.h>
-
 #include "bearer.h"
 #include "build-config.h"
+#include "json.h"
+#include "util.h"
 
 enum {
 	RC_OK = 0,
@@ -34,7 +32,7 @@ enum {
 
 #define AUDIENCE_MAX	 1024
 #define JSON_TOKENS_MAX	 (1 << 20)
-#define JSON_DEPTH_MAX	 32 /* deeper claims are printed as they came */
+#define JSON_DEPTH_MAX	 32 /* bounds print_json's recursion, as json.c bounds nesting */
 #define OPT_MIN_VALIDITY 1u
 #define OPT_JSON	 2u
 
@@ -72,15 +70,20 @@ static const char usage_text[] =
     "Exit status: 0 ok, 1 the daemon answered with an error, 2 usage error,\n"
     "3 cannot reach the daemon.\n";
 
+static __attribute__((noreturn)) void
+out_of_memory(void)
+{
+	fprintf(stderr, "bearerctl: out of memory\n");
+	exit(RC_ERROR);
+}
+
 static void *
 xmalloc(size_t size)
 {
 	void *p = malloc(size);
 
-	if (p == NULL) {
-		fprintf(stderr, "bearerctl: out of memory\n");
-		exit(RC_ERROR);
-	}
+	if (p == NULL)
+		out_of_memory();
 	return p;
 }
 
@@ -90,15 +93,6 @@ xstrdup(const char *s)
 	size_t n = strlen(s) + 1;
 
 	return memcpy(xmalloc(n), s, n);
-}
-
-static void
-wipe_free(void *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	explicit_bzero(p, len);
-	free(p);
 }
 
 /* Writes straight to the fd: used for secrets, which must not linger in stdio buffers. */
@@ -149,257 +143,71 @@ sanitize(char *s)
 	return s;
 }
 
-/* Percent-encodes s (RFC 3986 unreserved characters stay) for one path segment. */
+/* prefix, the audience percent-encoded as one path segment, and suffix, in a new allocation. */
 static char *
-encode_segment(const char *s)
+audience_path(const char *prefix, const char *audience, const char *suffix)
 {
-	static const char hex[] = "0123456789ABCDEF";
-	char *out = xmalloc(strlen(s) * 3 + 1), *o = out;
+	size_t plen = strlen(prefix), size = plen + strlen(audience) * 3 + strlen(suffix) + 1;
+	char *path = xmalloc(size);
 
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		    c == '-' || c == '.' || c == '_' || c == '~') {
-			*o++ = (char)c;
-		} else {
-			*o++ = '%';
-			*o++ = hex[c >> 4];
-			*o++ = hex[c & 15];
-		}
-	}
-	*o = '\0';
-	return out;
+	memcpy(path, prefix, plen);
+	/* cannot fail: three bytes for each byte of the audience fit any audience */
+	util_encode_segment(audience, path + plen, size - plen);
+	strcat(path, suffix);
+	return path;
 }
 
-/* JSON, read with jsmn.  Strings are unescaped here: jsmn only finds where they are. */
+/* JSON, read with daemon/json.c; documents here have no fixed bound on their tokens. */
 
-struct json {
-	const char *js;
-	jsmntok_t *t;
-	int n;
-};
-
+/* Parses js as one JSON object (or array); free doc->tok when done. */
 static int
-json_parse(struct json *doc, const char *js, size_t len, jsmntype_t type)
+parse_json(struct json_doc *doc, const char *js, size_t len, bool array)
 {
-	jsmn_parser p;
 	jsmntok_t *t;
-	size_t i;
-	int n;
+	int n = json_count(js, len), r;
 
-	jsmn_init(&p);
-	n = jsmn_parse(&p, js, len, NULL, 0);
 	if (n < 1 || n > JSON_TOKENS_MAX)
 		return -EPROTO;
 	t = xmalloc((size_t)n * sizeof(*t));
-	jsmn_init(&p);
-	if (jsmn_parse(&p, js, len, t, (unsigned int)n) != n || t[0].type != type)
-		goto bad;
-	for (i = (size_t)t[0].end; i < len; i++)
-		if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
-			goto bad;
-	doc->js = js;
-	doc->t = t;
-	doc->n = n;
-	return 0;
-bad:
-	free(t);
-	return -EPROTO;
-}
-
-/* Index of the token after i and everything nested in it. */
-static int
-json_next(const struct json *doc, int i)
-{
-	int end = doc->t[i].end;
-
-	for (i++; i < doc->n && doc->t[i].start < end; i++)
-		;
-	return i;
-}
-
-/* Index of the value of key in the object at obj, or -1. */
-static int
-json_get(const struct json *doc, int obj, const char *key)
-{
-	size_t klen = strlen(key);
-	int i = obj + 1, k;
-
-	if (obj < 0 || doc->t[obj].type != JSMN_OBJECT)
-		return -1;
-	for (k = 0; k < doc->t[obj].size && i + 1 < doc->n; k++) {
-		const jsmntok_t *t = &doc->t[i];
-
-		if (t->type == JSMN_STRING && (size_t)(t->end - t->start) == klen &&
-		    memcmp(doc->js + t->start, key, klen) == 0)
-			return i + 1;
-		i = json_next(doc, i + 1);
-	}
-	return -1;
-}
-
-static int
-hex4(const char *s, size_t avail, uint32_t *out)
-{
-	uint32_t v = 0;
-	size_t i;
-
-	if (avail < 4)
+	r = array ? json_parse_array(doc, js, len, t, n) : json_parse(doc, js, len, t, n);
+	if (r < 0) {
+		free(t);
 		return -EPROTO;
-	for (i = 0; i < 4; i++) {
-		char c = s[i];
-
-		if (c >= '0' && c <= '9')
-			v = v * 16 + (uint32_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v = v * 16 + (uint32_t)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v = v * 16 + (uint32_t)(c - 'A' + 10);
-		else
-			return -EPROTO;
 	}
-	*out = v;
 	return 0;
-}
-
-static size_t
-utf8_put(char *o, uint32_t cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xc0 | cp >> 6);
-		o[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xe0 | cp >> 12);
-		o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-		o[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	o[0] = (char)(0xf0 | cp >> 18);
-	o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-	o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-	o[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
 }
 
 /*
- * The string at index i, unescaped, in a new allocation (never longer than the escaped
- * text), or NULL when it is not a string or holds a bad escape or a NUL.
+ * The string at index i, unescaped, in a new allocation, or NULL when it is not a string or
+ * holds a bad escape or a NUL.
  */
 static char *
-json_string(const struct json *doc, int i, size_t *out_len)
+json_text(const struct json_doc *doc, int i, size_t *out_len)
 {
-	const jsmntok_t *t;
-	const char *s;
-	size_t n, k, o = 0;
-	uint32_t cp, lo;
-	char *buf;
+	char *s;
+	int r = json_string_dup(doc, i, &s, out_len);
 
-	if (i < 0 || doc->t[i].type != JSMN_STRING)
-		return NULL;
-	t = &doc->t[i];
-	s = doc->js + t->start;
-	n = (size_t)(t->end - t->start);
-	buf = xmalloc(n + 1);
-	for (k = 0; k < n; k++) {
-		if (s[k] != '\\') {
-			if (s[k] == '\0')
-				goto bad;
-			buf[o++] = s[k];
-			continue;
-		}
-		if (++k == n)
-			goto bad;
-		switch (s[k]) {
-		case '"':
-		case '\\':
-		case '/':
-			buf[o++] = s[k];
-			break;
-		case 'b':
-			buf[o++] = '\b';
-			break;
-		case 'f':
-			buf[o++] = '\f';
-			break;
-		case 'n':
-			buf[o++] = '\n';
-			break;
-		case 'r':
-			buf[o++] = '\r';
-			break;
-		case 't':
-			buf[o++] = '\t';
-			break;
-		case 'u':
-			if (hex4(s + k + 1, n - k - 1, &cp) < 0)
-				goto bad;
-			k += 4;
-			if (cp >= 0xd800 && cp < 0xdc00) {
-				if (k + 2 >= n || s[k + 1] != '\\' || s[k + 2] != 'u' ||
-				    hex4(s + k + 3, n - k - 3, &lo) < 0 || lo < 0xdc00 ||
-				    lo > 0xdfff)
-					goto bad;
-				k += 6;
-				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-			} else if ((cp >= 0xdc00 && cp < 0xe000) || cp == 0) {
-				goto bad;
-			}
-			o += utf8_put(buf + o, cp);
-			break;
-		default:
-			goto bad;
-		}
-	}
-	buf[o] = '\0';
-	if (out_len != NULL)
-		*out_len = o;
-	return buf;
-bad:
-	wipe_free(buf, n + 1);
-	return NULL;
+	if (r == -ENOMEM)
+		out_of_memory();
+	return r == 0 ? s : NULL;
 }
 
 /* The string at index i for display: unescaped, controls replaced; NULL if not a string. */
 static char *
-json_display(const struct json *doc, int i)
+json_display(const struct json_doc *doc, int i)
 {
-	char *s = i >= 0 ? json_string(doc, i, NULL) : NULL;
+	char *s = json_text(doc, i, NULL);
 
 	return s != NULL ? sanitize(s) : NULL;
 }
 
+/* The JSON number at index i: unlike json_int64, a string of digits is not one. */
 static int
-json_int64(const struct json *doc, int i, int64_t *out)
+json_number(const struct json_doc *doc, int i, int64_t *out)
 {
-	const jsmntok_t *t;
-	const char *s;
-	size_t n, k = 0;
-	int64_t v = 0;
-
-	if (i < 0 || doc->t[i].type != JSMN_PRIMITIVE)
+	if (i < 0 || i >= doc->ntok || doc->tok[i].type != JSMN_PRIMITIVE ||
+	    json_int64(doc, i, out) < 0)
 		return -EPROTO;
-	t = &doc->t[i];
-	s = doc->js + t->start;
-	n = (size_t)(t->end - t->start);
-	if (n > 0 && s[0] == '-')
-		k = 1;
-	if (k == n)
-		return -EPROTO;
-	for (; k < n; k++) {
-		int d = s[k] - '0';
-
-		if (d < 0 || d > 9 || v > (INT64_MAX - d) / 10)
-			return -EPROTO;
-		v = v * 10 + d;
-	}
-	*out = s[0] == '-' ? -v : v;
 	return 0;
 }
 
@@ -439,13 +247,13 @@ fail_request(const char *socket_path, int r)
 static int
 fail_http(int status, const char *body, size_t len)
 {
-	struct json doc;
+	struct json_doc doc;
 	char *error = NULL, *desc = NULL;
 
-	if (json_parse(&doc, body, len, JSMN_OBJECT) == 0) {
-		error = json_display(&doc, json_get(&doc, 0, "error"));
-		desc = json_display(&doc, json_get(&doc, 0, "error_description"));
-		free(doc.t);
+	if (parse_json(&doc, body, len, false) == 0) {
+		error = json_display(&doc, json_find(&doc, 0, "error"));
+		desc = json_display(&doc, json_find(&doc, 0, "error_description"));
+		free(doc.tok);
 	}
 	if (error != NULL && desc != NULL && desc[0] != '\0')
 		fprintf(stderr, "bearerctl: %s: %s\n", error, desc);
@@ -474,43 +282,9 @@ fetch_token(const char *socket_path, const struct command_args *args, struct bea
 	return RC_ERROR;
 }
 
-/* Commands. */
-
+/* Gets the token for the audience in args and writes it to stdout after prefix. */
 static int
-cmd_token(const char *socket_path, const struct command_args *args)
-{
-	struct bearer_token tok;
-	char *enc, *path, *body;
-	size_t len;
-	int status, r, rc;
-
-	if (!args->json) {
-		rc = fetch_token(socket_path, args, &tok);
-		if (rc != RC_OK)
-			return rc;
-		rc = write_secret_line("", tok.access_token, tok.len);
-		bearer_token_clear(&tok);
-		return rc;
-	}
-
-	enc = encode_segment(args->audience);
-	path = xmalloc(strlen(enc) + 64);
-	if (args->min_validity > 0)
-		sprintf(path, "/v1/token/%s?min_validity=%" PRId64, enc, args->min_validity);
-	else
-		sprintf(path, "/v1/token/%s", enc);
-	free(enc);
-	r = bearer_request(socket_path, "GET", path, "application/json", &status, &body, &len);
-	free(path);
-	if (r < 0)
-		return fail_request(socket_path, r);
-	rc = status == 200 ? write_secret_line("", body, len) : fail_http(status, body, len);
-	wipe_free(body, len);
-	return rc;
-}
-
-static int
-cmd_header(const char *socket_path, const struct command_args *args)
+print_token(const char *socket_path, const struct command_args *args, const char *prefix)
 {
 	struct bearer_token tok;
 	int rc;
@@ -518,9 +292,39 @@ cmd_header(const char *socket_path, const struct command_args *args)
 	rc = fetch_token(socket_path, args, &tok);
 	if (rc != RC_OK)
 		return rc;
-	rc = write_secret_line("Authorization: Bearer ", tok.access_token, tok.len);
+	rc = write_secret_line(prefix, tok.access_token, tok.len);
 	bearer_token_clear(&tok);
 	return rc;
+}
+
+/* Commands. */
+
+static int
+cmd_token(const char *socket_path, const struct command_args *args)
+{
+	char query[64] = "", *path, *body;
+	size_t len;
+	int status, r, rc;
+
+	if (!args->json)
+		return print_token(socket_path, args, "");
+
+	if (args->min_validity > 0)
+		snprintf(query, sizeof(query), "?min_validity=%" PRId64, args->min_validity);
+	path = audience_path("/v1/token/", args->audience, query);
+	r = bearer_request(socket_path, "GET", path, "application/json", &status, &body, &len);
+	free(path);
+	if (r < 0)
+		return fail_request(socket_path, r);
+	rc = status == 200 ? write_secret_line("", body, len) : fail_http(status, body, len);
+	util_wipe_free(body, len);
+	return rc;
+}
+
+static int
+cmd_header(const char *socket_path, const struct command_args *args)
+{
+	return print_token(socket_path, args, "Authorization: Bearer ");
 }
 
 static void
@@ -540,21 +344,21 @@ format_duration(char *buf, size_t size, int64_t s)
 #define STATUS_COLUMNS 7
 
 static char *
-status_duration(const struct json *doc, int obj, const char *key)
+status_duration(const struct json_doc *doc, int obj, const char *key)
 {
 	char buf[64];
 	int64_t v;
 
-	if (json_int64(doc, json_get(doc, obj, key), &v) < 0)
+	if (json_number(doc, json_find(doc, obj, key), &v) < 0)
 		v = -1;
 	format_duration(buf, sizeof(buf), v);
 	return xstrdup(buf);
 }
 
 static char *
-status_text(const struct json *doc, int obj, const char *key)
+status_text(const struct json_doc *doc, int obj, const char *key)
 {
-	char *s = json_display(doc, json_get(doc, obj, key));
+	char *s = json_display(doc, json_find(doc, obj, key));
 
 	if (s != NULL && s[0] != '\0')
 		return s;
@@ -564,14 +368,14 @@ status_text(const struct json *doc, int obj, const char *key)
 
 /* The audience, or for a dynamic entry (audience null) "resource=" and its resource. */
 static char *
-status_audience(const struct json *doc, int obj)
+status_audience(const struct json_doc *doc, int obj)
 {
-	char *s = json_display(doc, json_get(doc, obj, "audience")), *r, *out;
+	char *s = json_display(doc, json_find(doc, obj, "audience")), *r, *out;
 
 	if (s != NULL && s[0] != '\0')
 		return s;
 	free(s);
-	r = json_display(doc, json_get(doc, obj, "resource"));
+	r = json_display(doc, json_find(doc, obj, "resource"));
 	if (r == NULL)
 		return xstrdup("-");
 	out = xmalloc(strlen(r) + sizeof("resource="));
@@ -586,7 +390,7 @@ cmd_status(const char *socket_path, const struct command_args *args)
 	static const char *const head[STATUS_COLUMNS] = {
 	    "AUDIENCE", "IDENTITY", "SOURCE", "STATE", "EXPIRES-IN", "REFRESH-IN", "LAST-ERROR",
 	};
-	struct json doc;
+	struct json_doc doc;
 	char *body, *(*rows)[STATUS_COLUMNS] = NULL;
 	size_t len, width[STATUS_COLUMNS];
 	int status, r, rc = RC_ERROR, nrows = 0, i, c, e;
@@ -599,14 +403,14 @@ cmd_status(const char *socket_path, const struct command_args *args)
 		rc = fail_http(status, body, len);
 		goto out_body;
 	}
-	if (json_parse(&doc, body, len, JSMN_ARRAY) < 0) {
+	if (parse_json(&doc, body, len, true) < 0) {
 		fprintf(stderr, "bearerctl: malformed status from the daemon at %s\n", socket_path);
 		goto out_body;
 	}
 
-	rows = xmalloc((size_t)doc.t[0].size * sizeof(*rows) + 1);
-	for (i = 0, e = 1; i < doc.t[0].size; i++, e = json_next(&doc, e)) {
-		if (doc.t[e].type != JSMN_OBJECT) {
+	rows = xmalloc((size_t)doc.tok[0].size * sizeof(*rows) + 1);
+	for (i = 0, e = 1; i < doc.tok[0].size; i++, e = json_skip(&doc, e)) {
+		if (doc.tok[e].type != JSMN_OBJECT) {
 			fprintf(stderr, "bearerctl: malformed status from the daemon at %s\n",
 				socket_path);
 			goto out_rows;
@@ -639,9 +443,9 @@ out_rows:
 		for (c = 0; c < STATUS_COLUMNS; c++)
 			free(rows[i][c]);
 	free(rows);
-	free(doc.t);
+	free(doc.tok);
 out_body:
-	wipe_free(body, len);
+	util_wipe_free(body, len);
 	(void)args;
 	return rc;
 }
@@ -649,13 +453,10 @@ out_body:
 static int
 cmd_refresh(const char *socket_path, const struct command_args *args)
 {
-	char *enc = encode_segment(args->audience), *path, *body;
+	char *path = audience_path("/v1/refresh/", args->audience, ""), *body;
 	size_t len;
 	int status, r, rc = RC_OK;
 
-	path = xmalloc(strlen(enc) + sizeof("/v1/refresh/"));
-	sprintf(path, "/v1/refresh/%s", enc);
-	free(enc);
 	r = bearer_request(socket_path, "POST", path, "application/json", &status, &body, &len);
 	free(path);
 	if (r < 0)
@@ -664,7 +465,7 @@ cmd_refresh(const char *socket_path, const struct command_args *args)
 		printf("%s: refreshing\n", args->audience);
 	else
 		rc = fail_http(status, body, len);
-	wipe_free(body, len);
+	util_wipe_free(body, len);
 	return rc;
 }
 
@@ -701,7 +502,7 @@ b64url_decode(const char *s, size_t len, size_t *out_len)
 	for (i = 0; i < len; i++) {
 		v = b64url_value(s[i]);
 		if (v < 0) {
-			wipe_free(out, len / 4 * 3 + 3);
+			util_wipe_free(out, len / 4 * 3 + 3);
 			return NULL;
 		}
 		acc = acc << 6 | (uint32_t)v;
@@ -736,12 +537,12 @@ print_json_text(const char *s, size_t n)
 }
 
 static bool
-json_flat(const struct json *doc, int i)
+json_flat(const struct json_doc *doc, int i)
 {
 	int j = i + 1, k;
 
-	for (k = 0; k < doc->t[i].size; k++, j++)
-		if (doc->t[j].type == JSMN_OBJECT || doc->t[j].type == JSMN_ARRAY)
+	for (k = 0; k < doc->tok[i].size; k++, j++)
+		if (doc->tok[j].type == JSMN_OBJECT || doc->tok[j].type == JSMN_ARRAY)
 			return false;
 	return true;
 }
@@ -754,9 +555,9 @@ print_indent(int depth)
 
 /* Prints the value at i, compact or indented; returns the index after it. */
 static int
-print_json(const struct json *doc, int i, int depth, bool pretty)
+print_json(const struct json_doc *doc, int i, int depth, bool pretty)
 {
-	const jsmntok_t *t = &doc->t[i];
+	const jsmntok_t *t = &doc->tok[i];
 	bool object = t->type == JSMN_OBJECT, flat;
 	int j = i + 1, k;
 
@@ -768,11 +569,11 @@ print_json(const struct json *doc, int i, int depth, bool pretty)
 	}
 	if (t->type == JSMN_PRIMITIVE || depth >= JSON_DEPTH_MAX) {
 		print_json_text(doc->js + t->start, (size_t)(t->end - t->start));
-		return json_next(doc, i);
+		return json_skip(doc, i);
 	}
 	flat = !pretty || t->size == 0 || (!object && json_flat(doc, i));
 	putchar(object ? '{' : '[');
-	for (k = 0; k < t->size && j < doc->n; k++) {
+	for (k = 0; k < t->size && j < doc->ntok; k++) {
 		if (k > 0)
 			fputs(flat && pretty ? ", " : ",", stdout);
 		if (!flat) {
@@ -794,14 +595,14 @@ print_json(const struct json *doc, int i, int depth, bool pretty)
 }
 
 static void
-print_time_claim(const struct json *doc, const char *name)
+print_time_claim(const struct json_doc *doc, const char *name)
 {
 	char date[64], rel[64];
 	int64_t v, now = (int64_t)time(NULL);
 	time_t tt;
 	struct tm tm;
 
-	if (json_int64(doc, json_get(doc, 0, name), &v) < 0)
+	if (json_number(doc, json_find(doc, 0, name), &v) < 0)
 		return;
 	tt = (time_t)v;
 	if (gmtime_r(&tt, &tm) == NULL ||
@@ -816,7 +617,7 @@ static int
 cmd_claims(const char *socket_path, const struct command_args *args)
 {
 	struct bearer_token tok;
-	struct json header = {0}, claims = {0};
+	struct json_doc header = {0}, claims = {0};
 	const char *dot1, *dot2;
 	char *h = NULL, *c = NULL;
 	size_t hlen = 0, clen = 0;
@@ -835,8 +636,8 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 	}
 	h = b64url_decode(tok.access_token, (size_t)(dot1 - tok.access_token), &hlen);
 	c = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &clen);
-	if (h == NULL || c == NULL || json_parse(&header, h, hlen, JSMN_OBJECT) < 0 ||
-	    json_parse(&claims, c, clen, JSMN_OBJECT) < 0) {
+	if (h == NULL || c == NULL || parse_json(&header, h, hlen, false) < 0 ||
+	    parse_json(&claims, c, clen, false) < 0) {
 		fprintf(stderr, "bearerctl: the token for %s is not a readable JWT\n",
 			args->audience);
 		goto out;
@@ -850,10 +651,10 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 	print_time_claim(&claims, "exp");
 	rc = RC_OK;
 out:
-	free(header.t);
-	free(claims.t);
-	wipe_free(h, hlen + 1);
-	wipe_free(c, clen + 1);
+	free(header.tok);
+	free(claims.tok);
+	util_wipe_free(h, hlen + 1);
+	util_wipe_free(c, clen + 1);
 	bearer_token_clear(&tok);
 	return rc;
 }
@@ -892,7 +693,7 @@ env_value_ok(const char *s)
 static int
 cmd_env(const char *socket_path, const struct command_args *args)
 {
-	struct json doc = {0};
+	struct json_doc doc = {0};
 	char *body, *endpoint = NULL, *secret = NULL;
 	size_t len, slen = 0;
 	int status, r, rc = RC_ERROR;
@@ -910,9 +711,9 @@ cmd_env(const char *socket_path, const struct command_args *args)
 		rc = fail_http(status, body, len);
 		goto out;
 	}
-	if (json_parse(&doc, body, len, JSMN_OBJECT) == 0) {
-		endpoint = json_string(&doc, json_get(&doc, 0, "IDENTITY_ENDPOINT"), NULL);
-		secret = json_string(&doc, json_get(&doc, 0, "IDENTITY_HEADER"), &slen);
+	if (parse_json(&doc, body, len, false) == 0) {
+		endpoint = json_text(&doc, json_find(&doc, 0, "IDENTITY_ENDPOINT"), NULL);
+		secret = json_text(&doc, json_find(&doc, 0, "IDENTITY_HEADER"), &slen);
 	}
 	if (!env_value_ok(endpoint) || !env_value_ok(secret)) {
 		fprintf(stderr, "bearerctl: malformed answer from the daemon at %s\n", socket_path);
@@ -922,10 +723,10 @@ cmd_env(const char *socket_path, const struct command_args *args)
 	if (rc == RC_OK)
 		rc = write_secret_line("IDENTITY_HEADER=", secret, slen);
 out:
-	free(doc.t);
+	free(doc.tok);
 	free(endpoint);
-	wipe_free(secret, slen + 1);
-	wipe_free(body, len);
+	util_wipe_free(secret, slen + 1);
+	util_wipe_free(body, len);
 	(void)args;
 	return rc;
 }

@@ -5,10 +5,10 @@
  * is read back, framed by Content-Length or by the end of the connection.  The library must
  * not depend on anything but libc, so it carries this small response reader instead of
  * libcurl; it only ever talks to bearerd, whose answers are small and simply framed, and it
- * refuses anything else (no chunked encoding, no 1xx, no folded headers).  JSON is tokenized
- * with jsmn, which is header-only: compiled in with JSMN_STATIC it adds no run-time
- * dependency and no exported symbol.  Every buffer that may hold a token is wiped before it
- * is freed.
+ * refuses anything else (no chunked encoding, no 1xx, no folded headers).  JSON is read with
+ * the daemon's json.c, compiled in: it needs only libc and jsmn (header-only), so it adds no
+ * run-time dependency, and libbearer.map keeps its symbols private.  Every buffer that may
+ * hold a token is wiped before it is freed.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,12 +24,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define JSMN_STATIC
-#define JSMN_STRICT
-#include <jsmn.h>
-
 #include "bearer.h"
 #include "build-config.h"
+#include "json.h"
+#include "util.h"
 
 #define DEFAULT_SOCKET	 "/run/bearerd/bearerd.sock"
 #define TIMEOUT_MS	 30000
@@ -46,15 +44,6 @@ struct answer {
 	char *body;
 	size_t len;
 };
-
-static void
-wipe_free(void *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	explicit_bzero(p, len);
-	free(p);
-}
 
 static int64_t
 now_ms(void)
@@ -315,7 +304,7 @@ grow(char **buf, size_t old_size, size_t len, size_t size)
 	if (n == NULL)
 		return -ENOMEM;
 	memcpy(n, *buf, len);
-	wipe_free(*buf, old_size);
+	util_wipe_free(*buf, old_size);
 	*buf = n;
 	return 0;
 }
@@ -428,8 +417,8 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 	out->len = got;
 	body = NULL;
 out:
-	wipe_free(body, cap);
-	wipe_free(head, HEAD_MAX);
+	util_wipe_free(body, cap);
+	util_wipe_free(head, HEAD_MAX);
 	return r;
 }
 
@@ -486,228 +475,36 @@ bearer_request(const char *socket_path, const char *method, const char *path, co
 	return 0;
 }
 
-/* Index of the token after t[i] and everything nested in it. */
-static int
-json_next(const jsmntok_t *t, int n, int i)
-{
-	int end = t[i].end;
-
-	for (i++; i < n && t[i].start < end; i++)
-		;
-	return i;
-}
-
-/* Tokenizes js as one JSON object; returns the token count or -EPROTO. */
-static int
-json_parse(const char *js, size_t len, jsmntok_t *t, int max)
-{
-	jsmn_parser p;
-	size_t i;
-	int n;
-
-	jsmn_init(&p);
-	n = jsmn_parse(&p, js, len, t, (unsigned int)max);
-	if (n < 1 || t[0].type != JSMN_OBJECT)
-		return -EPROTO;
-	for (i = (size_t)t[0].end; i < len; i++)
-		if (js[i] != ' ' && js[i] != '\t' && js[i] != '\r' && js[i] != '\n')
-			return -EPROTO;
-	return n;
-}
-
-/* Index of the value of key in the top-level object, or -1. */
-static int
-json_get(const char *js, const jsmntok_t *t, int n, const char *key)
-{
-	size_t klen = strlen(key);
-	int i = 1;
-
-	while (i + 1 < n) {
-		if (t[i].type == JSMN_STRING && (size_t)(t[i].end - t[i].start) == klen &&
-		    memcmp(js + t[i].start, key, klen) == 0)
-			return i + 1;
-		i = json_next(t, n, i + 1);
-	}
-	return -1;
-}
-
-static int
-hex4(const char *s, size_t avail, uint32_t *out)
-{
-	uint32_t v = 0;
-	size_t i;
-
-	if (avail < 4)
-		return -EPROTO;
-	for (i = 0; i < 4; i++) {
-		char c = s[i];
-
-		if (c >= '0' && c <= '9')
-			v = v * 16 + (uint32_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v = v * 16 + (uint32_t)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v = v * 16 + (uint32_t)(c - 'A' + 10);
-		else
-			return -EPROTO;
-	}
-	*out = v;
-	return 0;
-}
-
-static size_t
-utf8_put(char *o, uint32_t cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xc0 | cp >> 6);
-		o[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xe0 | cp >> 12);
-		o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-		o[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	o[0] = (char)(0xf0 | cp >> 18);
-	o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-	o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-	o[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
-
-/*
- * Copies the JSON string at t, unescaped and NUL-terminated, into a new allocation (never
- * longer than the escaped text).  -EPROTO for a non-string, a bad escape or an embedded NUL.
- */
-static int
-json_string(const char *js, const jsmntok_t *t, char **out, size_t *out_len)
-{
-	const char *s = js + t->start;
-	size_t n = (size_t)(t->end - t->start), i, o = 0;
-	char *buf;
-	uint32_t cp, lo;
-
-	if (t->type != JSMN_STRING)
-		return -EPROTO;
-	buf = malloc(n + 1);
-	if (buf == NULL)
-		return -ENOMEM;
-	for (i = 0; i < n; i++) {
-		if (s[i] != '\\') {
-			if (s[i] == '\0')
-				goto bad;
-			buf[o++] = s[i];
-			continue;
-		}
-		if (++i == n)
-			goto bad;
-		switch (s[i]) {
-		case '"':
-		case '\\':
-		case '/':
-			buf[o++] = s[i];
-			break;
-		case 'b':
-			buf[o++] = '\b';
-			break;
-		case 'f':
-			buf[o++] = '\f';
-			break;
-		case 'n':
-			buf[o++] = '\n';
-			break;
-		case 'r':
-			buf[o++] = '\r';
-			break;
-		case 't':
-			buf[o++] = '\t';
-			break;
-		case 'u':
-			if (hex4(s + i + 1, n - i - 1, &cp) < 0)
-				goto bad;
-			i += 4;
-			if (cp >= 0xd800 && cp < 0xdc00) {
-				if (i + 2 >= n || s[i + 1] != '\\' || s[i + 2] != 'u' ||
-				    hex4(s + i + 3, n - i - 3, &lo) < 0 || lo < 0xdc00 ||
-				    lo > 0xdfff)
-					goto bad;
-				i += 6;
-				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-			} else if ((cp >= 0xdc00 && cp < 0xe000) || cp == 0) {
-				goto bad;
-			}
-			o += utf8_put(buf + o, cp);
-			break;
-		default:
-			goto bad;
-		}
-	}
-	buf[o] = '\0';
-	*out = buf;
-	*out_len = o;
-	return 0;
-bad:
-	wipe_free(buf, n + 1);
-	return -EPROTO;
-}
-
-/* An integer given as a JSON number or a string of decimal digits, as Azure sends both. */
-static int
-json_int64(const char *js, const jsmntok_t *t, int64_t *out)
-{
-	const char *s = js + t->start;
-	size_t n = (size_t)(t->end - t->start);
-	int64_t v;
-
-	if (t->type != JSMN_PRIMITIVE && t->type != JSMN_STRING)
-		return -EPROTO;
-	if (n > 0 && s[0] == '-') {
-		if (parse_uint(s + 1, n - 1, &v) < 0)
-			return -EPROTO;
-		*out = -v;
-		return 0;
-	}
-	if (parse_uint(s, n, &v) < 0)
-		return -EPROTO;
-	*out = v;
-	return 0;
-}
-
 static int
 parse_token(const char *js, size_t len, struct bearer_token *out)
 {
 	jsmntok_t t[TOKEN_JSON_MAX];
-	int n, at, eo, ei, r;
+	struct json_doc doc;
+	int at, eo, ei, r;
 	int64_t expires_on, expires_in;
 	char *token;
 	size_t tlen, i;
 
-	n = json_parse(js, len, t, TOKEN_JSON_MAX);
-	if (n < 0)
-		return n;
-	at = json_get(js, t, n, "access_token");
-	eo = json_get(js, t, n, "expires_on");
-	ei = json_get(js, t, n, "expires_in");
-	if (at < 0 || eo < 0 || json_int64(js, &t[eo], &expires_on) < 0)
+	if (json_parse(&doc, js, len, t, TOKEN_JSON_MAX) < 0)
+		return -EPROTO;
+	at = json_find(&doc, 0, "access_token");
+	eo = json_find(&doc, 0, "expires_on");
+	ei = json_find(&doc, 0, "expires_in");
+	if (at < 0 || eo < 0 || json_int64(&doc, eo, &expires_on) < 0)
 		return -EPROTO;
 	if (ei < 0)
 		expires_in = expires_on - (int64_t)time(NULL);
-	else if (json_int64(js, &t[ei], &expires_in) < 0)
+	else if (json_int64(&doc, ei, &expires_in) < 0)
 		return -EPROTO;
-	r = json_string(js, &t[at], &token, &tlen);
+	r = json_string_dup(&doc, at, &token, &tlen);
 	if (r < 0)
-		return r;
+		return r == -ENOMEM ? r : -EPROTO;
 	/* It goes into HTTP headers: printable ASCII only, and never empty. */
 	for (i = 0; i < tlen; i++)
 		if (token[i] <= ' ' || token[i] > '~')
 			break;
 	if (tlen == 0 || i < tlen) {
-		wipe_free(token, tlen + 1);
+		util_wipe_free(token, tlen + 1);
 		return -EPROTO;
 	}
 	out->access_token = token;
@@ -738,18 +535,20 @@ static void
 describe_http_error(const struct answer *a, char *buf, size_t size)
 {
 	jsmntok_t t[ERROR_JSON_MAX];
+	struct json_doc doc;
 	char *error = NULL, *desc = NULL;
-	size_t elen, dlen;
-	int n, e, d;
+	size_t dlen;
+	int e = -1, d = -1;
 
-	n = json_parse(a->body, a->len, t, ERROR_JSON_MAX);
-	e = n > 0 ? json_get(a->body, t, n, "error") : -1;
-	d = n > 0 ? json_get(a->body, t, n, "error_description") : -1;
-	if (e < 0 || json_string(a->body, &t[e], &error, &elen) < 0) {
+	if (json_parse(&doc, a->body, a->len, t, ERROR_JSON_MAX) == 0) {
+		e = json_find(&doc, 0, "error");
+		d = json_find(&doc, 0, "error_description");
+	}
+	if (e < 0 || json_string_dup(&doc, e, &error, NULL) < 0) {
 		set_error(buf, size, "bearerd answered HTTP status %d", a->status);
 		return;
 	}
-	if (d >= 0 && json_string(a->body, &t[d], &desc, &dlen) == 0 && dlen > 0)
+	if (d >= 0 && json_string_dup(&doc, d, &desc, &dlen) == 0 && dlen > 0)
 		set_error(buf, size, "%s: %s", error, desc);
 	else
 		set_error(buf, size, "%s", error);
@@ -802,32 +601,6 @@ describe_errno(int r, const char *socket_path, char *buf, size_t size)
 	}
 }
 
-/* Percent-encodes s (RFC 3986 unreserved characters stay) for one path segment. */
-static int
-encode_segment(const char *s, char *out, size_t size)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t o = 0;
-
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
-		bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-			     (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
-
-		if (o + 4 > size)
-			return -ENAMETOOLONG;
-		if (plain) {
-			out[o++] = (char)c;
-		} else {
-			out[o++] = '%';
-			out[o++] = hex[c >> 4];
-			out[o++] = hex[c & 15];
-		}
-	}
-	out[o] = '\0';
-	return 0;
-}
-
 int
 bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_validity,
 		    struct bearer_token *out, int *http_status, char *errbuf, size_t errlen)
@@ -846,7 +619,8 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		set_error(errbuf, errlen, "invalid argument");
 		return -EINVAL;
 	}
-	if (strlen(audience) > AUDIENCE_MAX || encode_segment(audience, enc, sizeof(enc)) < 0) {
+	if (strlen(audience) > AUDIENCE_MAX ||
+	    util_encode_segment(audience, enc, sizeof(enc)) < 0) {
 		set_error(errbuf, errlen, "audience name too long");
 		return -ENAMETOOLONG;
 	}
@@ -871,7 +645,7 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		r = errno_for_status(a.status);
 		describe_http_error(&a, errbuf, errlen);
 	}
-	wipe_free(a.body, a.len + 1);
+	util_wipe_free(a.body, a.len + 1);
 	return r;
 }
 
@@ -888,6 +662,6 @@ bearer_token_clear(struct bearer_token *t)
 	if (t == NULL)
 		return;
 	if (t->access_token != NULL)
-		wipe_free(t->access_token, t->len + 1);
+		util_wipe_free(t->access_token, t->len + 1);
 	explicit_bzero(t, sizeof(*t));
 }

@@ -18,7 +18,7 @@
 #include "cache.h"
 #include "config.h"
 #include "http.h"
-#include "json.h"
+#include "json_write.h"
 #include "log.h"
 #include "source.h"
 

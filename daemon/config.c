@@ -347,30 +347,6 @@ parse_bool(struct parser *p, const char *key, const char *v, bool *out)
 	return -EINVAL;
 }
 
-/* A non-empty string without blanks (ids and URLs). */
-static int
-parse_word(struct parser *p, const char *key, const char *v, char **out)
-{
-	char *s;
-
-	if (v[0] == '\0') {
-		perr(p, "%s: empty value", key);
-		return -EINVAL;
-	}
-	if (strpbrk(v, " \t") != NULL) {
-		perr(p, "%s: must not contain blanks, got '%.64s'", key, v);
-		return -EINVAL;
-	}
-	s = strdup(v);
-	if (s == NULL) {
-		p->oom = true;
-		return -ENOMEM;
-	}
-	free(*out);
-	*out = s;
-	return 0;
-}
-
 /* A non-empty string, kept byte for byte (inih has stripped the blanks around it). */
 static int
 parse_string(struct parser *p, const char *key, const char *v, char **out)
@@ -389,6 +365,17 @@ parse_string(struct parser *p, const char *key, const char *v, char **out)
 	free(*out);
 	*out = s;
 	return 0;
+}
+
+/* A non-empty string without blanks (ids and URLs). */
+static int
+parse_word(struct parser *p, const char *key, const char *v, char **out)
+{
+	if (strpbrk(v, " \t") != NULL) {
+		perr(p, "%s: must not contain blanks, got '%.64s'", key, v);
+		return -EINVAL;
+	}
+	return parse_string(p, key, v, out);
 }
 
 static char **
@@ -570,26 +557,40 @@ key_index(const char *const *names, size_t n, const char *key)
 	return -1;
 }
 
+/*
+ * Makes room for section n: the config's array *items and the parser's parallel array *infos
+ * grow together, doubling from 4.  Each pointer is updated as soon as its array has moved.
+ */
+static int
+section_reserve(size_t n, size_t *cap, void **items, size_t item_size, void **infos,
+		size_t info_size)
+{
+	size_t new_cap;
+	void *v;
+
+	if (n < *cap)
+		return 0;
+	new_cap = *cap ? *cap * 2 : 4;
+	v = reallocarray(*items, new_cap, item_size);
+	if (v == NULL)
+		return -ENOMEM;
+	*items = v;
+	v = reallocarray(*infos, new_cap, info_size);
+	if (v == NULL)
+		return -ENOMEM;
+	*infos = v;
+	*cap = new_cap;
+	return 0;
+}
+
 static int
 identity_add(struct parser *p, const char *name)
 {
 	struct config *c = p->c;
 
-	if (c->n_identities == p->identities_cap) {
-		size_t cap = p->identities_cap ? p->identities_cap * 2 : 4;
-		struct config_identity *ids;
-		struct ident_info *info;
-
-		ids = reallocarray(c->identities, cap, sizeof(*ids));
-		if (ids == NULL)
-			return -ENOMEM;
-		c->identities = ids;
-		info = reallocarray(p->iinfo, cap, sizeof(*info));
-		if (info == NULL)
-			return -ENOMEM;
-		p->iinfo = info;
-		p->identities_cap = cap;
-	}
+	if (section_reserve(c->n_identities, &p->identities_cap, (void **)&c->identities,
+			    sizeof(*c->identities), (void **)&p->iinfo, sizeof(*p->iinfo)) < 0)
+		return -ENOMEM;
 	c->identities[c->n_identities] = (struct config_identity){
 	    .name = strdup(name),
 	    .line = p->line,
@@ -609,21 +610,9 @@ audience_add(struct parser *p, const char *name)
 {
 	struct config *c = p->c;
 
-	if (c->n_audiences == p->audiences_cap) {
-		size_t cap = p->audiences_cap ? p->audiences_cap * 2 : 4;
-		struct config_audience *auds;
-		struct aud_info *info;
-
-		auds = reallocarray(c->audiences, cap, sizeof(*auds));
-		if (auds == NULL)
-			return -ENOMEM;
-		c->audiences = auds;
-		info = reallocarray(p->ainfo, cap, sizeof(*info));
-		if (info == NULL)
-			return -ENOMEM;
-		p->ainfo = info;
-		p->audiences_cap = cap;
-	}
+	if (section_reserve(c->n_audiences, &p->audiences_cap, (void **)&c->audiences,
+			    sizeof(*c->audiences), (void **)&p->ainfo, sizeof(*p->ainfo)) < 0)
+		return -ENOMEM;
 	c->audiences[c->n_audiences] = (struct config_audience){
 	    .name = strdup(name),
 	    .line = p->line,
@@ -643,7 +632,8 @@ section_named(struct parser *p, const char *kind, char *rest)
 	bool identity = strcmp(kind, "identity") == 0;
 	size_t n = strlen(rest);
 	char *name = rest;
-	int r;
+	size_t count;
+	int first_line, max, r;
 
 	if (n == 0) {
 		perr(p, "section [%s] needs a name: [%s \"NAME\"]", kind, kind);
@@ -668,30 +658,25 @@ section_named(struct parser *p, const char *kind, char *rest)
 	if (identity) {
 		const struct config_identity *id = config_identity_find(p->c, name);
 
-		if (id != NULL) {
-			perr(p, "duplicate section [identity \"%s\"] (first on line %d)", name,
-			     id->line);
-			return;
-		}
-		if (p->c->n_identities >= CONFIG_MAX_IDENTITIES) {
-			perr(p, "too many identities (at most %d)", CONFIG_MAX_IDENTITIES);
-			return;
-		}
-		r = identity_add(p, name);
+		first_line = id != NULL ? id->line : 0;
+		count = p->c->n_identities;
+		max = CONFIG_MAX_IDENTITIES;
 	} else {
 		const struct config_audience *a = config_audience_find(p->c, name);
 
-		if (a != NULL) {
-			perr(p, "duplicate section [audience \"%s\"] (first on line %d)", name,
-			     a->line);
-			return;
-		}
-		if (p->c->n_audiences >= CONFIG_MAX_AUDIENCES) {
-			perr(p, "too many audiences (at most %d)", CONFIG_MAX_AUDIENCES);
-			return;
-		}
-		r = audience_add(p, name);
+		first_line = a != NULL ? a->line : 0;
+		count = p->c->n_audiences;
+		max = CONFIG_MAX_AUDIENCES;
 	}
+	if (first_line != 0) {
+		perr(p, "duplicate section [%s \"%s\"] (first on line %d)", kind, name, first_line);
+		return;
+	}
+	if (count >= (size_t)max) {
+		perr(p, "too many %s (at most %d)", identity ? "identities" : "audiences", max);
+		return;
+	}
+	r = identity ? identity_add(p, name) : audience_add(p, name);
 	if (r < 0) {
 		p->oom = true;
 		return;

@@ -1,7 +1,8 @@
 /*
- * JSON: the one translation unit that compiles jsmn, a strict grammar check
- * on top of its tokens, and the small readers and writers the daemon needs
- * (unescaped strings, integers, escaped output).
+ * JSON reading: the one translation unit that compiles jsmn, a strict grammar
+ * check on top of its tokens, and the small readers the daemon and the client
+ * need (unescaped strings, integers).  Only libc and jsmn: libbearer and
+ * bearerctl compile it too.
  */
 #define JSMN_STRICT
 #include <jsmn.h>
@@ -16,8 +17,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <event2/buffer.h>
 
 /* Deeper nesting than any token endpoint sends is refused, and bounds recursion. */
 #define JSON_MAX_DEPTH 32
@@ -180,8 +179,10 @@ json_check_value(const char *js, const jsmntok_t *tok, int ntok, int i, int dept
 	return 0;
 }
 
-int
-json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max)
+/* json_parse and json_parse_array: the document's top level must be type. */
+static int
+json_parse_type(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max,
+		jsmntype_t type)
 {
 	jsmn_parser p;
 	size_t pos;
@@ -193,7 +194,7 @@ json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, in
 	n = jsmn_parse(&p, js, len, toks, (unsigned int)max);
 	if (n == JSMN_ERROR_NOMEM)
 		return -E2BIG;
-	if (n <= 0 || toks[0].type != JSMN_OBJECT)
+	if (n <= 0 || toks[0].type != type)
 		return -EINVAL;
 	pos = json_skip_ws(js, 0, len);
 	if (pos != (size_t)toks[0].start)
@@ -208,6 +209,31 @@ json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, in
 	doc->tok = toks;
 	doc->ntok = n;
 	return 0;
+}
+
+int
+json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max)
+{
+	return json_parse_type(doc, js, len, toks, max, JSMN_OBJECT);
+}
+
+int
+json_parse_array(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max)
+{
+	return json_parse_type(doc, js, len, toks, max, JSMN_ARRAY);
+}
+
+int
+json_count(const char *js, size_t len)
+{
+	jsmn_parser p;
+	int n;
+
+	if (len > INT_MAX)
+		return -E2BIG;
+	jsmn_init(&p);
+	n = jsmn_parse(&p, js, len, NULL, 0);
+	return n < 0 ? -EINVAL : n;
 }
 
 int
@@ -460,76 +486,5 @@ json_int64(const struct json_doc *doc, int tok, int64_t *out)
 		*out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
 	else
 		*out = (int64_t)v;
-	return 0;
-}
-
-int
-json_append_string(struct evbuffer *out, const char *s, size_t len)
-{
-	static const char hex[] = "0123456789abcdef";
-	struct evbuffer_iovec vec;
-	size_t need = 2;
-	char *p;
-
-	if (len > (SIZE_MAX - 2) / 6)
-		return -E2BIG;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' ||
-		    c == '\t')
-			need += 2;
-		else if (c < 0x20)
-			need += 6;
-		else
-			need += 1;
-	}
-	/* one contiguous reservation, so the output is all or nothing */
-	if (evbuffer_reserve_space(out, (ev_ssize_t)need, &vec, 1) != 1 || vec.iov_len < need)
-		return -ENOMEM;
-	p = vec.iov_base;
-	*p++ = '"';
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		char e = 0;
-
-		switch (c) {
-		case '"':
-			e = '"';
-			break;
-		case '\\':
-			e = '\\';
-			break;
-		case '\b':
-			e = 'b';
-			break;
-		case '\f':
-			e = 'f';
-			break;
-		case '\n':
-			e = 'n';
-			break;
-		case '\r':
-			e = 'r';
-			break;
-		case '\t':
-			e = 't';
-			break;
-		}
-		if (e != 0) {
-			*p++ = '\\';
-			*p++ = e;
-		} else if (c < 0x20) {
-			memcpy(p, "\\u00", 4);
-			p[4] = hex[c >> 4];
-			p[5] = hex[c & 0xf];
-			p += 6;
-		} else {
-			*p++ = (char)c;
-		}
-	}
-	*p++ = '"';
-	vec.iov_len = need;
-	if (evbuffer_commit_space(out, &vec, 1) < 0)
-		return -ENOMEM;
 	return 0;
 }

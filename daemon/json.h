@@ -1,4 +1,4 @@
-/* JSON: reading upstream documents with jsmn, writing escaped strings. */
+/* JSON: reading documents with jsmn (writing is in json_write.h). */
 #ifndef BEARERD_JSON_H
 #define BEARERD_JSON_H
 
@@ -8,8 +8,6 @@
 #define JSMN_HEADER
 #define JSMN_STRICT
 #include <jsmn.h>
-
-struct evbuffer;
 
 /* A parsed document; tok points into caller storage, js is not copied. */
 struct json_doc {
@@ -25,6 +23,17 @@ struct json_doc {
  * when it has more than max tokens.
  */
 int json_parse(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max);
+
+/* Same for a document that is one JSON array. */
+int json_parse_array(struct json_doc *doc, const char *js, size_t len, jsmntok_t *toks, int max);
+
+/*
+ * Counts the tokens of js, to size toks for a document without a fixed bound
+ * (bearerctl's status and JWT claims).  Only what jsmn refuses while counting
+ * gives -EINVAL: json_parse still checks the grammar.  -E2BIG when js is
+ * longer than INT_MAX.
+ */
+int json_count(const char *js, size_t len);
 
 /* Index of the value of key in the object at token obj, or -1. */
 int json_find(const struct json_doc *doc, int obj, const char *key);
@@ -47,8 +56,5 @@ int json_string_copy(const struct json_doc *doc, int tok, char *out, size_t size
  * (fractions, exponents, junk), -ERANGE on overflow.
  */
 int json_int64(const struct json_doc *doc, int tok, int64_t *out);
-
-/* Appends s[0..len) to out as a quoted, escaped JSON string. */
-int json_append_string(struct evbuffer *out, const char *s, size_t len);
 
 #endif

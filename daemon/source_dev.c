@@ -22,7 +22,7 @@
 #include <openssl/rsa.h>
 
 #include "config.h"
-#include "json.h"
+#include "json_write.h"
 #include "jwt.h"
 #include "log.h"
 #include "source.h"

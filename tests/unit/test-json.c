@@ -1,4 +1,7 @@
-/* Unit tests for json.c: the grammar check, lookups, unescaping, integers and escaping. */
+/*
+ * Unit tests for json.c and json_write.c: the grammar check, lookups, unescaping, integers
+ * and escaping.
+ */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +15,7 @@
 #include <event2/buffer.h>
 
 #include "json.h"
+#include "json_write.h"
 
 #define NTOK 128
 
@@ -154,6 +158,48 @@ test_parse_bounds(void **state)
 		deep[n] = '\0';
 		assert_int_equal(parse(&doc, toks, deep), depth == 31 ? 0 : -EINVAL);
 	}
+}
+
+/* The array variant: the same grammar, an array at the top, and its own bounds. */
+static void
+test_parse_array(void **state)
+{
+	static const char *const good[] = {"[]", " [ ]\n", "[{\"a\":1},{\"b\":[2]}]",
+					   "[1,\"s\",null]"};
+	static const char *const bad[] = {"{}", "[1,]", "[1 2]", "[{\"a\"}]", "[]x", "1"};
+	const char *js = "[{\"a\":1},2]";
+	struct json_doc doc;
+	jsmntok_t toks[NTOK];
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		expect_int(json_parse_array(&doc, good[i], strlen(good[i]), toks, NTOK), 0,
+			   good[i]);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		expect_int(json_parse_array(&doc, bad[i], strlen(bad[i]), toks, NTOK), -EINVAL,
+			   bad[i]);
+	/* 5 tokens: array, object, a, 1, 2 */
+	assert_int_equal(json_parse_array(&doc, js, strlen(js), toks, 4), -E2BIG);
+	assert_int_equal(json_parse_array(&doc, js, strlen(js), toks, 5), 0);
+	assert_int_equal(doc.ntok, 5);
+	assert_int_equal(json_skip(&doc, 1), 4);
+}
+
+/* json_count sizes the token array for json_parse exactly. */
+static void
+test_count(void **state)
+{
+	const char *js = "{\"a\":[1,2,3],\"b\":2}";
+	struct json_doc doc;
+	jsmntok_t toks[NTOK];
+	int n;
+
+	n = json_count(js, strlen(js));
+	assert_int_equal(n, 8);
+	assert_int_equal(json_parse(&doc, js, strlen(js), toks, n), 0);
+	assert_int_equal(json_count("[{},[]]", 7), 3);
+	/* what jsmn refuses even when only counting; json_parse checks the rest */
+	assert_int_equal(json_count("{\"a\":\"\\q\"}", 10), -EINVAL);
+	assert_int_equal(json_count("{\"a\":\"x", 7), -EINVAL);
 }
 
 static void
@@ -401,6 +447,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_good),	       cmocka_unit_test(test_parse_bad),
 	    cmocka_unit_test(test_parse_embedded_nul), cmocka_unit_test(test_parse_bounds),
+	    cmocka_unit_test(test_parse_array),	       cmocka_unit_test(test_count),
 	    cmocka_unit_test(test_find_and_skip),      cmocka_unit_test(test_string_unescape),
 	    cmocka_unit_test(test_string_rejects),     cmocka_unit_test(test_int64),
 	    cmocka_unit_test(test_append_string),

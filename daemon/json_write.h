@@ -1,0 +1,12 @@
+/* JSON: writing escaped strings into libevent buffers. */
+#ifndef BEARERD_JSON_WRITE_H
+#define BEARERD_JSON_WRITE_H
+
+#include <stddef.h>
+
+struct evbuffer;
+
+/* Appends s[0..len) to out as a quoted, escaped JSON string. */
+int json_append_string(struct evbuffer *out, const char *s, size_t len);
+
+#endif
