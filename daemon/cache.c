@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "cache.h"
+#include "log.h"
 
 #define BACKOFF_MIN_MS	    250
 #define BACKOFF_BASE_MS	    1000
@@ -572,6 +573,7 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 		     const struct token_result *res)
 {
 	int64_t delay = backoff_ms(c, e->backoff_attempt);
+	char clean[256], err[600];
 	int r;
 
 	if (res->retry_after > 0 && res->retry_after * 1000 > delay)
@@ -591,6 +593,12 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 			     strerror(res->error < 0 ? -res->error : EIO));
 	if (r < 0)
 		e->last_error = NULL;
+	/* logged once per fetch, however many requests were waiting */
+	log_warnx("token fetch failed",
+		  "identity=%s resource=\"%s\" status=%ld attempt=%d retry_in_ms=%lld error=\"%s\"",
+		  e->identity, log_clean(clean, sizeof(clean), e->resource), res->http_status,
+		  e->backoff_attempt, (long long)delay,
+		  log_clean(err, sizeof(err), e->last_error != NULL ? e->last_error : ""));
 	e->backoff_until_ms = now + delay;
 	e->refresh_at_ms = e->backoff_until_ms;
 }
@@ -601,6 +609,7 @@ entry_fetch_done(void *arg, struct token_result *res)
 	struct cache_entry *e = arg;
 	struct cache *c = e->cache;
 	int64_t now = cache_now(c);
+	char clean[256];
 
 	e->in_flight = false;
 	e->fetches++;
@@ -656,6 +665,15 @@ entry_fetch_done(void *arg, struct token_result *res)
 		e->tok.expires_ms = expires_ms;
 		e->tok.expires_on = c->ops->wall_s(c->ctx) + res->expires_in;
 		e->tok.generation = ++c->generation;
+		if (e->failed)
+			log_info("token fetch recovered",
+				 "identity=%s resource=\"%s\" expires_in=%lld", e->identity,
+				 log_clean(clean, sizeof(clean), e->resource),
+				 (long long)res->expires_in);
+		else
+			log_debug("token fetched", "identity=%s resource=\"%s\" expires_in=%lld",
+				  e->identity, log_clean(clean, sizeof(clean), e->resource),
+				  (long long)res->expires_in);
 		e->failed = false;
 		e->backoff_attempt = 0;
 		e->last_status = 0;

@@ -128,3 +128,19 @@ fatalx(const char *msg, const char *kv, ...)
 	va_end(ap);
 	exit(1);
 }
+
+const char *
+log_clean(char *dst, size_t size, const char *src)
+{
+	size_t i;
+
+	if (size == 0)
+		return "";
+	for (i = 0; src[i] != '\0' && i + 1 < size; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[i] = ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\' ? '?' : (char)ch;
+	}
+	dst[i] = '\0';
+	return dst;
+}

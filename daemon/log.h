@@ -2,6 +2,7 @@
 #ifndef BEARERD_LOG_H
 #define BEARERD_LOG_H
 
+#include <stddef.h>
 #include <stdnoreturn.h>
 
 enum log_level {
@@ -32,5 +33,11 @@ void log_info(const char *msg, const char *kv, ...) LOG_PRINTF(2, 3);
 void log_debug(const char *msg, const char *kv, ...) LOG_PRINTF(2, 3);
 noreturn void fatal(const char *msg, const char *kv, ...) LOG_PRINTF(2, 3);
 noreturn void fatalx(const char *msg, const char *kv, ...) LOG_PRINTF(2, 3);
+
+/*
+ * Copies src into dst[size] with control characters, quotes and backslashes
+ * replaced by '?', so a value that came from a request cannot forge a line.
+ */
+const char *log_clean(char *dst, size_t size, const char *src);
 
 #endif
