@@ -24,6 +24,10 @@
 
 #define MAX_PARAM 4096
 
+/* A JSON reply whose body is a string literal; its length is counted by the compiler. */
+#define REPLY_LITERAL(req, status, extra, lit)                                                     \
+	http_reply(req, status, "application/json", extra, lit, sizeof(lit) - 1)
+
 struct api_audience {
 	const struct config_audience *cfg;
 	struct source *src;
@@ -516,9 +520,9 @@ reply_method_not_allowed(struct http_request *req, const char *allow)
 	char extra[64];
 
 	snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
-	http_reply(req, 405, "application/json", extra,
-		   "{\"error\":\"invalid_request\",\"error_description\":\"method not allowed\"}",
-		   70);
+	REPLY_LITERAL(
+	    req, 405, extra,
+	    "{\"error\":\"invalid_request\",\"error_description\":\"method not allowed\"}");
 }
 
 struct status_ctx {
@@ -616,7 +620,7 @@ route_readyz(struct api *a, struct http_request *req)
 		return;
 	}
 	if (api_ready(a, reasons)) {
-		http_reply(req, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
+		REPLY_LITERAL(req, 200, NULL, "{\"status\":\"ready\"}");
 	} else {
 		text = evbuffer_take_string(reasons, &len);
 		reply_json_error(req, 503, "not_ready", text != NULL ? text : "not ready", 1);
@@ -687,8 +691,7 @@ api_handle(struct http_request *req, void *arg)
 		} else {
 			cache_refresh(a->cache, aud->entry);
 			log_info("refresh requested", "audience=%s", aud->cfg->name);
-			http_reply(req, 202, "application/json", NULL,
-				   "{\"status\":\"refreshing\"}", 23);
+			REPLY_LITERAL(req, 202, NULL, "{\"status\":\"refreshing\"}");
 		}
 	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
 		   !path_is(path, path_len, "/readyz") &&
@@ -699,7 +702,7 @@ api_handle(struct http_request *req, void *arg)
 	} else if (path_is(path, path_len, "/v1/status")) {
 		route_status(a, req);
 	} else if (path_is(path, path_len, "/healthz")) {
-		http_reply(req, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+		REPLY_LITERAL(req, 200, NULL, "{\"status\":\"ok\"}");
 	} else if (path_is(path, path_len, "/readyz")) {
 		route_readyz(a, req);
 	} else {
