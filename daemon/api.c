@@ -16,6 +16,7 @@
 
 #include "api.h"
 #include "cache.h"
+#include "compat.h"
 #include "config.h"
 #include "http.h"
 #include "json_write.h"
@@ -40,7 +41,8 @@ struct api {
 	struct source **sources;
 	struct api_audience *audiences; /* sorted by name */
 	size_t n_audiences;
-	char *scratch; /* reused body buffer for token replies */
+	struct compat *compat; /* for /v1/compat/env, or NULL */
+	char *scratch;	       /* reused body buffer for token replies */
 	size_t scratch_size;
 };
 
@@ -629,6 +631,36 @@ route_readyz(struct api *a, struct http_request *req)
 	evbuffer_free(reasons);
 }
 
+void
+api_set_compat(struct api *a, struct compat *compat)
+{
+	a->compat = compat;
+}
+
+/* IDENTITY_ENDPOINT and IDENTITY_HEADER for `bearerctl env`. */
+static void
+route_compat_env(struct api *a, struct http_request *req)
+{
+	struct evbuffer *b = evbuffer_new();
+	unsigned char *body;
+	size_t len;
+
+	if (b == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	if (compat_env(a->compat, b) < 0) {
+		reply_json_error(req, 404, "not_found",
+				 "no App Service compatible listener is configured", 0);
+	} else {
+		len = evbuffer_get_length(b);
+		body = evbuffer_pullup(b, -1);
+		http_reply(req, 200, "application/json", NULL, body, len);
+		OPENSSL_cleanse(body, len);
+	}
+	evbuffer_free(b);
+}
+
 static void
 route_jwks(struct api *a, struct http_request *req)
 {
@@ -695,7 +727,8 @@ api_handle(struct http_request *req, void *arg)
 		}
 	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
 		   !path_is(path, path_len, "/readyz") &&
-		   !path_is(path, path_len, "/v1/dev/jwks.json")) {
+		   !path_is(path, path_len, "/v1/dev/jwks.json") &&
+		   !path_is(path, path_len, "/v1/compat/env")) {
 		reply_json_error(req, 404, "not_found", "no such endpoint", 0);
 	} else if (!get) {
 		reply_method_not_allowed(req, "GET, HEAD");
@@ -705,6 +738,8 @@ api_handle(struct http_request *req, void *arg)
 		REPLY_LITERAL(req, 200, NULL, "{\"status\":\"ok\"}");
 	} else if (path_is(path, path_len, "/readyz")) {
 		route_readyz(a, req);
+	} else if (path_is(path, path_len, "/v1/compat/env")) {
+		route_compat_env(a, req);
 	} else {
 		route_jwks(a, req);
 	}

@@ -6,6 +6,7 @@
 
 struct api;
 struct cache;
+struct compat;
 struct config;
 struct evbuffer;
 struct http_request;
@@ -19,6 +20,9 @@ struct source;
 int api_new(struct api **out, struct cache *cache, const struct config *cfg,
 	    struct source **sources);
 struct api *api_free(struct api *a);
+
+/* Gives /v1/compat/env its answer (NULL: 404); set after compat_new, cleared before compat_free. */
+void api_set_compat(struct api *a, struct compat *compat);
 
 /* The http_handler_fn of the Unix-socket server. */
 void api_handle(struct http_request *req, void *arg);

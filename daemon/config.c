@@ -23,6 +23,7 @@
  * A key line too long for inih's buffer is split by key_line_split, which
  * follows inih's rules (first "=" or ":", inline comment after a blank).
  */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -35,6 +36,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -133,8 +135,27 @@ static const char *const unsupported_sources[] = {
     "azure-appservice", "entra-secret", "entra-certificate", "entra-federated", "oauth2",
 };
 
+/* Keys of [compat]. */
+enum ckey {
+	CK_IDENTITY,
+	CK_IMDS_LISTEN,
+	CK_APPSERVICE_LISTEN,
+	CK_APPSERVICE_SECRET_FILE,
+	CK_DYNAMIC_RESOURCES,
+	CK_RESOURCES,
+	CK_ALLOW_NON_LOOPBACK,
+	CK__N,
+};
+
+static const char *const ckey_names[CK__N] = {
+    "identity",		 "imds_listen", "appservice_listen",  "appservice_secret_file",
+    "dynamic_resources", "resources",	"allow_non_loopback",
+};
+
+#define DEFAULT_SECRET_NAME "identity-header" /* beside the socket */
+
 /* Sections named in DESIGN.md that this build does not implement yet. */
-static const char *const unsupported_sections[] = {"compat", "proxy", "route"};
+static const char *const unsupported_sections[] = {"proxy", "route"};
 
 enum section {
 	SEC_NONE, /* before the first header */
@@ -142,6 +163,7 @@ enum section {
 	SEC_BEARERD,
 	SEC_IDENTITY,
 	SEC_AUDIENCE,
+	SEC_COMPAT,
 };
 
 enum source_state {
@@ -191,6 +213,7 @@ struct parser {
 	int *cur_lines;
 	int bearerd_line;
 	int bearerd_lines[BK__N];
+	int compat_lines[CK__N];
 	struct ident_info *iinfo;
 	size_t identities_cap;
 	struct aud_info *ainfo;
@@ -728,6 +751,18 @@ section_begin(struct parser *p, char *line)
 		p->cur_lines = p->bearerd_lines;
 	} else if (strcmp(kind, "identity") == 0 || strcmp(kind, "audience") == 0) {
 		section_named(p, kind, rest);
+	} else if (strcmp(kind, "compat") == 0) {
+		if (*rest != '\0') {
+			perr(p, "section [compat] takes no name");
+			return;
+		}
+		if (p->c->compat.line != 0) {
+			perr(p, "duplicate section [compat] (first on line %d)", p->c->compat.line);
+			return;
+		}
+		p->c->compat.line = p->line;
+		p->sec = SEC_COMPAT;
+		p->cur_lines = p->compat_lines;
 	} else if (in_list(kind, unsupported_sections,
 			   sizeof(unsupported_sections) / sizeof(unsupported_sections[0]))) {
 		perr(p, "section [%s] is not supported by this build yet", kind);
@@ -908,6 +943,110 @@ audience_key(struct parser *p, int k, const char *v)
 	}
 }
 
+/* "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT" into a new config_listen. */
+static int
+parse_listen(struct parser *p, const char *key, const char *v, struct config_listen **out)
+{
+	struct config_listen *l;
+	struct sockaddr_in *in4;
+	struct sockaddr_in6 *in6;
+	const char *colon = strrchr(v, ':');
+	char host[64];
+	size_t hl;
+	int64_t port;
+
+	if (colon == NULL || colon == v || !all_digits(colon + 1) ||
+	    (size_t)(colon - v) >= sizeof(host)) {
+		perr(p, "%s: expected ADDRESS:PORT such as 127.0.0.1:50342, got '%.64s'", key, v);
+		return -EINVAL;
+	}
+	hl = (size_t)(colon - v);
+	memcpy(host, v, hl);
+	host[hl] = '\0';
+	if (parse_int(p, key, colon + 1, 0, 65535, &port) < 0)
+		return -EINVAL;
+	l = calloc(1, sizeof(*l));
+	if (l == NULL || (l->text = strdup(v)) == NULL) {
+		free(l);
+		p->oom = true;
+		return -ENOMEM;
+	}
+	in4 = (struct sockaddr_in *)&l->addr;
+	in6 = (struct sockaddr_in6 *)&l->addr;
+	if (strcmp(host, "localhost") == 0)
+		snprintf(host, sizeof(host), "127.0.0.1");
+	if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+		host[hl - 1] = '\0';
+		if (inet_pton(AF_INET6, host + 1, &in6->sin6_addr) != 1)
+			goto bad;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		l->addr_len = sizeof(*in6);
+	} else if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+		l->addr_len = sizeof(*in4);
+	} else {
+		goto bad;
+	}
+	if (*out != NULL) {
+		free((*out)->text);
+		free(*out);
+	}
+	*out = l;
+	return 0;
+bad:
+	perr(p, "%s: '%.64s' is not a numeric IPv4 address, [IPv6] address or localhost", key,
+	     host);
+	free(l->text);
+	free(l);
+	return -EINVAL;
+}
+
+static void
+compat_key(struct parser *p, int k, const char *v)
+{
+	struct config_compat *cc = &p->c->compat;
+	const char *key = ckey_names[k];
+	char **words = NULL;
+
+	switch ((enum ckey)k) {
+	case CK_IDENTITY:
+		if (parse_string(p, key, v, &cc->identity_name) == 0 && !name_valid(v))
+			perr(p, "identity: invalid identity name '%.140s'", v);
+		break;
+	case CK_IMDS_LISTEN:
+		parse_listen(p, key, v, &cc->imds_listen);
+		break;
+	case CK_APPSERVICE_LISTEN:
+		parse_listen(p, key, v, &cc->appservice_listen);
+		break;
+	case CK_APPSERVICE_SECRET_FILE:
+		if (parse_string(p, key, v, &cc->appservice_secret_file) == 0 && v[0] != '/')
+			perr(p, "appservice_secret_file: expected an absolute path, got '%.64s'",
+			     v);
+		break;
+	case CK_DYNAMIC_RESOURCES:
+		parse_bool(p, key, v, &cc->dynamic_resources);
+		break;
+	case CK_RESOURCES:
+		if (split_words(v, &words) < 0) {
+			p->oom = true;
+			break;
+		}
+		if (words[0] == NULL)
+			perr(p, "resources: empty value");
+		strv_free(cc->resources);
+		cc->resources = words;
+		break;
+	case CK_ALLOW_NON_LOOPBACK:
+		parse_bool(p, key, v, &cc->allow_non_loopback);
+		break;
+	case CK__N:
+		break;
+	}
+}
+
 /* One "key = value" of the current line, from inih or from key_line_split. */
 static void
 key_value(struct parser *p, const char *key, const char *v)
@@ -934,6 +1073,10 @@ key_value(struct parser *p, const char *key, const char *v)
 		names = akey_names;
 		n = AK__N;
 		break;
+	case SEC_COMPAT:
+		names = ckey_names;
+		n = CK__N;
+		break;
 	default:
 		return;
 	}
@@ -943,8 +1086,9 @@ key_value(struct parser *p, const char *key, const char *v)
 	}
 	k = key_index(names, n, key);
 	if (k < 0) {
-		if (p->sec == SEC_BEARERD) {
-			perr(p, "unknown key '%.64s' in [bearerd]", key);
+		if (p->sec == SEC_BEARERD || p->sec == SEC_COMPAT) {
+			perr(p, "unknown key '%.64s' in [%s]", key,
+			     p->sec == SEC_BEARERD ? "bearerd" : "compat");
 		} else if (p->sec == SEC_IDENTITY) {
 			/* dropped if the source turns out unsupported: keys of other sources */
 			p->owner = p->cur + 1;
@@ -966,6 +1110,8 @@ key_value(struct parser *p, const char *key, const char *v)
 		bearerd_key(p, k, v);
 	else if (p->sec == SEC_IDENTITY)
 		identity_key(p, k, v);
+	else if (p->sec == SEC_COMPAT)
+		compat_key(p, k, v);
 	else
 		audience_key(p, k, v);
 }
@@ -1214,6 +1360,81 @@ audience_finish(struct parser *p, size_t i)
 			a->identity_name);
 }
 
+bool
+config_addr_is_loopback(const struct sockaddr_storage *a)
+{
+	static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)a;
+
+		return (ntohl(in4->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (a->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+		const uint8_t *b = in6->sin6_addr.s6_addr;
+
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return true;
+		return memcmp(b, v4mapped, sizeof(v4mapped)) == 0 && b[12] == 127;
+	}
+	return false;
+}
+
+/* [compat]: resolves the identity, checks the listeners, defaults the secret file. */
+static int
+compat_finish(struct parser *p)
+{
+	struct config_compat *cc = &p->c->compat;
+	struct config_listen *ls[] = {cc->imds_listen, cc->appservice_listen};
+	const char *lk[] = {"imds_listen", "appservice_listen"};
+	const int li[] = {CK_IMDS_LISTEN, CK_APPSERVICE_LISTEN};
+	const char *slash;
+
+	if (cc->line == 0)
+		return 0;
+	if (cc->identity_name != NULL) {
+		cc->identity =
+		    (struct config_identity *)config_identity_find(p->c, cc->identity_name);
+		if (cc->identity == NULL && name_valid(cc->identity_name))
+			perr_at(p, p->compat_lines[CK_IDENTITY],
+				"identity: no [identity \"%s\"] section", cc->identity_name);
+	} else if (p->c->n_identities == 1) {
+		cc->identity = &p->c->identities[0];
+	} else if (p->c->n_identities > 1) {
+		perr_at(p, cc->line, "[compat]: missing key 'identity' (there are %zu identities)",
+			p->c->n_identities);
+	}
+	if (cc->imds_listen == NULL && cc->appservice_listen == NULL &&
+	    p->compat_lines[CK_IMDS_LISTEN] == 0 && p->compat_lines[CK_APPSERVICE_LISTEN] == 0)
+		perr_at(p, cc->line, "[compat]: set imds_listen, appservice_listen or both");
+	for (size_t i = 0; i < 2; i++) {
+		if (ls[i] != NULL && !cc->allow_non_loopback &&
+		    !config_addr_is_loopback(&ls[i]->addr))
+			perr_at(p, p->compat_lines[li[i]],
+				"%s: %s is not a loopback address (set allow_non_loopback = yes "
+				"to listen there)",
+				lk[i], ls[i]->text);
+	}
+	if (p->compat_lines[CK_APPSERVICE_SECRET_FILE] != 0 && cc->appservice_listen == NULL &&
+	    p->compat_lines[CK_APPSERVICE_LISTEN] == 0)
+		perr_at(p, p->compat_lines[CK_APPSERVICE_SECRET_FILE],
+			"appservice_secret_file: without appservice_listen it is not used");
+	if (cc->appservice_listen != NULL && cc->appservice_secret_file == NULL &&
+	    p->c->socket != NULL) {
+		slash = strrchr(p->c->socket, '/');
+		if (slash == NULL) {
+			cc->appservice_secret_file = strdup(DEFAULT_SECRET_NAME);
+		} else if (asprintf(&cc->appservice_secret_file, "%.*s/" DEFAULT_SECRET_NAME,
+				    (int)(slash - p->c->socket), p->c->socket) < 0) {
+			cc->appservice_secret_file = NULL;
+		}
+		if (cc->appservice_secret_file == NULL)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 static int
 config_new(struct config **out)
 {
@@ -1278,6 +1499,8 @@ load(struct config **out, struct parser *p, FILE *errs)
 		if (c->socket == NULL)
 			p->oom = true;
 	}
+	if (!p->stop && !p->oom && compat_finish(p) < 0)
+		p->oom = true;
 	if (p->oom) {
 		r = -ENOMEM;
 		if (errs != NULL)
@@ -1438,6 +1661,15 @@ config_free(struct config *c)
 	}
 	free(c->identities);
 	free(c->audiences);
+	free(c->compat.identity_name);
+	if (c->compat.imds_listen != NULL)
+		free(c->compat.imds_listen->text);
+	free(c->compat.imds_listen);
+	if (c->compat.appservice_listen != NULL)
+		free(c->compat.appservice_listen->text);
+	free(c->compat.appservice_listen);
+	free(c->compat.appservice_secret_file);
+	strv_free(c->compat.resources);
 	free(c->path);
 	free(c->socket);
 	free(c->socket_group);

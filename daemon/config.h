@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 enum config_source {
@@ -45,6 +46,26 @@ struct config_audience {
 	size_t n_allow_gids;
 };
 
+/* A listen address "IPv4:PORT", "[IPv6]:PORT" or "localhost:PORT" (port 0: any free port). */
+struct config_listen {
+	char *text; /* as written */
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+};
+
+/* [compat]: the IMDS- and App-Service-compatible listeners for unmodified Azure SDKs. */
+struct config_compat {
+	int line; /* of the section header; 0 when there is no [compat] */
+	char *identity_name;
+	struct config_identity *identity;	 /* resolved: answers requests without a selector */
+	struct config_listen *imds_listen;	 /* NULL: no IMDS-compatible listener */
+	struct config_listen *appservice_listen; /* NULL: no App-Service-compatible listener */
+	char *appservice_secret_file;		 /* default: identity-header beside the socket */
+	bool dynamic_resources; /* any resource, bounded by max_entries; default no */
+	char **resources;	/* NULL-terminated allow-list besides the audiences, or NULL */
+	bool allow_non_loopback;
+};
+
 struct config {
 	char *path;
 	char *socket;
@@ -60,6 +81,7 @@ struct config {
 	size_t n_identities;
 	struct config_audience *audiences;
 	size_t n_audiences;
+	struct config_compat compat;
 };
 
 /*
@@ -97,5 +119,8 @@ const char *config_source_name(enum config_source s);
  * uid is in allow_uids or the gid is in allow_gids.
  */
 bool config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid);
+
+/* True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+bool config_addr_is_loopback(const struct sockaddr_storage *a);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * bearerd: start-up, the event loop, signals and shutdown.  Setup happens in
- * the order config, loop, fetch, sources, cache, api, socket; teardown in
- * reverse.  Requests enter in http.c, are routed in api.c, tokens live in
+ * the order config, loop, fetch, sources, cache, api, compat, socket;
+ * teardown in reverse.  Requests enter in http.c, are routed in api.c (or
+ * compat.c for the Azure-compatible listeners), tokens live in
  * cache.c, and upstream calls leave through source_*.c and fetch.c.
  */
 #include <errno.h>
@@ -24,6 +25,7 @@
 #include "build-config.h"
 #include "api.h"
 #include "cache.h"
+#include "compat.h"
 #include "config.h"
 #include "fetch.h"
 #include "http.h"
@@ -39,6 +41,7 @@ struct daemon {
 	struct source **sources;
 	struct cache *cache;
 	struct api *api;
+	struct compat *compat;
 	struct http_server *http;
 	struct event *cache_timer;
 	struct event *sig_term, *sig_int, *sig_hup;
@@ -199,13 +202,13 @@ static void
 on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
+	unsigned pending = http_server_pending(d->http) + compat_pending(d->compat);
 
 	(void)fd;
 	(void)what;
-	if (http_server_pending(d->http) == 0 || mono_ms(NULL) >= d->stop_deadline_ms) {
-		if (http_server_pending(d->http) > 0)
-			log_warnx("stopping with requests still waiting", "pending=%u",
-				  http_server_pending(d->http));
+	if (pending == 0 || mono_ms(NULL) >= d->stop_deadline_ms) {
+		if (pending > 0)
+			log_warnx("stopping with requests still waiting", "pending=%u", pending);
 		event_base_loopexit(d->base, NULL);
 	}
 }
@@ -221,6 +224,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	log_info("stopping", "signal=%s", strsignal((int)sig));
 	http_server_stop_accepting(d->http);
+	compat_stop_accepting(d->compat);
 	if (d->unlink_path != NULL)
 		unlink(d->unlink_path);
 	d->stop_deadline_ms = mono_ms(NULL) + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
@@ -305,6 +309,10 @@ daemon_setup(struct daemon *d)
 	r = api_new(&d->api, d->cache, d->cfg, d->sources);
 	if (r < 0)
 		return r;
+	r = compat_new(&d->compat, d->base, d->cache, d->cfg, d->sources);
+	if (r < 0)
+		return r;
+	api_set_compat(d->api, d->compat);
 	http_limits_default(&limits);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
@@ -340,6 +348,9 @@ daemon_teardown(struct daemon *d)
 	if (d->sig_term != NULL)
 		event_free(d->sig_term);
 	d->http = http_server_free(d->http);
+	if (d->api != NULL)
+		api_set_compat(d->api, NULL);
+	d->compat = compat_free(d->compat);
 	if (d->unlink_path != NULL) {
 		unlink(d->unlink_path);
 		free(d->unlink_path);

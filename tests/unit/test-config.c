@@ -1,6 +1,7 @@
 /* Unit tests for daemon/config.c: defaults, every key, every error with its FILE:LINE. */
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -258,11 +259,11 @@ static void
 test_unknown_key_and_section(void **state)
 {
 	expect_errors(IMDS "colour = red\n[audience \"a\"]\nidentity = vm\nresource = r\nx = 1\n"
-			   "[bearerd]\nsockett = /x\n[compat]\nidentity = vm\n[Bearerd]\n",
+			   "[bearerd]\nsockett = /x\n[proxy]\nlisten = 127.0.0.1:3128\n[Bearerd]\n",
 		      "t.conf:3: unknown key 'colour' in [identity \"vm\"]\n"
 		      "t.conf:7: unknown key 'x' in [audience \"a\"]\n"
 		      "t.conf:9: unknown key 'sockett' in [bearerd]\n"
-		      "t.conf:10: section [compat] is not supported by this build yet\n"
+		      "t.conf:10: section [proxy] is not supported by this build yet\n"
 		      "t.conf:12: unknown section [Bearerd]\n");
 	/* keys are case-sensitive too */
 	expect_errors(IMDS "Source = dev\n",
@@ -831,7 +832,8 @@ static void
 test_shipped_files(void **state)
 {
 	static const char *const files[] = {"config/bearerd.conf", "config/examples/dev.conf",
-					    "config/examples/vm-imds.conf"};
+					    "config/examples/vm-imds.conf",
+					    "config/examples/compat.conf"};
 	char root[PATH_MAX];
 	const char *slash;
 	bool found = false;
@@ -872,6 +874,81 @@ test_shipped_files(void **state)
 		skip();
 }
 
+static void
+test_compat(void **state)
+{
+	struct config *c;
+	const struct sockaddr_in6 *in6;
+
+	/* no [compat]: nothing listens */
+	c = expect_ok(IMDS);
+	assert_int_equal(c->compat.line, 0);
+	assert_null(c->compat.imds_listen);
+	config_free(c);
+
+	c = expect_ok("[bearerd]\nsocket = /run/b/s.sock\n" IMDS
+		      "[identity \"ua\"]\nsource = azure-imds\nclient_id = abc\n"
+		      "[compat]\nidentity = ua\nimds_listen = 127.0.0.1:50342\n"
+		      "appservice_listen = [::1]:0\ndynamic_resources = yes\n"
+		      "resources = https://a https://b\n");
+	assert_int_equal(c->compat.line, 8);
+	assert_ptr_equal(c->compat.identity, &c->identities[1]);
+	assert_string_equal(c->compat.imds_listen->text, "127.0.0.1:50342");
+	assert_int_equal(c->compat.imds_listen->addr.ss_family, AF_INET);
+	in6 = (const struct sockaddr_in6 *)&c->compat.appservice_listen->addr;
+	assert_int_equal(in6->sin6_family, AF_INET6);
+	assert_int_equal(in6->sin6_port, 0);
+	assert_true(config_addr_is_loopback(&c->compat.appservice_listen->addr));
+	/* the secret defaults to a file beside the socket */
+	assert_string_equal(c->compat.appservice_secret_file, "/run/b/identity-header");
+	assert_true(c->compat.dynamic_resources);
+	assert_string_equal(c->compat.resources[0], "https://a");
+	assert_string_equal(c->compat.resources[1], "https://b");
+	assert_null(c->compat.resources[2]);
+	assert_false(c->compat.allow_non_loopback);
+	config_free(c);
+
+	/* the only identity is the default; localhost is 127.0.0.1 */
+	c = expect_ok(IMDS "[compat]\nimds_listen = localhost:1\n");
+	assert_ptr_equal(c->compat.identity, &c->identities[0]);
+	assert_false(c->compat.dynamic_resources);
+	assert_null(c->compat.resources);
+	assert_null(c->compat.appservice_secret_file);
+	config_free(c);
+
+	c = expect_ok(IMDS "[compat]\nimds_listen = 0.0.0.0:1\nallow_non_loopback = yes\n");
+	assert_false(config_addr_is_loopback(&c->compat.imds_listen->addr));
+	config_free(c);
+
+	expect_errors(IMDS "[identity \"b\"]\nsource = dev\n[compat]\nimds_listen = 127.0.0.1:1\n",
+		      "t.conf:5: [compat]: missing key 'identity' (there are 2 identities)\n");
+	expect_errors(IMDS "[compat]\nidentity = nope\n",
+		      "t.conf:3: [compat]: set imds_listen, appservice_listen or both\n"
+		      "t.conf:4: identity: no [identity \"nope\"] section\n");
+	expect_errors(IMDS "[compat]\nimds_listen = 10.0.0.1:80\nappservice_listen = "
+			   "[::]:80\nappservice_secret_file = rel\n",
+		      "t.conf:4: imds_listen: 10.0.0.1:80 is not a loopback address (set "
+		      "allow_non_loopback = yes to listen there)\n"
+		      "t.conf:5: appservice_listen: [::]:80 is not a loopback address (set "
+		      "allow_non_loopback = yes to listen there)\n"
+		      "t.conf:6: appservice_secret_file: expected an absolute path, got 'rel'\n");
+	expect_errors(IMDS "[compat]\nimds_listen = 127.0.0.1\nappservice_listen = "
+			   "127.0.0.1:70000\nimds_listen = host:1\n",
+		      "t.conf:4: imds_listen: expected ADDRESS:PORT such as 127.0.0.1:50342, got "
+		      "'127.0.0.1'\n"
+		      "t.conf:5: appservice_listen: 70000 is out of range (0..65535)\n"
+		      "t.conf:6: duplicate key 'imds_listen' (first set on line 4)\n");
+	expect_errors(IMDS "[compat]\nimds_listen = example.org:1\ncolour = red\n"
+			   "appservice_secret_file = /x\n[compat]\n[compat \"x\"]\n",
+		      "t.conf:4: imds_listen: 'example.org' is not a numeric IPv4 address, [IPv6] "
+		      "address or localhost\n"
+		      "t.conf:5: unknown key 'colour' in [compat]\n"
+		      "t.conf:6: appservice_secret_file: without appservice_listen it is not "
+		      "used\n"
+		      "t.conf:7: duplicate section [compat] (first on line 3)\n"
+		      "t.conf:8: section [compat] takes no name\n");
+}
+
 int
 main(void)
 {
@@ -900,6 +977,7 @@ main(void)
 	    cmocka_unit_test(test_dev_config),
 	    cmocka_unit_test(test_files),
 	    cmocka_unit_test(test_shipped_files),
+	    cmocka_unit_test(test_compat),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,322 @@
+"""Unmodified Azure SDK clients (tests/clients, real npm packages) get their
+tokens through bearerd's IMDS- and App-Service-compatible listeners, and the
+listeners reject what IMDS and App Service reject."""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import BEARERD, ROOT, Daemon, remember_token, wait_for
+
+CLIENTS = ROOT / "tests" / "clients"
+SCRIPT = CLIENTS / "get-token.mjs"
+UA_CLIENT_ID = "2b7c1d4e-0f5a-4c3b-9e8d-7a6b5c4d3e2f"
+RESOURCE = "https://storage.azure.com"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compat_config(fake, tmp, **over):
+    """Identity vm (system-assigned) answers SDK requests; ua is a user-assigned one."""
+    imds, app = free_port(), free_port()
+    text = f"""[bearerd]
+socket = @SOCKET@
+log_level = debug
+min_validity = {over.get('min_validity', 300)}
+wait_timeout = {over.get('wait_timeout', 5)}
+
+[identity "vm"]
+source = azure-imds
+endpoint = {fake.endpoint}
+dynamic_resources = yes
+
+[identity "ua"]
+source = azure-imds
+endpoint = {fake.endpoint}
+client_id = {UA_CLIENT_ID}
+
+[audience "api"]
+identity = vm
+resource = api://test-app
+
+[audience "locked"]
+identity = vm
+resource = api://locked
+allow_uids = 0
+
+[compat]
+identity = vm
+imds_listen = 127.0.0.1:{imds}
+appservice_listen = 127.0.0.1:{app}
+appservice_secret_file = {tmp}/identity-header
+dynamic_resources = {over.get('dynamic', 'yes')}
+"""
+    return text, imds, app
+
+
+@pytest.fixture
+def compat(fake, start_daemon, tmp_path):
+    def start(**over):
+        text, imds, app = compat_config(fake, tmp_path, **over)
+        d = start_daemon(text)
+        d.imds_port, d.app_port = imds, app
+        d.secret = (tmp_path / "identity-header").read_text().strip()
+        return d
+    return start
+
+
+def node_env(d, via):
+    """A clean environment: nothing but the variables that point the SDK at bearerd."""
+    if shutil.which("node") is None or not (CLIENTS / "node_modules").is_dir():
+        pytest.fail("node and tests/clients/node_modules are needed: "
+                    "npm ci --prefix tests/clients (scripts/check does it)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(d.tmp),
+           "NO_PROXY": "*"}
+    if via == "appservice":
+        env["IDENTITY_ENDPOINT"] = f"http://127.0.0.1:{d.app_port}/msi/token"
+        env["IDENTITY_HEADER"] = d.secret
+    else:
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = f"http://127.0.0.1:{d.imds_port}"
+    return env
+
+
+def run_client(d, kind, via, resource=RESOURCE, client_id=None, timeout=60):
+    argv = ["node", str(SCRIPT), kind, resource] + ([client_id] if client_id else [])
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                       env=node_env(d, via), cwd=str(CLIENTS))
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
+    out["_rc"], out["_stderr"], out["_elapsed"] = p.returncode, p.stderr, time.monotonic() - t0
+    return out
+
+
+def compat_requests(d, listener):
+    return d.logs().count(f'msg="compat request" listener={listener} ')
+
+
+@pytest.mark.parametrize("via", ["appservice", "imds"])
+@pytest.mark.parametrize("kind,client_id", [("mi", None), ("mi", UA_CLIENT_ID), ("dac", None),
+                                            ("msal", None), ("msal", UA_CLIENT_ID)])
+def test_sdk_gets_the_upstream_token(fake, compat, via, kind, client_id):
+    d = compat()
+    out = run_client(d, kind, via, client_id=client_id)
+    assert out["_rc"] == 0, out
+    tok = remember_token(out["token"])
+    st = fake.stats()
+    assert st["issued"] == [tok], "the SDK did not get the upstream's token byte for byte"
+    assert st["requests"] == 1
+    assert st["last_query"]["resource"] == RESOURCE
+    if client_id:
+        assert st["last_query"]["client_id"] == client_id
+    else:
+        assert "client_id" not in st["last_query"]
+    # expiry: the upstream's expires_on, to the second
+    now = time.time()
+    assert abs(out["expiresOnTimestamp"] / 1000 - (now + 3600)) < 30
+    assert out["expiresOnTimestamp"] % 1000 == 0
+    # the second getToken came from the SDK's own cache: bearerd saw one request
+    assert out["second_token"] == tok
+    assert compat_requests(d, via) == 1, d.logs()
+
+
+def test_ten_processes_one_upstream_request(fake, compat):
+    fake.configure(delay=0.5)
+    d = compat()
+    vias = ["appservice", "imds"] * 5
+    with ThreadPoolExecutor(10) as ex:
+        outs = list(ex.map(lambda v: run_client(d, "mi", v), vias))
+    for o in outs:
+        assert o["_rc"] == 0, o
+    toks = {remember_token(o["token"]) for o in outs}
+    assert len(toks) == 1
+    assert fake.stats()["requests"] == 1
+    # the local API shares the entry the SDKs created
+    r = d.get("/v1/token?resource=" + RESOURCE + "&identity=vm")
+    assert r.status == 200 and r.json()["access_token"] in toks
+    assert fake.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("kind,via", [("mi", "appservice"), ("msal", "imds"), ("dac", "imds")])
+def test_upstream_failure_is_a_clear_error_soon(fake, compat, kind, via):
+    fake.configure(status=500)
+    d = compat()
+    out = run_client(d, kind, via, timeout=30)
+    assert out["_rc"] == 1, out
+    assert "token" not in out
+    assert "fake_imds scripted error 500" in out["error"]
+    assert out["_elapsed"] < 12, out
+
+
+def raw(port, path, headers=None, method="GET"):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path, headers=headers or {})
+        r = c.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        c.close()
+
+
+TOKEN = "/metadata/identity/oauth2/token"
+Q = "?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+MD = {"Metadata": "true"}
+
+
+def test_imds_listener_rules(fake, compat):
+    d = compat()
+    p = d.imds_port
+    # path variants clients build (msal-node adds "/", a host ending in "/" doubles the first)
+    for path in (TOKEN, TOKEN + "/", "/" + TOKEN, "/METADATA/identity/oauth2/token",
+                 "//Metadata/identity/oauth2/token/"):
+        st, h, body = raw(p, path + Q + "&x-client-SKU=test", dict(MD, **{"X-Unknown": "1"}))
+        assert st == 200, (path, body)
+        doc = json.loads(body)
+        remember_token(doc["access_token"])
+        assert doc["resource"] == "https://vault.azure.net"
+        assert doc["token_type"] == "Bearer"
+        for k in ("expires_in", "expires_on", "not_before"):
+            assert isinstance(doc[k], str) and doc[k].isdigit(), k
+        assert int(doc["expires_in"]) > 300
+        assert "refresh_in" not in doc and "client_id" not in doc
+    assert fake.stats()["requests"] == 1
+
+    missing = b'{"error":"invalid_request","error_description":"Required metadata header not specified"}'
+    # the JS probe: no query, no Metadata header -> a 400 it reads as "available"
+    assert raw(p, TOKEN)[::2] == (400, missing)
+    assert raw(p, TOKEN + Q)[::2] == (400, missing)
+    assert raw(p, TOKEN + Q, {"Metadata": "True"})[::2] == (400, missing)
+    st, _, body = raw(p, TOKEN + Q, dict(MD, **{"X-Forwarded-For": "10.0.0.1"}))
+    assert st == 400 and b"X-Forwarded-For" in body
+    st, _, body = raw(p, TOKEN + Q + "&resource=x", MD)
+    assert st == 400 and b"Duplicate" in body
+    st, _, body = raw(p, TOKEN + Q + "&api-version=2018-02-01", MD)
+    assert st == 400 and b"Duplicate" in body
+    assert raw(p, TOKEN + "?api-version=2018-02-01", MD)[0] == 400
+    assert raw(p, TOKEN + "?resource=x", MD)[0] == 400
+    # unknown paths, including IMDSv2's probe
+    for path in ("/metadata/identity/getplatformmetadata?cred-api-version=2.0",
+                 "/metadata/instance", "/", "/metadata/identity/oauth2/tokens"):
+        assert raw(p, path, MD)[0] == 404, path
+    assert raw(p, TOKEN + Q, MD, method="POST")[0] == 405
+    # selectors map to configured identities
+    st, _, body = raw(p, TOKEN + Q + "&client_id=" + UA_CLIENT_ID, MD)
+    assert st == 200 and json.loads(body)["client_id"] == UA_CLIENT_ID
+    remember_token(json.loads(body)["access_token"])
+    st, _, body = raw(p, TOKEN + Q + "&client_id=00000000-0000-0000-0000-000000000000", MD)
+    assert (st, json.loads(body)) == (400, {"error": "invalid_request",
+                                            "error_description": "Identity not found"})
+    st, _, body = raw(p, TOKEN + Q + "&object_id=nope", MD)
+    assert st == 400 and b"Identity not found" in body
+    st, _, body = raw(p, TOKEN + Q + "&client_id=" + UA_CLIENT_ID + "&msi_res_id=x", MD)
+    assert st == 400
+    # a uid-restricted audience stays on the socket
+    st, _, body = raw(p, TOKEN + "?api-version=2018-02-01&resource=api://locked", MD)
+    assert st == 403
+
+
+def test_appservice_listener_rules(fake, compat):
+    d = compat()
+    p = d.app_port
+    ok = "/msi/token?api-version=2019-08-01&resource=api%3A%2F%2Ftest-app"
+    hdr = {"X-IDENTITY-HEADER": d.secret}
+    st, h, body = raw(p, ok, hdr)
+    assert st == 200, body
+    doc = json.loads(body)
+    remember_token(doc["access_token"])
+    assert doc["resource"] == "api://test-app"
+    assert doc["expires_on"].isdigit() and doc["expires_in"].isdigit()
+    # the configured audience api shares the entry
+    assert d.get("/v1/token/api").json()["access_token"] == doc["access_token"]
+    assert fake.stats()["requests"] == 1
+
+    for bad in ({}, {"X-IDENTITY-HEADER": ""}, {"X-IDENTITY-HEADER": d.secret[:-1]},
+                {"X-IDENTITY-HEADER": d.secret + "0"},
+                {"X-IDENTITY-HEADER": d.secret[:-1] + ("1" if d.secret[-1] != "1" else "2")}):
+        st, _, body = raw(p, ok, bad)
+        assert st == 401 and b"access_token" not in body, bad
+    st, _, body = raw(p, ok + "&resource=x", hdr)
+    assert st == 400 and b"Duplicate" in body
+    st, _, body = raw(p, ok, dict(hdr, **{"X-Forwarded-For": "10.0.0.1"}))
+    assert st == 400
+    assert raw(p, "/msi/token?api-version=2017-09-01&resource=x", hdr)[0] == 400
+    assert raw(p, "/msi/token?api-version=2019-08-01", hdr)[0] == 400
+    assert raw(p, "/msi/tokens" + ok[10:], hdr)[0] == 404
+    assert raw(p, TOKEN + Q, dict(hdr, **MD))[0] == 404
+    st, _, body = raw(p, ok + "&principal_id=nope", hdr)
+    assert st == 400 and b"Identity not found" in body
+    st, _, body = raw(p, ok + "&mi_res_id=nope", hdr)
+    assert st == 400 and b"Identity not found" in body
+
+    # bearerctl env prints what the SDK needs
+    env = d.ctl("env")
+    assert env.returncode == 0, env.stderr
+    assert env.stdout == (f"IDENTITY_ENDPOINT=http://127.0.0.1:{p}/msi/token\n"
+                          f"IDENTITY_HEADER={d.secret}\n")
+
+
+def test_validity_and_allow_list(fake, compat):
+    fake.configure(lifetime=200)  # under min_validity: never handed out
+    d = compat(dynamic="no")
+    st, h, body = raw(d.imds_port, TOKEN + Q, MD)
+    assert st == 400 and b"invalid_resource" in body  # not an audience, not allowed
+    st, h, body = raw(d.imds_port, TOKEN + "?api-version=2018-02-01&resource=api://test-app",
+                      MD)
+    assert st == 503 and b"access_token" not in body
+    assert h["retry-after"] == "1"
+
+
+def test_wait_timeout_is_503_not_504(fake, compat):
+    fake.configure(delay=3)
+    d = compat(wait_timeout=1)
+    t0 = time.monotonic()
+    st, h, body = raw(d.imds_port, TOKEN + Q, MD)
+    assert st == 503 and h["retry-after"] == "1" and b"access_token" not in body
+    assert time.monotonic() - t0 < 2.5
+    # the fetch went on: the token arrives for the next caller, still one upstream request
+    wait_for(lambda: raw(d.imds_port, TOKEN + Q, MD)[0] == 200, timeout=10, what="the token")
+    assert fake.stats()["requests"] == 1
+
+
+def test_secret_file_generated_private_and_refused_when_readable(fake, start_daemon, tmp_path):
+    text, _, _ = compat_config(fake, tmp_path)
+    d = start_daemon(text)
+    f = tmp_path / "identity-header"
+    mode = stat.S_IMODE(f.stat().st_mode)
+    assert mode == 0o640
+    secret = f.read_text().strip()
+    assert len(secret) == 64 and int(secret, 16) >= 0
+    d.stop()
+    os.chmod(f, 0o644)
+    with pytest.raises(AssertionError, match="secret file"):
+        Daemon(tmp_path, text)
+
+
+def test_compat_example_config_is_valid():
+    p = subprocess.run([str(BEARERD), "-n", "-c", str(ROOT / "config" / "examples" /
+                                                      "compat.conf")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_non_loopback_listener_needs_allow(tmp_path):
+    conf = tmp_path / "c.conf"
+    conf.write_text('[identity "vm"]\nsource = azure-imds\n[compat]\n'
+                    "imds_listen = 0.0.0.0:50342\n")
+    p = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True)
+    assert p.returncode == 1 and "not a loopback address" in p.stderr
+    conf.write_text(conf.read_text() + "allow_non_loopback = yes\n")
+    p = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
