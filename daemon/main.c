@@ -30,9 +30,12 @@
 #include "fetch.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "source.h"
 
-#define SHUTDOWN_GRACE_S 1 /* beyond wait_timeout, for replies to drain */
+#define SHUTDOWN_GRACE_S 1  /* beyond wait_timeout, for replies to drain */
+#define READY_POLL_MS	 50 /* how often start-up checks the prefetch audiences */
+#define READY_MAX_WAIT_S 30 /* READY=1 anyway after this; /readyz keeps telling the truth */
 
 struct daemon {
 	struct event_base *base;
@@ -46,6 +49,8 @@ struct daemon {
 	struct event *cache_timer;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *drain_timer;
+	struct event *ready_timer, *watchdog_timer;
+	int64_t ready_deadline_ms;
 	char *unlink_path;
 	int64_t stop_deadline_ms;
 };
@@ -223,6 +228,9 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	if (d->drain_timer != NULL)
 		return;
 	log_info("stopping", "signal=%s", strsignal((int)sig));
+	notify_stopping();
+	if (d->ready_timer != NULL)
+		event_del(d->ready_timer); /* no READY=1 after STOPPING=1 */
 	http_server_stop_accepting(d->http);
 	compat_stop_accepting(d->compat);
 	if (d->unlink_path != NULL)
@@ -239,7 +247,63 @@ on_hup(evutil_socket_t sig, short what, void *arg)
 	(void)sig;
 	(void)what;
 	(void)arg;
+	notify_reloading();
 	log_warnx("SIGHUP ignored: configuration reload is not implemented yet", "");
+	notify_ready();
+}
+
+/* Start-up: READY=1 once every prefetch audience holds a token, or after READY_MAX_WAIT_S. */
+static void
+on_ready_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	bool ready = api_ready(d->api, NULL);
+
+	(void)fd;
+	(void)what;
+	if (!ready && mono_ms(NULL) < d->ready_deadline_ms)
+		return;
+	if (ready) {
+		notify_status("ready: %zu audiences", d->cfg->n_audiences);
+	} else {
+		log_warnx("reporting ready before every prefetch audience has a token",
+			  "waited_s=%d", READY_MAX_WAIT_S);
+		notify_status("serving; some prefetch audiences have no token yet (see /readyz)");
+	}
+	notify_ready();
+	event_del(d->ready_timer);
+}
+
+static void
+on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	notify_watchdog();
+}
+
+/* Arms the READY=1 check and, when WatchdogSec= is set, keep-alives at half of it. */
+static int
+notify_setup(struct daemon *d)
+{
+	struct timeval tick = {0, READY_POLL_MS * 1000};
+	uint64_t usec;
+
+	d->ready_deadline_ms = mono_ms(NULL) + READY_MAX_WAIT_S * 1000;
+	d->ready_timer = event_new(d->base, -1, EV_PERSIST, on_ready_tick, d);
+	if (d->ready_timer == NULL || event_add(d->ready_timer, &tick) < 0)
+		return -ENOMEM;
+	on_ready_tick(-1, 0, d); /* nothing to prefetch: ready now */
+	if (notify_watchdog_usec(&usec) > 0) {
+		struct timeval half = {(time_t)(usec / 2000000), (suseconds_t)(usec / 2 % 1000000)};
+
+		d->watchdog_timer = event_new(d->base, -1, EV_PERSIST, on_watchdog, d);
+		if (d->watchdog_timer == NULL || event_add(d->watchdog_timer, &half) < 0)
+			return -ENOMEM;
+		notify_watchdog();
+	}
+	return 0;
 }
 
 static const char *
@@ -279,7 +343,7 @@ daemon_setup(struct daemon *d)
 	    .max_entries = d->cfg->max_entries,
 	};
 	struct http_limits limits;
-	int r, fd;
+	int r, fd, n, *fds = NULL;
 
 	d->base = event_base_new();
 	if (d->base == NULL)
@@ -317,10 +381,24 @@ daemon_setup(struct daemon *d)
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
 		return r;
-	fd = listen_unix(d->cfg->socket, d->cfg->socket_mode, d->cfg->socket_group);
-	if (fd < 0)
-		return fd;
-	d->unlink_path = strdup(d->cfg->socket);
+	/* socket activation: systemd owns the socket (mode, group, unlinking) */
+	n = notify_listen_fds(&fds);
+	if (n < 0 || n > 1) {
+		log_error("cannot use the sockets passed by the service manager",
+			  "count=%d error=\"%s\"", n, n < 0 ? strerror(-n) : "expected one");
+		free(fds);
+		return n < 0 ? n : -EINVAL;
+	}
+	if (n == 1) {
+		fd = fds[0];
+		free(fds);
+		log_info("using the socket passed by the service manager", "fd=%d", fd);
+	} else {
+		fd = listen_unix(d->cfg->socket, d->cfg->socket_mode, d->cfg->socket_group);
+		if (fd < 0)
+			return fd;
+		d->unlink_path = strdup(d->cfg->socket);
+	}
 	r = http_server_add_listener(d->http, fd);
 	if (r < 0)
 		return r;
@@ -333,12 +411,16 @@ daemon_setup(struct daemon *d)
 		return -ENOMEM;
 	log_info("listening", "socket=%s audiences=%zu identities=%zu", d->cfg->socket,
 		 d->cfg->n_audiences, d->cfg->n_identities);
-	return 0;
+	return notify_setup(d);
 }
 
 static void
 daemon_teardown(struct daemon *d)
 {
+	if (d->watchdog_timer != NULL)
+		event_free(d->watchdog_timer);
+	if (d->ready_timer != NULL)
+		event_free(d->ready_timer);
 	if (d->drain_timer != NULL)
 		event_free(d->drain_timer);
 	if (d->sig_hup != NULL)
