@@ -176,11 +176,7 @@ reply_json_error(struct http_request *req, int status, const char *error, const 
 		http_reply(req, 500, NULL, NULL, NULL, 0);
 		return;
 	}
-	evbuffer_add_printf(b, "{\"error\":");
-	json_append_string(b, error, strlen(error));
-	evbuffer_add_printf(b, ",\"error_description\":");
-	json_append_string(b, description, strlen(description));
-	evbuffer_add(b, "}", 1);
+	json_append_error(b, error, description);
 	if (retry_after > 0)
 		snprintf(extra, sizeof(extra), "Retry-After: %" PRId64 "\r\n", retry_after);
 	http_reply_buffer(req, status, "application/json", extra[0] ? extra : NULL, b);

@@ -107,11 +107,7 @@ reply_error(struct compat_listener *l, struct http_request *req, int status, con
 		reply(l, req, 500, NULL, NULL, 0);
 		return;
 	}
-	evbuffer_add_printf(b, "{\"error\":");
-	json_append_string(b, error, strlen(error));
-	evbuffer_add_printf(b, ",\"error_description\":");
-	json_append_string(b, description, strlen(description));
-	evbuffer_add(b, "}", 1);
+	json_append_error(b, error, description);
 	if (retry_after > 0)
 		snprintf(extra, sizeof(extra), "Retry-After: %" PRId64 "\r\n", retry_after);
 	reply(l, req, status, extra[0] != '\0' ? extra : NULL, evbuffer_pullup(b, -1),

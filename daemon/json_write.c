@@ -80,3 +80,15 @@ json_append_string(struct evbuffer *out, const char *s, size_t len)
 		return -ENOMEM;
 	return 0;
 }
+
+int
+json_append_error(struct evbuffer *out, const char *error, const char *description)
+{
+	if (evbuffer_add_printf(out, "{\"error\":") < 0 ||
+	    json_append_string(out, error, strlen(error)) < 0 ||
+	    evbuffer_add_printf(out, ",\"error_description\":") < 0 ||
+	    json_append_string(out, description, strlen(description)) < 0 ||
+	    evbuffer_add(out, "}", 1) < 0)
+		return -ENOMEM;
+	return 0;
+}

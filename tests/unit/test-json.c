@@ -441,6 +441,23 @@ test_append_string(void **state)
 	round_trip(ctl, 31, NULL);
 }
 
+static void
+test_append_error(void **state)
+{
+	struct evbuffer *b = evbuffer_new();
+	const char *want =
+	    "{\"error\":\"invalid_request\",\"error_description\":\"a \\\"quoted\\\" word\"}";
+	size_t len;
+
+	(void)state;
+	assert_non_null(b);
+	assert_int_equal(json_append_error(b, "invalid_request", "a \"quoted\" word"), 0);
+	len = evbuffer_get_length(b);
+	assert_int_equal(len, strlen(want));
+	assert_memory_equal(evbuffer_pullup(b, -1), want, len);
+	evbuffer_free(b);
+}
+
 int
 main(void)
 {
@@ -450,7 +467,7 @@ main(void)
 	    cmocka_unit_test(test_parse_array),	       cmocka_unit_test(test_count),
 	    cmocka_unit_test(test_find_and_skip),      cmocka_unit_test(test_string_unescape),
 	    cmocka_unit_test(test_string_rejects),     cmocka_unit_test(test_int64),
-	    cmocka_unit_test(test_append_string),
+	    cmocka_unit_test(test_append_string),      cmocka_unit_test(test_append_error),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
