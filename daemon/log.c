@@ -65,7 +65,7 @@ log_level_parse(const char *s, enum log_level *out)
 	return -EINVAL;
 }
 
-static void
+static void __attribute__((format(printf, 4, 0)))
 log_vemit(enum log_level level, const char *msg, const char *errstr, const char *kv, va_list ap)
 {
 	char line[2048];
