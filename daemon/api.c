@@ -103,15 +103,6 @@ api_audience_find(struct api *a, const char *name)
 	return bsearch(&key, a->audiences, a->n_audiences, sizeof(key), audience_cmp);
 }
 
-static struct source *
-api_source_for(struct api *a, const struct config_identity *id)
-{
-	for (size_t i = 0; i < a->cfg->n_identities; i++)
-		if (&a->cfg->identities[i] == id)
-			return a->sources[i];
-	return NULL;
-}
-
 int
 api_new(struct api **out, struct cache *cache, const struct config *cfg, struct source **sources)
 {
@@ -133,7 +124,7 @@ api_new(struct api **out, struct cache *cache, const struct config *cfg, struct 
 		const struct config_audience *ca = &cfg->audiences[i];
 
 		aud->cfg = ca;
-		aud->src = api_source_for(a, ca->identity);
+		aud->src = a->sources[config_identity_index(cfg, ca->identity)];
 		r = cache_entry_get(cache, aud->src, ca->identity->name, ca->resource, true,
 				    &aud->entry);
 		if (r < 0)
@@ -390,18 +381,6 @@ parse_min_validity(const char *query, size_t query_len, int64_t *out)
 	return 0;
 }
 
-static const struct config_audience *
-audience_for_resource(struct api *a, const struct config_identity *id, const char *resource)
-{
-	for (size_t i = 0; i < a->cfg->n_audiences; i++) {
-		const struct config_audience *aud = &a->cfg->audiences[i];
-
-		if (aud->identity == id && strcmp(aud->resource, resource) == 0)
-			return aud;
-	}
-	return NULL;
-}
-
 /* The identity for a dynamic request: named, or the only one allowing dynamic resources. */
 static const struct config_identity *
 dynamic_identity(struct api *a, const char *name)
@@ -470,7 +449,7 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 		goto done;
 	}
 	/* a resource that is also a configured audience keeps that audience's rules */
-	aud = audience_for_resource(a, id, resource);
+	aud = config_audience_for_resource(a->cfg, id, resource);
 	if (aud == NULL && !id->dynamic_resources) {
 		reply_json_error(req, 403, "forbidden",
 				 "this identity does not allow dynamic resources", 0);
@@ -479,7 +458,8 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 	if (aud != NULL) {
 		e = api_audience_find(a, aud->name)->entry;
 	} else {
-		r = cache_entry_get(a->cache, api_source_for(a, id), id->name, resource, false, &e);
+		r = cache_entry_get(a->cache, a->sources[config_identity_index(a->cfg, id)],
+				    id->name, resource, false, &e);
 		if (r < 0) {
 			reply_json_error(req, 503, "temporarily_unavailable",
 					 "too many cached resources are in use; retry shortly", 1);

@@ -269,27 +269,6 @@ identity_by_selector(const struct config *cfg, const char *sel, const char *valu
 	return NULL;
 }
 
-static struct source *
-source_for(struct compat *c, const struct config_identity *id)
-{
-	for (size_t i = 0; i < c->cfg->n_identities; i++)
-		if (&c->cfg->identities[i] == id)
-			return c->sources[i];
-	return NULL;
-}
-
-static const struct config_audience *
-audience_for(const struct config *cfg, const struct config_identity *id, const char *resource)
-{
-	for (size_t i = 0; i < cfg->n_audiences; i++) {
-		const struct config_audience *a = &cfg->audiences[i];
-
-		if (a->identity == id && strcmp(a->resource, resource) == 0)
-			return a;
-	}
-	return NULL;
-}
-
 static bool
 resource_listed(const struct config_compat *cc, const char *resource)
 {
@@ -404,7 +383,7 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 		reply_error(l, req, 400, "invalid_request", "Identity not found", 0);
 		goto done;
 	}
-	aud = audience_for(c->cfg, id, w->resource);
+	aud = config_audience_for_resource(c->cfg, id, w->resource);
 	if (aud != NULL && (aud->allow_uids != NULL || aud->allow_gids != NULL)) {
 		/* callers on TCP have no SO_PEERCRED: a restricted audience stays on the socket */
 		reply_error(l, req, 403, "forbidden",
@@ -417,7 +396,8 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 			    "bearerd is not configured to hand out tokens for this resource", 0);
 		goto done;
 	}
-	r = cache_entry_get(c->cache, source_for(c, id), id->name, w->resource, aud != NULL, &e);
+	r = cache_entry_get(c->cache, c->sources[config_identity_index(c->cfg, id)], id->name,
+			    w->resource, aud != NULL, &e);
 	if (r < 0) {
 		reply_error(l, req, r == -ENOSPC ? 429 : 500,
 			    r == -ENOSPC ? "too_many_requests" : "server_error",

@@ -1676,3 +1676,22 @@ config_free(struct config *c)
 	free(c);
 	return NULL;
 }
+
+const struct config_audience *
+config_audience_for_resource(const struct config *c, const struct config_identity *id,
+			     const char *resource)
+{
+	for (size_t i = 0; i < c->n_audiences; i++) {
+		const struct config_audience *a = &c->audiences[i];
+
+		if (a->identity == id && strcmp(a->resource, resource) == 0)
+			return a;
+	}
+	return NULL;
+}
+
+size_t
+config_identity_index(const struct config *c, const struct config_identity *id)
+{
+	return (size_t)(id - c->identities);
+}

@@ -102,6 +102,13 @@ int config_load_dev(struct config **out, const char *socket_path, FILE *errs);
 
 const struct config_identity *config_identity_find(const struct config *c, const char *name);
 const struct config_audience *config_audience_find(const struct config *c, const char *name);
+/* The audience fetched by identity id for resource, or NULL: its caller rules apply however it is
+ * asked for. */
+const struct config_audience *config_audience_for_resource(const struct config *c,
+							   const struct config_identity *id,
+							   const char *resource);
+/* Position of id in c->identities (sources and other per-identity arrays use it). */
+size_t config_identity_index(const struct config *c, const struct config_identity *id);
 
 struct config *config_free(struct config *c);
 
