@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_parse.h"
 #include "log.h"
 
 #define CONFIG_MAX_SIZE	      (1024 * 1024) /* bytes in a file */
@@ -61,40 +62,9 @@
 #define DEFAULT_DEV_ISSUER    "bearerd-dev"
 #define DEFAULT_DEV_LIFETIME  3600
 
-/* Keys of [bearerd]. */
-enum bkey {
-	BK_SOCKET,
-	BK_SOCKET_MODE,
-	BK_SOCKET_GROUP,
-	BK_LOG_LEVEL,
-	BK_MIN_VALIDITY,
-	BK_REFRESH_MARGIN,
-	BK_MAX_ENTRIES,
-	BK_IDLE_TIMEOUT,
-	BK_WAIT_TIMEOUT,
-	BK__N,
-};
-
 static const char *const bkey_names[BK__N] = {
     "socket",	      "socket_mode", "socket_group", "log_level",    "min_validity",
     "refresh_margin", "max_entries", "idle_timeout", "wait_timeout",
-};
-
-/* Keys of [identity "NAME"], and which source each applies to. */
-enum ikey {
-	IK_SOURCE,
-	IK_ENDPOINT,
-	IK_CLIENT_ID,
-	IK_OBJECT_ID,
-	IK_MSI_RES_ID,
-	IK_CA_FILE,
-	IK_TIMEOUT,
-	IK_ISSUER,
-	IK_SUBJECT,
-	IK_ROLES,
-	IK_LIFETIME,
-	IK_DYNAMIC_RESOURCES,
-	IK__N,
 };
 
 static const char *const ikey_names[IK__N] = {
@@ -116,16 +86,6 @@ static const enum config_source ikey_source[IK__N] = {
     [IK_LIFETIME] = CONFIG_SOURCE_DEV,
 };
 
-/* Keys of [audience "NAME"]. */
-enum akey {
-	AK_IDENTITY,
-	AK_RESOURCE,
-	AK_PREFETCH,
-	AK_ALLOW_UIDS,
-	AK_ALLOW_GIDS,
-	AK__N,
-};
-
 static const char *const akey_names[AK__N] = {
     "identity", "resource", "prefetch", "allow_uids", "allow_gids",
 };
@@ -135,94 +95,12 @@ static const char *const unsupported_sources[] = {
     "azure-appservice", "entra-secret", "entra-certificate", "entra-federated", "oauth2",
 };
 
-/* Keys of [compat]. */
-enum ckey {
-	CK_IDENTITY,
-	CK_IMDS_LISTEN,
-	CK_APPSERVICE_LISTEN,
-	CK_APPSERVICE_SECRET_FILE,
-	CK_DYNAMIC_RESOURCES,
-	CK_RESOURCES,
-	CK_ALLOW_NON_LOOPBACK,
-	CK__N,
-};
-
 static const char *const ckey_names[CK__N] = {
     "identity",		 "imds_listen", "appservice_listen",  "appservice_secret_file",
     "dynamic_resources", "resources",	"allow_non_loopback",
 };
 
 #define DEFAULT_SECRET_NAME "identity-header" /* beside the socket */
-
-/* Sections named in DESIGN.md that this build does not implement yet. */
-static const char *const unsupported_sections[] = {"proxy", "route"};
-
-enum section {
-	SEC_NONE, /* before the first header */
-	SEC_SKIP, /* a bad header: its keys are ignored, the header was reported */
-	SEC_BEARERD,
-	SEC_IDENTITY,
-	SEC_AUDIENCE,
-	SEC_COMPAT,
-};
-
-enum source_state {
-	SOURCE_UNSET,
-	SOURCE_OK,
-	SOURCE_BAD, /* invalid or unsupported: reported, the rest depends on it */
-};
-
-/* What the parser remembers about an identity beyond struct config_identity. */
-struct ident_info {
-	int key_line[IK__N]; /* 0: not set */
-	enum source_state source_state;
-	bool lost_line; /* a line of the section was unreadable: no "missing key" */
-};
-
-struct aud_info {
-	int key_line[AK__N];
-	bool lost_line;
-};
-
-struct perr {
-	int line;
-	size_t seq;
-	size_t owner; /* identity index + 1 for errors dropped when its source is bad */
-	bool dropped;
-	char *msg;
-};
-
-struct parser {
-	const char *name; /* FILE in messages */
-	struct config *c;
-	bool oom;
-
-	/* reader */
-	FILE *f;	  /* either a stream... */
-	const char *text; /* ...or the rest of a string */
-	char *buf;
-	size_t buf_cap;
-	size_t total;
-	int line;
-	int read_errno;
-	bool stop;
-
-	/* current section */
-	enum section sec;
-	size_t cur;
-	int *cur_lines;
-	int bearerd_line;
-	int bearerd_lines[BK__N];
-	int compat_lines[CK__N];
-	struct ident_info *iinfo;
-	size_t identities_cap;
-	struct aud_info *ainfo;
-	size_t audiences_cap;
-
-	struct perr *errs;
-	size_t n_errs, errs_cap;
-	size_t owner; /* applied to errors added while nonzero */
-};
 
 static const char dev_config[] = "[identity \"dev\"]\n"
 				 "source = dev\n"
@@ -237,10 +115,7 @@ static const char dev_config[] = "[identity \"dev\"]\n"
 
 /* Errors */
 
-static void perr_at(struct parser *p, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
+void
 perr_at(struct parser *p, int line, const char *fmt, ...)
 {
 	struct perr *e;
@@ -279,8 +154,6 @@ perr_at(struct parser *p, int line, const char *fmt, ...)
 	p->n_errs++;
 }
 
-#define perr(p, ...) perr_at((p), (p)->line, __VA_ARGS__)
-
 static int
 perr_cmp(const void *a, const void *b)
 {
@@ -312,7 +185,7 @@ perr_flush(struct parser *p, FILE *out)
 
 /* Values */
 
-static bool
+bool
 name_valid(const char *s)
 {
 	size_t n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-");
@@ -327,7 +200,7 @@ all_digits(const char *s)
 }
 
 /* Whole seconds (or a plain count) in [min, max]; reports and fails otherwise. */
-static int
+int
 parse_int(struct parser *p, const char *key, const char *v, int64_t min, int64_t max, int64_t *out)
 {
 	long long n;
@@ -350,7 +223,7 @@ parse_int(struct parser *p, const char *key, const char *v, int64_t min, int64_t
 	return 0;
 }
 
-static int
+int
 parse_bool(struct parser *p, const char *key, const char *v, bool *out)
 {
 	static const char *const yes[] = {"yes", "true", "1", "on"};
@@ -371,7 +244,7 @@ parse_bool(struct parser *p, const char *key, const char *v, bool *out)
 }
 
 /* A non-empty string, kept byte for byte (inih has stripped the blanks around it). */
-static int
+int
 parse_string(struct parser *p, const char *key, const char *v, char **out)
 {
 	char *s;
@@ -391,7 +264,7 @@ parse_string(struct parser *p, const char *key, const char *v, char **out)
 }
 
 /* A non-empty string without blanks (ids and URLs). */
-static int
+int
 parse_word(struct parser *p, const char *key, const char *v, char **out)
 {
 	if (strpbrk(v, " \t") != NULL) {
@@ -401,7 +274,7 @@ parse_word(struct parser *p, const char *key, const char *v, char **out)
 	return parse_string(p, key, v, out);
 }
 
-static char **
+char **
 strv_free(char **v)
 {
 	if (v == NULL)
@@ -413,7 +286,7 @@ strv_free(char **v)
 }
 
 /* Blank-separated words into a NULL-terminated array (empty for an empty value). */
-static int
+int
 split_words(const char *v, char ***out)
 {
 	char **words = NULL, **w, *copy, *save = NULL, *tok;
@@ -570,7 +443,7 @@ in_list(const char *s, const char *const *list, size_t n)
 	return false;
 }
 
-static int
+int
 key_index(const char *const *names, size_t n, const char *key)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -763,9 +636,8 @@ section_begin(struct parser *p, char *line)
 		p->c->compat.line = p->line;
 		p->sec = SEC_COMPAT;
 		p->cur_lines = p->compat_lines;
-	} else if (in_list(kind, unsupported_sections,
-			   sizeof(unsupported_sections) / sizeof(unsupported_sections[0]))) {
-		perr(p, "section [%s] is not supported by this build yet", kind);
+	} else if (config_proxy_section(p, kind, rest)) {
+		/* [proxy] or [route "NAME"]: config_proxy.c set p->sec */
 	} else {
 		perr(p, "unknown section [%.64s]", kind);
 	}
@@ -943,8 +815,17 @@ audience_key(struct parser *p, int k, const char *v)
 	}
 }
 
+void
+config_listen_free(struct config_listen *l)
+{
+	if (l == NULL)
+		return;
+	free(l->text);
+	free(l);
+}
+
 /* "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT" into a new config_listen. */
-static int
+int
 parse_listen(struct parser *p, const char *key, const char *v, struct config_listen **out)
 {
 	struct config_listen *l;
@@ -989,10 +870,7 @@ parse_listen(struct parser *p, const char *key, const char *v, struct config_lis
 	} else {
 		goto bad;
 	}
-	if (*out != NULL) {
-		free((*out)->text);
-		free(*out);
-	}
+	config_listen_free(*out);
 	*out = l;
 	return 0;
 bad:
@@ -1060,6 +938,12 @@ key_value(struct parser *p, const char *key, const char *v)
 		perr(p, "key '%.64s' outside of any section", key);
 		return;
 	case SEC_SKIP:
+		return;
+	case SEC_EXT:
+		if (key[0] == '\0')
+			perr(p, "missing key name before '='");
+		else
+			config_proxy_key(p, key, v);
 		return;
 	case SEC_BEARERD:
 		names = bkey_names;
@@ -1501,6 +1385,8 @@ load(struct config **out, struct parser *p, FILE *errs)
 	}
 	if (!p->stop && !p->oom && compat_finish(p) < 0)
 		p->oom = true;
+	if (!p->stop && !p->oom && config_proxy_finish(p) < 0)
+		p->oom = true;
 	if (p->oom) {
 		r = -ENOMEM;
 		if (errs != NULL)
@@ -1518,6 +1404,7 @@ out:
 	for (size_t i = 0; i < p->n_errs; i++)
 		free(p->errs[i].msg);
 	free(p->errs);
+	config_proxy_parse_free(p);
 	free(p->iinfo);
 	free(p->ainfo);
 	free(p->buf);
@@ -1612,6 +1499,16 @@ config_source_name(enum config_source s)
 		return "dev";
 	case CONFIG_SOURCE_AZURE_IMDS:
 		return "azure-imds";
+	case CONFIG_SOURCE_AZURE_APPSERVICE:
+		return "azure-appservice";
+	case CONFIG_SOURCE_ENTRA_SECRET:
+		return "entra-secret";
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+		return "entra-certificate";
+	case CONFIG_SOURCE_ENTRA_FEDERATED:
+		return "entra-federated";
+	case CONFIG_SOURCE_OAUTH2:
+		return "oauth2";
 	}
 	return "unknown";
 }
@@ -1662,14 +1559,11 @@ config_free(struct config *c)
 	free(c->identities);
 	free(c->audiences);
 	free(c->compat.identity_name);
-	if (c->compat.imds_listen != NULL)
-		free(c->compat.imds_listen->text);
-	free(c->compat.imds_listen);
-	if (c->compat.appservice_listen != NULL)
-		free(c->compat.appservice_listen->text);
-	free(c->compat.appservice_listen);
+	config_listen_free(c->compat.imds_listen);
+	config_listen_free(c->compat.appservice_listen);
 	free(c->compat.appservice_secret_file);
 	strv_free(c->compat.resources);
+	config_proxy_free(c->proxy);
 	free(c->path);
 	free(c->socket);
 	free(c->socket_group);

@@ -8,21 +8,81 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+struct config_proxy;
+
 enum config_source {
 	CONFIG_SOURCE_DEV = 1,
 	CONFIG_SOURCE_AZURE_IMDS,
+	CONFIG_SOURCE_AZURE_APPSERVICE,
+	CONFIG_SOURCE_ENTRA_SECRET,
+	CONFIG_SOURCE_ENTRA_CERTIFICATE,
+	CONFIG_SOURCE_ENTRA_FEDERATED,
+	CONFIG_SOURCE_OAUTH2,
 };
+
+/* How an oauth2 identity authenticates to its token endpoint (key auth_method). */
+enum config_auth_method {
+	CONFIG_AUTH_SECRET_BASIC = 1, /* client_secret_basic, the default */
+	CONFIG_AUTH_SECRET_POST,      /* client_secret_post */
+	CONFIG_AUTH_PRIVATE_KEY_JWT,  /* private_key_jwt (RFC 7523 client assertion) */
+};
+
+/* Signature of a client assertion (key assertion_alg); 0 = the source's default. */
+enum config_assertion_alg {
+	CONFIG_ALG_DEFAULT = 0, /* entra-certificate: PS256; oauth2: RS256 or ES256 by key type */
+	CONFIG_ALG_PS256,	/* with x5t#S256 */
+	CONFIG_ALG_RS256,	/* with x5t (SHA-1), as older Entra clients do */
+	CONFIG_ALG_ES256,	/* EC P-256 keys */
+};
+
+/* Where an oauth2 identity puts the audience's resource (key audience_param, several allowed). */
+#define CONFIG_AUD_SCOPE    0x1u /* scope=<resource> (default) */
+#define CONFIG_AUD_RESOURCE 0x2u /* resource=<resource> (RFC 8707) */
+#define CONFIG_AUD_AUDIENCE 0x4u /* audience=<resource> (Auth0, Keycloak token exchange) */
 
 struct config_identity {
 	char *name;
 	enum config_source source;
 	int line; /* line of the section header */
-	/* azure-imds */
-	char *endpoint;	 /* default http://169.254.169.254/metadata/identity/oauth2/token */
-	char *client_id; /* selectors: at most one of the three */
+	/*
+	 * azure-imds: endpoint (default http://169.254.169.254/metadata/identity/oauth2/token)
+	 * and at most one of client_id, object_id, msi_res_id.
+	 * azure-appservice: endpoint (default $IDENTITY_ENDPOINT), identity_header_file
+	 * (default: $IDENTITY_HEADER read by the source), at most one of client_id,
+	 * principal_id, mi_res_id.
+	 */
+	char *endpoint;
+	char *client_id; /* also entra-* and oauth2 (required there) */
 	char *object_id;
 	char *msi_res_id;
-	char *ca_file;	 /* extra trust anchor for https endpoints, or NULL */
+	char *principal_id;
+	char *mi_res_id;
+	char *identity_header_file;
+	/*
+	 * entra-*: authority (default https://login.microsoftonline.com; entra-federated:
+	 * $AZURE_AUTHORITY_HOST first), tenant (required; entra-federated: default
+	 * $AZURE_TENANT_ID), client_id (entra-federated: default $AZURE_CLIENT_ID).  The
+	 * token endpoint is {authority}/{tenant}/oauth2/v2.0/token.
+	 */
+	char *authority;
+	char *tenant;
+	char *client_secret_file;   /* entra-secret; oauth2 with client_secret_* */
+	char *certificate_file;	    /* entra-certificate; oauth2 private_key_jwt (optional) */
+	char *private_key_file;	    /* entra-certificate; oauth2 private_key_jwt */
+	char *federated_token_file; /* entra-federated, default $AZURE_FEDERATED_TOKEN_FILE */
+	enum config_assertion_alg assertion_alg;
+	bool send_x5c; /* entra-certificate: x5c header for subject-name/issuer auth */
+	/* oauth2 */
+	char *token_url;
+	enum config_auth_method auth_method; /* default CONFIG_AUTH_SECRET_BASIC */
+	char *key_id;			     /* "kid" of private_key_jwt assertions, or NULL */
+	unsigned audience_param;	     /* CONFIG_AUD_* bits, default CONFIG_AUD_SCOPE */
+	char **scopes;			     /* key scope: NULL-terminated, or NULL */
+	char **extra_params;		     /* key extra_params: "name=value" words, or NULL */
+	char *tls_certificate_file;	     /* mTLS client certificate, or NULL */
+	char *tls_private_key_file;
+	/* every source that talks to an upstream */
+	char *ca_file;	 /* extra trust anchor for https endpoints; default [bearerd] ca_file */
 	int64_t timeout; /* seconds for one upstream request, default 10 */
 	/* dev */
 	char *issuer;	  /* default "bearerd-dev" */
@@ -77,11 +137,13 @@ struct config {
 	int64_t idle_timeout;	/* seconds, default 3600 */
 	int64_t wait_timeout;	/* seconds, default 5 */
 	size_t max_entries;	/* default 10000 */
+	char *ca_file;		/* extra trust anchor for every upstream, or NULL */
 	struct config_identity *identities;
 	size_t n_identities;
 	struct config_audience *audiences;
 	size_t n_audiences;
 	struct config_compat compat;
+	struct config_proxy *proxy; /* [proxy] and [route "x"] (config_proxy.h); NULL if none */
 };
 
 /*

@@ -14,6 +14,12 @@ source_new(struct source **out, const struct config_identity *id, struct event_b
 		return source_dev_new(out, id, base);
 	case CONFIG_SOURCE_AZURE_IMDS:
 		return source_imds_new(out, id, base, fetch);
+	case CONFIG_SOURCE_AZURE_APPSERVICE:
+	case CONFIG_SOURCE_ENTRA_SECRET:
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+	case CONFIG_SOURCE_ENTRA_FEDERATED:
+	case CONFIG_SOURCE_OAUTH2:
+		break;
 	}
 	return -ENOTSUP;
 }
