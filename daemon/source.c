@@ -15,6 +15,7 @@ source_new(struct source **out, const struct config_identity *id, struct event_b
 	case CONFIG_SOURCE_AZURE_IMDS:
 		return source_imds_new(out, id, base, fetch);
 	case CONFIG_SOURCE_AZURE_APPSERVICE:
+		return source_appservice_new(out, id, base, fetch);
 	case CONFIG_SOURCE_ENTRA_SECRET:
 	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
 	case CONFIG_SOURCE_ENTRA_FEDERATED:

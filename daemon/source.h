@@ -40,6 +40,8 @@ int source_dev_new(struct source **out, const struct config_identity *id, struct
 EVP_PKEY *source_dev_key(struct source *s);
 int source_imds_new(struct source **out, const struct config_identity *id, struct event_base *base,
 		    struct fetch *fetch);
+int source_appservice_new(struct source **out, const struct config_identity *id,
+			  struct event_base *base, struct fetch *fetch);
 
 /* The common header every source struct starts with. */
 struct source_ops {
