@@ -138,6 +138,11 @@ struct config {
 	int64_t wait_timeout;	/* seconds, default 5 */
 	size_t max_entries;	/* default 10000 */
 	char *ca_file;		/* extra trust anchor for every upstream, or NULL */
+	/* bounds on callers, for every listener (http_limits); keys of the same names */
+	unsigned max_connections;	  /* per listener, default 1024 */
+	unsigned max_connections_per_uid; /* Unix socket, per peer uid; default 0 = no limit */
+	unsigned header_timeout;	  /* s to receive a request head, default 10 */
+	unsigned keepalive_timeout;	  /* s an idle client connection stays open, default 60 */
 	struct config_identity *identities;
 	size_t n_identities;
 	struct config_audience *audiences;
@@ -171,6 +176,9 @@ const struct config_audience *config_audience_for_resource(const struct config *
 							   const char *resource);
 /* Position of id in c->identities (sources and other per-identity arrays use it). */
 size_t config_identity_index(const struct config *c, const struct config_identity *id);
+/* True when a and b would make identical sources (every key, not the line): reload keeps its
+ * tokens. */
+bool config_identity_equal(const struct config_identity *a, const struct config_identity *b);
 
 struct config *config_free(struct config *c);
 
