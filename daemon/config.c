@@ -40,9 +40,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "assertion.h"
 #include "config.h"
 #include "config_parse.h"
 #include "log.h"
+#include "secret.h"
 
 #define CONFIG_MAX_SIZE	      (1024 * 1024) /* bytes in a file */
 #define CONFIG_MAX_LINE	      4096	    /* bytes in a line */
@@ -61,38 +63,111 @@
 #define DEFAULT_IMDS_TIMEOUT  10
 #define DEFAULT_DEV_ISSUER    "bearerd-dev"
 #define DEFAULT_DEV_LIFETIME  3600
+#define DEFAULT_AUTHORITY     "https://login.microsoftonline.com"
+#define DEFAULT_MAX_CONNS     1024
+#define DEFAULT_HEADER_TMO    10
+#define DEFAULT_KEEPALIVE_TMO 60
 
 static const char *const bkey_names[BK__N] = {
-    "socket",	      "socket_mode", "socket_group", "log_level",    "min_validity",
-    "refresh_margin", "max_entries", "idle_timeout", "wait_timeout",
+    "socket",	      "socket_mode",	   "socket_group",    "log_level",
+    "min_validity",   "refresh_margin",	   "max_entries",     "idle_timeout",
+    "wait_timeout",   "ca_file",	   "max_connections", "max_connections_per_uid",
+    "header_timeout", "keepalive_timeout",
 };
 
 static const char *const ikey_names[IK__N] = {
-    "source",  "endpoint", "client_id", "object_id", "msi_res_id", "ca_file",
-    "timeout", "issuer",   "subject",	"roles",     "lifetime",   "dynamic_resources",
+    "source",
+    "endpoint",
+    "client_id",
+    "object_id",
+    "msi_res_id",
+    "ca_file",
+    "timeout",
+    "issuer",
+    "subject",
+    "roles",
+    "lifetime",
+    "dynamic_resources",
+    "principal_id",
+    "mi_res_id",
+    "identity_header_file",
+    "authority",
+    "tenant",
+    "client_secret_file",
+    "certificate_file",
+    "private_key_file",
+    "federated_token_file",
+    "assertion_alg",
+    "send_x5c",
+    "token_url",
+    "auth_method",
+    "key_id",
+    "audience_param",
+    "scope",
+    "extra_params",
+    "tls_certificate_file",
+    "tls_private_key_file",
 };
 
-/* 0: every source; else the one source the key belongs to. */
-static const enum config_source ikey_source[IK__N] = {
-    [IK_ENDPOINT] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_CLIENT_ID] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_OBJECT_ID] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_MSI_RES_ID] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_CA_FILE] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_TIMEOUT] = CONFIG_SOURCE_AZURE_IMDS,
-    [IK_ISSUER] = CONFIG_SOURCE_DEV,
-    [IK_SUBJECT] = CONFIG_SOURCE_DEV,
-    [IK_ROLES] = CONFIG_SOURCE_DEV,
-    [IK_LIFETIME] = CONFIG_SOURCE_DEV,
+/* Sets of sources, as bits (1u << enum config_source). */
+#define SRC(x)	      (1u << CONFIG_SOURCE_##x)
+#define SRC_ENTRA     (SRC(ENTRA_SECRET) | SRC(ENTRA_CERTIFICATE) | SRC(ENTRA_FEDERATED))
+#define SRC_UPSTREAM  (SRC(AZURE_IMDS) | SRC(AZURE_APPSERVICE) | SRC_ENTRA | SRC(OAUTH2))
+#define SRC_ASSERTION (SRC(ENTRA_CERTIFICATE) | SRC(OAUTH2))
+
+/* 0: every source; else the set of sources the key belongs to. */
+static const unsigned ikey_sources[IK__N] = {
+    [IK_ENDPOINT] = SRC(AZURE_IMDS) | SRC(AZURE_APPSERVICE),
+    [IK_CLIENT_ID] = SRC_UPSTREAM,
+    [IK_OBJECT_ID] = SRC(AZURE_IMDS),
+    [IK_MSI_RES_ID] = SRC(AZURE_IMDS),
+    [IK_CA_FILE] = SRC_UPSTREAM,
+    [IK_TIMEOUT] = SRC_UPSTREAM,
+    [IK_ISSUER] = SRC(DEV),
+    [IK_SUBJECT] = SRC(DEV),
+    [IK_ROLES] = SRC(DEV),
+    [IK_LIFETIME] = SRC(DEV),
+    [IK_PRINCIPAL_ID] = SRC(AZURE_APPSERVICE),
+    [IK_MI_RES_ID] = SRC(AZURE_APPSERVICE),
+    [IK_IDENTITY_HEADER_FILE] = SRC(AZURE_APPSERVICE),
+    [IK_AUTHORITY] = SRC_ENTRA,
+    [IK_TENANT] = SRC_ENTRA,
+    [IK_CLIENT_SECRET_FILE] = SRC(ENTRA_SECRET) | SRC(OAUTH2),
+    [IK_CERTIFICATE_FILE] = SRC_ASSERTION,
+    [IK_PRIVATE_KEY_FILE] = SRC_ASSERTION,
+    [IK_FEDERATED_TOKEN_FILE] = SRC(ENTRA_FEDERATED),
+    [IK_ASSERTION_ALG] = SRC_ASSERTION,
+    [IK_SEND_X5C] = SRC(ENTRA_CERTIFICATE),
+    [IK_TOKEN_URL] = SRC(OAUTH2),
+    [IK_AUTH_METHOD] = SRC(OAUTH2),
+    [IK_KEY_ID] = SRC(OAUTH2),
+    [IK_AUDIENCE_PARAM] = SRC(OAUTH2),
+    [IK_SCOPE] = SRC(OAUTH2),
+    [IK_EXTRA_PARAMS] = SRC(OAUTH2),
+    [IK_TLS_CERTIFICATE_FILE] = SRC(OAUTH2),
+    [IK_TLS_PRIVATE_KEY_FILE] = SRC(OAUTH2),
+};
+
+/* The spellings of the source key, in enum config_source order from 1. */
+static const char *const source_names[] = {
+    NULL,
+    "dev",
+    "azure-imds",
+    "azure-appservice",
+    "entra-secret",
+    "entra-certificate",
+    "entra-federated",
+    "oauth2",
+};
+
+/* Form parameters bearerd sets itself: extra_params may not repeat them. */
+static const char *const reserved_params[] = {
+    "grant_type", "client_id", "client_secret", "client_assertion", "client_assertion_type",
+    "scope",	  "resource",  "audience",
 };
 
 static const char *const akey_names[AK__N] = {
     "identity", "resource", "prefetch", "allow_uids", "allow_gids",
-};
-
-/* Sources named in DESIGN.md that this build does not implement yet. */
-static const char *const unsupported_sources[] = {
-    "azure-appservice", "entra-secret", "entra-certificate", "entra-federated", "oauth2",
 };
 
 static const char *const ckey_names[CK__N] = {
@@ -433,16 +508,6 @@ lskip(char *s)
 	return s;
 }
 
-static bool
-in_list(const char *s, const char *const *list, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(s, list[i]) == 0)
-			return true;
-	}
-	return false;
-}
-
 int
 key_index(const char *const *names, size_t n, const char *key)
 {
@@ -492,6 +557,8 @@ identity_add(struct parser *p, const char *name)
 	    .line = p->line,
 	    .timeout = DEFAULT_IMDS_TIMEOUT,
 	    .lifetime = DEFAULT_DEV_LIFETIME,
+	    .auth_method = CONFIG_AUTH_SECRET_BASIC,
+	    .audience_param = CONFIG_AUD_SCOPE,
 	};
 	p->iinfo[c->n_identities] = (struct ident_info){.source_state = SOURCE_UNSET};
 	if (c->identities[c->n_identities].name == NULL)
@@ -695,6 +762,26 @@ bearerd_key(struct parser *p, int k, const char *v)
 	case BK_WAIT_TIMEOUT:
 		parse_int(p, key, v, 1, 300, &c->wait_timeout);
 		break;
+	case BK_CA_FILE:
+		if (parse_string(p, key, v, &c->ca_file) == 0 && access(v, R_OK) < 0)
+			perr(p, "ca_file: cannot read '%.128s': %s", v, strerror(errno));
+		break;
+	case BK_MAX_CONNECTIONS:
+		if (parse_int(p, key, v, 1, 100000, &n) == 0)
+			c->max_connections = (unsigned)n;
+		break;
+	case BK_MAX_CONNECTIONS_PER_UID:
+		if (parse_int(p, key, v, 0, 100000, &n) == 0)
+			c->max_connections_per_uid = (unsigned)n;
+		break;
+	case BK_HEADER_TIMEOUT:
+		if (parse_int(p, key, v, 1, 300, &n) == 0)
+			c->header_timeout = (unsigned)n;
+		break;
+	case BK_KEEPALIVE_TIMEOUT:
+		if (parse_int(p, key, v, 1, 3600, &n) == 0)
+			c->keepalive_timeout = (unsigned)n;
+		break;
 	case BK__N:
 		break;
 	}
@@ -705,18 +792,255 @@ identity_source(struct parser *p, struct config_identity *id, struct ident_info 
 		const char *v)
 {
 	info->source_state = SOURCE_BAD;
-	if (strcmp(v, "dev") == 0) {
-		id->source = CONFIG_SOURCE_DEV;
-		info->source_state = SOURCE_OK;
-	} else if (strcmp(v, "azure-imds") == 0) {
-		id->source = CONFIG_SOURCE_AZURE_IMDS;
-		info->source_state = SOURCE_OK;
-	} else if (in_list(v, unsupported_sources,
-			   sizeof(unsupported_sources) / sizeof(unsupported_sources[0]))) {
-		perr(p, "source %s is not supported by this build yet", v);
-	} else {
-		perr(p, "source: unknown source '%.64s' (expected dev or azure-imds)", v);
+	for (size_t i = 1; i < sizeof(source_names) / sizeof(source_names[0]); i++) {
+		if (strcmp(v, source_names[i]) == 0) {
+			id->source = (enum config_source)i;
+			info->source_state = SOURCE_OK;
+			return;
+		}
 	}
+	perr(p,
+	     "source: unknown source '%.64s' (expected dev, azure-imds, azure-appservice, "
+	     "entra-secret, entra-certificate, entra-federated or oauth2)",
+	     v);
+}
+
+/* A file name: a leading $CREDENTIALS_DIRECTORY expanded; absolute after that. */
+static int
+parse_path(struct parser *p, const char *key, const char *v, char **out)
+{
+	char *path = NULL;
+	int r;
+
+	if (v[0] == '\0') {
+		perr(p, "%s: empty value", key);
+		return -EINVAL;
+	}
+	r = secret_path_expand(v, &path);
+	if (r == -ENOENT) {
+		perr(p,
+		     "%s: '%.64s' uses $CREDENTIALS_DIRECTORY, which is not set (systemd sets it "
+		     "for LoadCredential=)",
+		     key, v);
+		return -EINVAL;
+	}
+	if (r < 0) {
+		p->oom = true;
+		return r;
+	}
+	if (path[0] != '/') {
+		perr(p, "%s: expected an absolute path, got '%.128s'", key, v);
+		free(path);
+		return -EINVAL;
+	}
+	free(*out);
+	*out = path;
+	return 0;
+}
+
+static bool
+host_is_loopback(const char *host, size_t n)
+{
+	struct sockaddr_storage ss = {0};
+	char h[256];
+
+	if (n == 0 || n >= sizeof(h))
+		return false;
+	memcpy(h, host, n);
+	h[n] = '\0';
+	if (strcasecmp(h, "localhost") == 0)
+		return true;
+	if (h[0] == '[' && h[n - 1] == ']') {
+		h[n - 1] = '\0';
+		ss.ss_family = AF_INET6;
+		if (inet_pton(AF_INET6, h + 1, &((struct sockaddr_in6 *)&ss)->sin6_addr) != 1)
+			return false;
+	} else {
+		ss.ss_family = AF_INET;
+		if (inet_pton(AF_INET, h, &((struct sockaddr_in *)&ss)->sin_addr) != 1)
+			return false;
+	}
+	return config_addr_is_loopback(&ss);
+}
+
+/*
+ * NULL when v is an https:// URL, or an http:// URL to a loopback host (tests
+ * and local servers); else what is wrong.  Secrets are sent there.
+ */
+static const char *
+url_problem(const char *v)
+{
+	const char *host, *port;
+	bool tls = strncmp(v, "https://", 8) == 0;
+	size_t n;
+
+	if (tls)
+		host = v + 8;
+	else if (strncmp(v, "http://", 7) == 0)
+		host = v + 7;
+	else
+		return "expected an https:// URL";
+	n = strcspn(host, "/?#");
+	if (n == 0)
+		return "the URL has no host";
+	if (memchr(host, '@', n) != NULL)
+		return "user or password in the URL: put secrets in files";
+	if (strchr(v, '#') != NULL)
+		return "a URL with a #fragment";
+	if (tls)
+		return NULL;
+	/* strip the port: after "]" for [IPv6], else after the last ":" */
+	port = memchr(host, ']', n);
+	if (port == NULL)
+		port = memrchr(host, ':', n);
+	else
+		port = port + 1 < host + n && port[1] == ':' ? port + 1 : NULL;
+	if (host_is_loopback(host, port != NULL ? (size_t)(port - host) : n))
+		return NULL;
+	return "plain http:// is allowed only to a loopback host (127.0.0.1, [::1], localhost)";
+}
+
+static void
+parse_url(struct parser *p, const char *key, const char *v, char **out)
+{
+	const char *why;
+
+	if (parse_word(p, key, v, out) < 0)
+		return;
+	why = url_problem(v);
+	if (why != NULL)
+		perr(p, "%s: %s, got '%.128s'", key, why, v);
+}
+
+static void
+parse_alg(struct parser *p, const char *v, enum config_assertion_alg *out)
+{
+	if (strcmp(v, "PS256") == 0)
+		*out = CONFIG_ALG_PS256;
+	else if (strcmp(v, "RS256") == 0)
+		*out = CONFIG_ALG_RS256;
+	else if (strcmp(v, "ES256") == 0)
+		*out = CONFIG_ALG_ES256;
+	else
+		perr(p, "assertion_alg: expected PS256, RS256 or ES256, got '%.64s'", v);
+}
+
+static void
+parse_auth_method(struct parser *p, const char *v, enum config_auth_method *out)
+{
+	if (strcmp(v, "client_secret_basic") == 0)
+		*out = CONFIG_AUTH_SECRET_BASIC;
+	else if (strcmp(v, "client_secret_post") == 0)
+		*out = CONFIG_AUTH_SECRET_POST;
+	else if (strcmp(v, "private_key_jwt") == 0)
+		*out = CONFIG_AUTH_PRIVATE_KEY_JWT;
+	else
+		perr(p,
+		     "auth_method: expected client_secret_basic, client_secret_post or "
+		     "private_key_jwt, got '%.64s'",
+		     v);
+}
+
+/* audience_param: some of "scope", "resource", "audience", each once. */
+static void
+parse_audience_param(struct parser *p, const char *v, unsigned *out)
+{
+	static const char *const names[] = {"scope", "resource", "audience"};
+	static const unsigned bits[] = {CONFIG_AUD_SCOPE, CONFIG_AUD_RESOURCE, CONFIG_AUD_AUDIENCE};
+	char **words = NULL;
+	unsigned set = 0;
+	bool bad = false;
+
+	if (split_words(v, &words) < 0) {
+		p->oom = true;
+		return;
+	}
+	for (size_t i = 0; words[i] != NULL; i++) {
+		int k = key_index(names, 3, words[i]);
+
+		if (k < 0) {
+			perr(p, "audience_param: expected scope, resource or audience, got '%.64s'",
+			     words[i]);
+			bad = true;
+		} else if (set & bits[k]) {
+			perr(p, "audience_param: '%s' given twice", names[k]);
+			bad = true;
+		} else {
+			set |= bits[k];
+		}
+	}
+	if (words[0] == NULL) {
+		perr(p, "audience_param: empty value");
+		bad = true;
+	}
+	if (!bad)
+		*out = set;
+	strv_free(words);
+}
+
+/* extra_params: name=value words; names bearerd sets itself are refused. */
+static void
+parse_extra_params(struct parser *p, const char *v, char ***out)
+{
+	char **words = NULL;
+	bool bad = false;
+
+	if (split_words(v, &words) < 0) {
+		p->oom = true;
+		return;
+	}
+	if (words[0] == NULL) {
+		perr(p, "extra_params: empty value");
+		bad = true;
+	}
+	for (size_t i = 0; words[i] != NULL; i++) {
+		size_t n = strcspn(words[i], "=");
+
+		if (words[i][n] != '=' || n == 0) {
+			perr(p, "extra_params: expected name=value, got '%.64s'", words[i]);
+			bad = true;
+			continue;
+		}
+		for (size_t j = 0; j < sizeof(reserved_params) / sizeof(reserved_params[0]); j++) {
+			if (strlen(reserved_params[j]) == n &&
+			    strncmp(words[i], reserved_params[j], n) == 0) {
+				perr(p, "extra_params: bearerd sets '%s' itself",
+				     reserved_params[j]);
+				bad = true;
+			}
+		}
+		for (size_t j = 0; j < i; j++) {
+			if (strncmp(words[j], words[i], n + 1) == 0) {
+				perr(p, "extra_params: '%.*s' given twice", (int)n, words[i]);
+				bad = true;
+				break;
+			}
+		}
+	}
+	if (bad) {
+		strv_free(words);
+		return;
+	}
+	strv_free(*out);
+	*out = words;
+}
+
+static void
+parse_words_nonempty(struct parser *p, const char *key, const char *v, char ***out)
+{
+	char **words = NULL;
+
+	if (split_words(v, &words) < 0) {
+		p->oom = true;
+		return;
+	}
+	if (words[0] == NULL) {
+		perr(p, "%s: empty value", key);
+		strv_free(words);
+		return;
+	}
+	strv_free(*out);
+	*out = words;
 }
 
 static void
@@ -773,6 +1097,67 @@ identity_key(struct parser *p, int k, const char *v)
 		break;
 	case IK_DYNAMIC_RESOURCES:
 		parse_bool(p, key, v, &id->dynamic_resources);
+		break;
+	case IK_PRINCIPAL_ID:
+		parse_word(p, key, v, &id->principal_id);
+		break;
+	case IK_MI_RES_ID:
+		parse_word(p, key, v, &id->mi_res_id);
+		break;
+	case IK_IDENTITY_HEADER_FILE:
+		parse_path(p, key, v, &id->identity_header_file);
+		break;
+	case IK_AUTHORITY:
+		parse_url(p, key, v, &id->authority);
+		break;
+	case IK_TENANT:
+		if (parse_word(p, key, v, &id->tenant) == 0 && !name_valid(v))
+			perr(p,
+			     "tenant: expected a tenant id or domain (A-Z a-z 0-9 . _ -), got "
+			     "'%.64s'",
+			     v);
+		break;
+	case IK_CLIENT_SECRET_FILE:
+		parse_path(p, key, v, &id->client_secret_file);
+		break;
+	case IK_CERTIFICATE_FILE:
+		parse_path(p, key, v, &id->certificate_file);
+		break;
+	case IK_PRIVATE_KEY_FILE:
+		parse_path(p, key, v, &id->private_key_file);
+		break;
+	case IK_FEDERATED_TOKEN_FILE:
+		parse_path(p, key, v, &id->federated_token_file);
+		break;
+	case IK_ASSERTION_ALG:
+		parse_alg(p, v, &id->assertion_alg);
+		break;
+	case IK_SEND_X5C:
+		parse_bool(p, key, v, &id->send_x5c);
+		break;
+	case IK_TOKEN_URL:
+		parse_url(p, key, v, &id->token_url);
+		break;
+	case IK_AUTH_METHOD:
+		parse_auth_method(p, v, &id->auth_method);
+		break;
+	case IK_KEY_ID:
+		parse_word(p, key, v, &id->key_id);
+		break;
+	case IK_AUDIENCE_PARAM:
+		parse_audience_param(p, v, &id->audience_param);
+		break;
+	case IK_SCOPE:
+		parse_words_nonempty(p, key, v, &id->scopes);
+		break;
+	case IK_EXTRA_PARAMS:
+		parse_extra_params(p, v, &id->extra_params);
+		break;
+	case IK_TLS_CERTIFICATE_FILE:
+		parse_path(p, key, v, &id->tls_certificate_file);
+		break;
+	case IK_TLS_PRIVATE_KEY_FILE:
+		parse_path(p, key, v, &id->tls_private_key_file);
 		break;
 	case IK__N:
 		break;
@@ -1146,13 +1531,299 @@ reader_next(char *str, int num, void *stream)
 
 /* Validation after the whole file was read */
 
+/*
+ * Of the keys in keys[] (mutually exclusive selectors), the earliest stands;
+ * each later one is reported on its line.
+ */
+static void
+selectors_exclusive(struct parser *p, const struct ident_info *info, const int *keys, size_t n,
+		    const char *list)
+{
+	int first = -1;
+
+	for (size_t s = 0; s < n; s++) {
+		int line = info->key_line[keys[s]];
+
+		if (line != 0 && (first < 0 || line < info->key_line[first]))
+			first = keys[s];
+	}
+	for (size_t s = 0; s < n; s++) {
+		int k = keys[s];
+
+		if (k == first || info->key_line[k] == 0)
+			continue;
+		perr_at(p, info->key_line[k],
+			"%s conflicts with %s (line %d): set at most one of %s", ikey_names[k],
+			ikey_names[first], info->key_line[first], list);
+	}
+}
+
+static void
+missing_key(struct parser *p, const struct config_identity *id, const struct ident_info *info,
+	    int k, const char *env)
+{
+	if (info->lost_line)
+		return;
+	if (env != NULL)
+		perr_at(p, id->line,
+			"identity '%s': missing required key '%s' (and $%s is not set)", id->name,
+			ikey_names[k], env);
+	else
+		perr_at(p, id->line, "identity '%s': missing required key '%s'", id->name,
+			ikey_names[k]);
+}
+
+/*
+ * Fills *field from the environment variable var when the key k is not set;
+ * checks that value as the key would be checked (reported on the header line).
+ */
+static int
+env_default(struct parser *p, const struct config_identity *id, int k, const char *var,
+	    char **field)
+{
+	const char *v = getenv(var), *why = NULL;
+
+	if (*field != NULL || v == NULL || v[0] == '\0')
+		return 0;
+	if (strpbrk(v, " \t") != NULL)
+		why = "must not contain blanks";
+	else if (k == IK_AUTHORITY || k == IK_ENDPOINT)
+		why = url_problem(v);
+	else if (k == IK_TENANT && !name_valid(v))
+		why = "expected a tenant id or domain (A-Z a-z 0-9 . _ -)";
+	else if (k == IK_FEDERATED_TOKEN_FILE && v[0] != '/')
+		why = "expected an absolute path";
+	if (k == IK_ENDPOINT && why != NULL && strncmp(v, "http://", 7) == 0 && v[7] != '\0')
+		why = NULL; /* App Service's own endpoint is plain http on a local address */
+	if (why != NULL) {
+		perr_at(p, id->line, "identity '%s': $%s (default for %s): %s, got '%.128s'",
+			id->name, var, ikey_names[k], why, v);
+		return 0;
+	}
+	*field = strdup(v);
+	return *field == NULL ? -ENOMEM : 0;
+}
+
+/*
+ * A secret file (others_may_read: a projected token) or a readable certificate
+ * file; false when reported.
+ */
+static bool
+check_file(struct parser *p, const struct config_identity *id, const struct ident_info *info, int k,
+	   const char *path, bool secret, bool others_may_read)
+{
+	int line = info->key_line[k] != 0 ? info->key_line[k] : id->line;
+	char msg[512];
+
+	if (path == NULL)
+		return true;
+	if (secret) {
+		if (secret_check_path(path, others_may_read, msg, sizeof(msg)) < 0) {
+			perr_at(p, line, "%s: %s", ikey_names[k], msg);
+			return false;
+		}
+	} else if (access(path, R_OK) < 0) {
+		perr_at(p, line, "%s: cannot read '%.200s': %s", ikey_names[k], path,
+			strerror(errno));
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Loads the client assertion key (and certificate) as the source will, so
+ * that -n reports an encrypted key, a mismatched certificate or a key that
+ * does not suit assertion_alg with its FILE:LINE.
+ */
+static void
+check_assertion_key(struct parser *p, const struct config_identity *id,
+		    const struct ident_info *info, bool entra)
+{
+	bool ok = check_file(p, id, info, IK_CERTIFICATE_FILE, id->certificate_file, false, false);
+	struct assertion_key *k = NULL;
+	char msg[512];
+
+	ok &= check_file(p, id, info, IK_PRIVATE_KEY_FILE, id->private_key_file, true, false);
+	if (!ok || id->private_key_file == NULL || (entra && id->certificate_file == NULL))
+		return;
+	if (assertion_key_load(&k, id->private_key_file, id->certificate_file, id->assertion_alg,
+			       entra, msg, sizeof(msg)) < 0) {
+		/* a message about the certificate ("'CERT' holds no ...") goes on its line */
+		int k2 = id->certificate_file != NULL && msg[0] == '\'' &&
+				 strncmp(msg + 1, id->certificate_file,
+					 strlen(id->certificate_file)) == 0
+			     ? IK_CERTIFICATE_FILE
+			     : IK_PRIVATE_KEY_FILE;
+
+		perr_at(p, info->key_line[k2], "%s: %s", ikey_names[k2], msg);
+	}
+	assertion_key_free(k);
+}
+
+static int
+finish_imds(struct parser *p, struct config_identity *id, struct ident_info *info)
+{
+	static const int selectors[] = {IK_CLIENT_ID, IK_OBJECT_ID, IK_MSI_RES_ID};
+
+	selectors_exclusive(p, info, selectors, 3, "client_id, object_id, msi_res_id");
+	if (id->endpoint == NULL) {
+		id->endpoint = strdup(DEFAULT_IMDS_ENDPOINT);
+		if (id->endpoint == NULL)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int
+finish_appservice(struct parser *p, struct config_identity *id, struct ident_info *info)
+{
+	static const int selectors[] = {IK_CLIENT_ID, IK_PRINCIPAL_ID, IK_MI_RES_ID};
+	const char *header = getenv("IDENTITY_HEADER");
+
+	selectors_exclusive(p, info, selectors, 3, "client_id, principal_id, mi_res_id");
+	if (env_default(p, id, IK_ENDPOINT, "IDENTITY_ENDPOINT", &id->endpoint) < 0)
+		return -ENOMEM;
+	if (id->endpoint == NULL && info->key_line[IK_ENDPOINT] == 0)
+		missing_key(p, id, info, IK_ENDPOINT, "IDENTITY_ENDPOINT");
+	if (id->identity_header_file != NULL)
+		check_file(p, id, info, IK_IDENTITY_HEADER_FILE, id->identity_header_file, true,
+			   false);
+	else if (info->key_line[IK_IDENTITY_HEADER_FILE] == 0 && (header == NULL || !header[0]))
+		perr_at(p, id->line,
+			"identity '%s': set identity_header_file, or IDENTITY_HEADER in bearerd's "
+			"environment",
+			id->name);
+	return 0;
+}
+
+static int
+finish_entra(struct parser *p, struct config_identity *id, struct ident_info *info)
+{
+	bool fed = id->source == CONFIG_SOURCE_ENTRA_FEDERATED;
+	size_t n;
+
+	if (fed) {
+		if (env_default(p, id, IK_AUTHORITY, "AZURE_AUTHORITY_HOST", &id->authority) < 0 ||
+		    env_default(p, id, IK_TENANT, "AZURE_TENANT_ID", &id->tenant) < 0 ||
+		    env_default(p, id, IK_CLIENT_ID, "AZURE_CLIENT_ID", &id->client_id) < 0 ||
+		    env_default(p, id, IK_FEDERATED_TOKEN_FILE, "AZURE_FEDERATED_TOKEN_FILE",
+				&id->federated_token_file) < 0)
+			return -ENOMEM;
+	}
+	if (id->authority == NULL && info->key_line[IK_AUTHORITY] == 0) {
+		id->authority = strdup(DEFAULT_AUTHORITY);
+		if (id->authority == NULL)
+			return -ENOMEM;
+	}
+	/* {authority}/{tenant}/...: one slash between them, whatever was written */
+	for (n = id->authority != NULL ? strlen(id->authority) : 0;
+	     n > 0 && id->authority[n - 1] == '/'; n--)
+		id->authority[n - 1] = '\0';
+	if (id->tenant == NULL && info->key_line[IK_TENANT] == 0)
+		missing_key(p, id, info, IK_TENANT, fed ? "AZURE_TENANT_ID" : NULL);
+	if (id->client_id == NULL && info->key_line[IK_CLIENT_ID] == 0)
+		missing_key(p, id, info, IK_CLIENT_ID, fed ? "AZURE_CLIENT_ID" : NULL);
+
+	switch (id->source) {
+	case CONFIG_SOURCE_ENTRA_SECRET:
+		if (info->key_line[IK_CLIENT_SECRET_FILE] == 0)
+			missing_key(p, id, info, IK_CLIENT_SECRET_FILE, NULL);
+		check_file(p, id, info, IK_CLIENT_SECRET_FILE, id->client_secret_file, true, false);
+		break;
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+		if (info->key_line[IK_CERTIFICATE_FILE] == 0)
+			missing_key(p, id, info, IK_CERTIFICATE_FILE, NULL);
+		if (info->key_line[IK_PRIVATE_KEY_FILE] == 0)
+			missing_key(p, id, info, IK_PRIVATE_KEY_FILE, NULL);
+		check_assertion_key(p, id, info, true);
+		break;
+	default:
+		if (id->federated_token_file == NULL &&
+		    info->key_line[IK_FEDERATED_TOKEN_FILE] == 0)
+			missing_key(p, id, info, IK_FEDERATED_TOKEN_FILE,
+				    "AZURE_FEDERATED_TOKEN_FILE");
+		/*
+		 * Kubernetes projects service-account tokens 0644 root-owned unless the
+		 * pod sets defaultMode: other users may read it.  It is a short-lived,
+		 * audience-bound token, not a long-term secret; ownership still counts.
+		 */
+		check_file(p, id, info, IK_FEDERATED_TOKEN_FILE, id->federated_token_file, true,
+			   true);
+		break;
+	}
+	return 0;
+}
+
+static int
+finish_oauth2(struct parser *p, struct config_identity *id, struct ident_info *info)
+{
+	static const int jwt_keys[] = {IK_PRIVATE_KEY_FILE, IK_CERTIFICATE_FILE, IK_KEY_ID,
+				       IK_ASSERTION_ALG};
+	bool jwt = id->auth_method == CONFIG_AUTH_PRIVATE_KEY_JWT;
+	int cert_line = info->key_line[IK_TLS_CERTIFICATE_FILE];
+	int key_line = info->key_line[IK_TLS_PRIVATE_KEY_FILE];
+
+	if (info->key_line[IK_TOKEN_URL] == 0)
+		missing_key(p, id, info, IK_TOKEN_URL, NULL);
+	if (info->key_line[IK_CLIENT_ID] == 0)
+		missing_key(p, id, info, IK_CLIENT_ID, NULL);
+	if (jwt) {
+		if (info->key_line[IK_CLIENT_SECRET_FILE] != 0)
+			perr_at(p, info->key_line[IK_CLIENT_SECRET_FILE],
+				"client_secret_file: not used with auth_method = private_key_jwt");
+		if (info->key_line[IK_PRIVATE_KEY_FILE] == 0)
+			missing_key(p, id, info, IK_PRIVATE_KEY_FILE, NULL);
+		check_assertion_key(p, id, info, false);
+	} else {
+		for (size_t k = 0; k < sizeof(jwt_keys) / sizeof(jwt_keys[0]); k++) {
+			if (info->key_line[jwt_keys[k]] != 0)
+				perr_at(p, info->key_line[jwt_keys[k]],
+					"%s: used only with auth_method = private_key_jwt",
+					ikey_names[jwt_keys[k]]);
+		}
+		if (info->key_line[IK_CLIENT_SECRET_FILE] == 0)
+			missing_key(p, id, info, IK_CLIENT_SECRET_FILE, NULL);
+		check_file(p, id, info, IK_CLIENT_SECRET_FILE, id->client_secret_file, true, false);
+	}
+	if ((cert_line != 0) != (key_line != 0))
+		perr_at(p, cert_line != 0 ? cert_line : key_line,
+			"%s: mTLS needs both tls_certificate_file and tls_private_key_file",
+			cert_line != 0 ? "tls_certificate_file" : "tls_private_key_file");
+	check_file(p, id, info, IK_TLS_CERTIFICATE_FILE, id->tls_certificate_file, false, false);
+	check_file(p, id, info, IK_TLS_PRIVATE_KEY_FILE, id->tls_private_key_file, true, false);
+	return 0;
+}
+
+static int
+finish_dev(struct parser *p, struct config_identity *id, struct ident_info *info)
+{
+	if (id->lifetime <= p->c->min_validity) {
+		int line = info->key_line[IK_LIFETIME];
+
+		if (line == 0)
+			line = p->bearerd_lines[BK_MIN_VALIDITY] ? p->bearerd_lines[BK_MIN_VALIDITY]
+								 : id->line;
+		perr_at(p, line, "lifetime (%" PRId64 ") must exceed min_validity (%" PRId64 ")",
+			id->lifetime, p->c->min_validity);
+	}
+	if (id->issuer == NULL)
+		id->issuer = strdup(DEFAULT_DEV_ISSUER);
+	if (id->subject == NULL)
+		id->subject = strdup(id->name);
+	if (id->roles == NULL)
+		id->roles = calloc(1, sizeof(*id->roles));
+	if (id->issuer == NULL || id->subject == NULL || id->roles == NULL)
+		return -ENOMEM;
+	return 0;
+}
+
 static int
 identity_finish(struct parser *p, size_t i)
 {
 	struct config_identity *id = &p->c->identities[i];
 	struct ident_info *info = &p->iinfo[i];
-	static const int selectors[] = {IK_CLIENT_ID, IK_OBJECT_ID, IK_MSI_RES_ID};
-	int first = -1;
+	unsigned bit = 1u << id->source;
+	int r = 0;
 
 	if (info->source_state == SOURCE_UNSET) {
 		if (!info->lost_line)
@@ -1169,56 +1840,36 @@ identity_finish(struct parser *p, size_t i)
 		return 0;
 	}
 	for (int k = 0; k < IK__N; k++) {
-		if (info->key_line[k] != 0 && ikey_source[k] != 0 && ikey_source[k] != id->source)
+		if (info->key_line[k] != 0 && ikey_sources[k] != 0 && !(ikey_sources[k] & bit))
 			perr_at(p, info->key_line[k], "key '%s' does not apply to source %s",
 				ikey_names[k], config_source_name(id->source));
 	}
-
-	if (id->source == CONFIG_SOURCE_AZURE_IMDS) {
-		/* the earliest selector stands; each later one is reported on its line */
-		for (size_t s = 0; s < sizeof(selectors) / sizeof(selectors[0]); s++) {
-			int line = info->key_line[selectors[s]];
-
-			if (line != 0 && (first < 0 || line < info->key_line[first]))
-				first = selectors[s];
-		}
-		for (size_t s = 0; s < sizeof(selectors) / sizeof(selectors[0]); s++) {
-			int k = selectors[s];
-
-			if (k == first || info->key_line[k] == 0)
-				continue;
-			perr_at(p, info->key_line[k],
-				"%s conflicts with %s (line %d): set at most one of client_id, "
-				"object_id, msi_res_id",
-				ikey_names[k], ikey_names[first], info->key_line[first]);
-		}
-		if (id->endpoint == NULL) {
-			id->endpoint = strdup(DEFAULT_IMDS_ENDPOINT);
-			if (id->endpoint == NULL)
-				return -ENOMEM;
-		}
-	} else {
-		if (id->lifetime <= p->c->min_validity) {
-			int line = info->key_line[IK_LIFETIME];
-
-			if (line == 0)
-				line = p->bearerd_lines[BK_MIN_VALIDITY]
-					   ? p->bearerd_lines[BK_MIN_VALIDITY]
-					   : id->line;
-			perr_at(p, line,
-				"lifetime (%" PRId64 ") must exceed min_validity (%" PRId64 ")",
-				id->lifetime, p->c->min_validity);
-		}
-		if (id->issuer == NULL)
-			id->issuer = strdup(DEFAULT_DEV_ISSUER);
-		if (id->subject == NULL)
-			id->subject = strdup(id->name);
-		if (id->roles == NULL)
-			id->roles = calloc(1, sizeof(*id->roles));
-		if (id->issuer == NULL || id->subject == NULL || id->roles == NULL)
+	if ((bit & SRC_UPSTREAM) && id->ca_file == NULL && p->c->ca_file != NULL) {
+		id->ca_file = strdup(p->c->ca_file); /* the identity's own wins */
+		if (id->ca_file == NULL)
 			return -ENOMEM;
 	}
-	return 0;
+
+	switch (id->source) {
+	case CONFIG_SOURCE_DEV:
+		r = finish_dev(p, id, info);
+		break;
+	case CONFIG_SOURCE_AZURE_IMDS:
+		r = finish_imds(p, id, info);
+		break;
+	case CONFIG_SOURCE_AZURE_APPSERVICE:
+		r = finish_appservice(p, id, info);
+		break;
+	case CONFIG_SOURCE_ENTRA_SECRET:
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+	case CONFIG_SOURCE_ENTRA_FEDERATED:
+		r = finish_entra(p, id, info);
+		break;
+	case CONFIG_SOURCE_OAUTH2:
+		r = finish_oauth2(p, id, info);
+		break;
+	}
+	return r;
 }
 
 static void
@@ -1333,6 +1984,9 @@ config_new(struct config **out)
 	c->idle_timeout = DEFAULT_IDLE_TIMEOUT;
 	c->wait_timeout = DEFAULT_WAIT_TIMEOUT;
 	c->max_entries = DEFAULT_MAX_ENTRIES;
+	c->max_connections = DEFAULT_MAX_CONNS;
+	c->header_timeout = DEFAULT_HEADER_TMO;
+	c->keepalive_timeout = DEFAULT_KEEPALIVE_TMO;
 	*out = c;
 	return 0;
 }
@@ -1529,24 +2183,107 @@ config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid)
 	return false;
 }
 
+/*
+ * The string fields of struct config_identity, for config_identity_equal and
+ * identity_clear; kept next to each other so that a new field lands in both.
+ */
+#define IDENTITY_STRINGS(X)                                                                        \
+	X(name)                                                                                    \
+	X(endpoint)                                                                                \
+	X(client_id)                                                                               \
+	X(object_id)                                                                               \
+	X(msi_res_id)                                                                              \
+	X(principal_id)                                                                            \
+	X(mi_res_id)                                                                               \
+	X(identity_header_file)                                                                    \
+	X(authority)                                                                               \
+	X(tenant)                                                                                  \
+	X(client_secret_file)                                                                      \
+	X(certificate_file)                                                                        \
+	X(private_key_file)                                                                        \
+	X(federated_token_file)                                                                    \
+	X(token_url)                                                                               \
+	X(key_id)                                                                                  \
+	X(tls_certificate_file)                                                                    \
+	X(tls_private_key_file)                                                                    \
+	X(ca_file)                                                                                 \
+	X(issuer)                                                                                  \
+	X(subject)
+#define IDENTITY_STRVS(X)                                                                          \
+	X(scopes)                                                                                  \
+	X(extra_params)                                                                            \
+	X(roles)
+#define IDENTITY_SCALARS(X)                                                                        \
+	X(source)                                                                                  \
+	X(assertion_alg)                                                                           \
+	X(send_x5c)                                                                                \
+	X(auth_method)                                                                             \
+	X(audience_param)                                                                          \
+	X(timeout)                                                                                 \
+	X(lifetime)                                                                                \
+	X(dynamic_resources)
+
+static bool
+str_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static bool
+strv_equal(char *const *a, char *const *b)
+{
+	size_t i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	for (i = 0; a[i] != NULL && b[i] != NULL; i++) {
+		if (strcmp(a[i], b[i]) != 0)
+			return false;
+	}
+	return a[i] == NULL && b[i] == NULL;
+}
+
+bool
+config_identity_equal(const struct config_identity *a, const struct config_identity *b)
+{
+#define EQ_STR(f)                                                                                  \
+	if (!str_equal(a->f, b->f))                                                                \
+		return false;
+#define EQ_STRV(f)                                                                                 \
+	if (!strv_equal(a->f, b->f))                                                               \
+		return false;
+#define EQ_SCALAR(f)                                                                               \
+	if (a->f != b->f)                                                                          \
+		return false;
+	IDENTITY_STRINGS(EQ_STR)
+	IDENTITY_STRVS(EQ_STRV)
+	IDENTITY_SCALARS(EQ_SCALAR)
+	return true;
+#undef EQ_STR
+#undef EQ_STRV
+#undef EQ_SCALAR
+}
+
+static void
+identity_clear(struct config_identity *id)
+{
+#define FREE_STR(f)  free(id->f);
+#define FREE_STRV(f) strv_free(id->f);
+	IDENTITY_STRINGS(FREE_STR)
+	IDENTITY_STRVS(FREE_STRV)
+#undef FREE_STR
+#undef FREE_STRV
+}
+
 struct config *
 config_free(struct config *c)
 {
 	if (c == NULL)
 		return NULL;
-	for (size_t i = 0; i < c->n_identities; i++) {
-		struct config_identity *id = &c->identities[i];
-
-		free(id->name);
-		free(id->endpoint);
-		free(id->client_id);
-		free(id->object_id);
-		free(id->msi_res_id);
-		free(id->ca_file);
-		free(id->issuer);
-		free(id->subject);
-		strv_free(id->roles);
-	}
+	for (size_t i = 0; i < c->n_identities; i++)
+		identity_clear(&c->identities[i]);
 	for (size_t i = 0; i < c->n_audiences; i++) {
 		struct config_audience *a = &c->audiences[i];
 
@@ -1567,6 +2304,7 @@ config_free(struct config *c)
 	free(c->path);
 	free(c->socket);
 	free(c->socket_group);
+	free(c->ca_file);
 	free(c);
 	return NULL;
 }

@@ -35,6 +35,7 @@ struct fetch {
 	struct fetch_sock *socks; /* sockets libcurl asked us to watch */
 	int n_xfers;
 	bool global_init;
+	bool closing; /* in fetch_free: no new transfers */
 };
 
 /* One per libcurl socket, attached with curl_multi_assign. */
@@ -111,6 +112,9 @@ xfer_free(struct fetch_xfer *x)
 		event_free(x->defer);
 	if (x->easy != NULL)
 		curl_easy_cleanup(x->easy);
+	/* a header may carry a credential (Basic authentication) */
+	for (struct curl_slist *l = x->headers; l != NULL; l = l->next)
+		OPENSSL_cleanse(l->data, strlen(l->data));
 	curl_slist_free_all(x->headers);
 	wipe_free(x->req_body, x->req_body_len);
 	wipe_free(x->body, x->body_cap);
@@ -447,6 +451,12 @@ setup_easy(struct fetch_xfer *x, const struct fetch_request *req)
 	 */
 	if (req->ca_file != NULL)
 		c |= curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+	if (req->tls_cert_file != NULL && req->tls_key_file != NULL) {
+		c |= curl_easy_setopt(e, CURLOPT_SSLCERT, req->tls_cert_file);
+		c |= curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+		c |= curl_easy_setopt(e, CURLOPT_SSLKEY, req->tls_key_file);
+		c |= curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+	}
 	c |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
 	c |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect);
 	c |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
@@ -500,6 +510,8 @@ fetch_start(struct fetch *f, const struct fetch_request *req, fetch_done_fn *don
 
 	if (f == NULL || req == NULL || req->url == NULL || req->method == NULL || done == NULL)
 		return -EINVAL;
+	if (f->closing)
+		return -ECANCELED;
 	if (strcmp(req->method, "GET") == 0)
 		post = false;
 	else if (strcmp(req->method, "POST") == 0)
@@ -617,10 +629,19 @@ fetch_free(struct fetch *f)
 
 	if (f == NULL)
 		return NULL;
+	f->closing = true;
 	while ((x = f->xfers) != NULL) {
+		struct fetch_response resp = {
+		    .error = -ECANCELED,
+		    .message = "cancelled at shutdown",
+		    .retry_after = -1,
+		};
+
 		xfer_unlink(f, x);
 		if (x->added)
 			curl_multi_remove_handle(f->multi, x->easy);
+		/* every fetch_start gets its one callback, so callers can free what they hold */
+		x->done(x->arg, &resp);
 		xfer_free(x);
 	}
 	/* may still call socket_cb and timer_cb: the timer and base are alive */

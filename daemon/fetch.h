@@ -13,12 +13,15 @@ struct fetch;
 struct fetch_request {
 	const char *method; /* "GET" or "POST" */
 	const char *url;
-	const char *const *headers; /* "Name: value", NULL-terminated, may be NULL */
+	const char *const *headers; /* "Name: value", NULL-terminated, may be NULL; wiped after */
 	const char *body;	    /* POST body, may be NULL */
 	size_t body_len;
 	const char *ca_file; /* extra trust anchor, or NULL */
-	long timeout_ms;     /* whole request; 0 means 10 s */
-	size_t max_body;     /* 0 means FETCH_MAX_BODY; larger answers fail */
+	/* mTLS: PEM client certificate and key files, both or neither (NULL) */
+	const char *tls_cert_file;
+	const char *tls_key_file;
+	long timeout_ms; /* whole request; 0 means 10 s */
+	size_t max_body; /* 0 means FETCH_MAX_BODY; larger answers fail */
 };
 
 struct fetch_response {
@@ -35,7 +38,10 @@ typedef void fetch_done_fn(void *arg, const struct fetch_response *resp);
 
 /* Fails when libcurl lacks asynchronous DNS (a blocking resolver would stall the loop). */
 int fetch_new(struct fetch **out, struct event_base *base);
-/* Aborts transfers in flight without calling their callbacks. */
+/*
+ * Aborts transfers in flight, calling each callback with -ECANCELED (from
+ * inside fetch_free: free the sources first so that nobody starts a new one).
+ */
 struct fetch *fetch_free(struct fetch *f);
 
 int fetch_start(struct fetch *f, const struct fetch_request *req, fetch_done_fn *done, void *arg);

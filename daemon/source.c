@@ -20,7 +20,7 @@ source_new(struct source **out, const struct config_identity *id, struct event_b
 	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
 	case CONFIG_SOURCE_ENTRA_FEDERATED:
 	case CONFIG_SOURCE_OAUTH2:
-		break;
+		return source_oauth2_new(out, id, base, fetch);
 	}
 	return -ENOTSUP;
 }

@@ -15,7 +15,7 @@ struct source;
 /* Called exactly once per source_fetch, always from the loop, never from inside source_fetch. */
 typedef void source_done_fn(void *arg, struct token_result *res);
 
-/* Creates the source for id (dev or azure-imds). fetch may be NULL for dev. */
+/* Creates the source for id. fetch may be NULL for dev. */
 int source_new(struct source **out, const struct config_identity *id, struct event_base *base,
 	       struct fetch *fetch);
 struct source *source_free(struct source *s);
@@ -42,6 +42,9 @@ int source_imds_new(struct source **out, const struct config_identity *id, struc
 		    struct fetch *fetch);
 int source_appservice_new(struct source **out, const struct config_identity *id,
 			  struct event_base *base, struct fetch *fetch);
+/* entra-secret, entra-certificate, entra-federated and oauth2 (source_oauth2.c). */
+int source_oauth2_new(struct source **out, const struct config_identity *id,
+		      struct event_base *base, struct fetch *fetch);
 
 /* The common header every source struct starts with. */
 struct source_ops {

@@ -23,6 +23,8 @@
 #define TOKEN_MAX_LIFETIME (365 * 24 * 3600)
 /* Longest trace or correlation id copied into a message. */
 #define TOKEN_MAX_ID_LEN 64
+/* Entra error_codes copied into a message. */
+#define TOKEN_MAX_CODES 4
 
 void
 token_result_init(struct token_result *r)
@@ -124,6 +126,39 @@ append_id(char *msg, size_t size, const char *name, const char *value)
 }
 
 /*
+ * Entra's "error_codes" ([7000215], the AADSTS numbers) as "7000215,50011"
+ * into out; "" when absent.  At most TOKEN_MAX_CODES codes.
+ */
+static void
+error_codes(const struct json_doc *doc, char *out, size_t size)
+{
+	int arr = json_find(doc, 0, "error_codes");
+	int tok, n;
+	size_t used = 0;
+
+	out[0] = '\0';
+	if (arr < 0 || doc->tok[arr].type != JSMN_ARRAY)
+		return;
+	n = doc->tok[arr].size;
+	tok = arr + 1;
+	for (int i = 0; i < n && i < TOKEN_MAX_CODES; i++) {
+		int64_t code;
+
+		if (json_int64(doc, tok, &code) == 0 && code >= 0) {
+			int w = snprintf(out + used, size - used, "%s%lld", used ? "," : "",
+					 (long long)code);
+
+			if (w < 0 || (size_t)w >= size - used) {
+				out[used] = '\0';
+				return;
+			}
+			used += (size_t)w;
+		}
+		tok = json_skip(doc, tok);
+	}
+}
+
+/*
  * An error document: {"error":"code","error_description":"..."} (IMDS,
  * Entra, OAuth2), {"error":{"code":...,"message":...}} (Service Fabric),
  * {"statusCode":...,"message":...} (App Service).
@@ -133,6 +168,7 @@ parse_error(const struct json_doc *doc, int err, struct token_result *r)
 {
 	char trace_id[TOKEN_MAX_ID_LEN + 1];
 	char correlation_id[TOKEN_MAX_ID_LEN + 1];
+	char codes[TOKEN_MAX_ID_LEN + 1];
 	int desc = -1;
 	int corr;
 	int rc;
@@ -168,6 +204,8 @@ parse_error(const struct json_doc *doc, int err, struct token_result *r)
 	rc = copy_string_member(doc, corr, correlation_id, sizeof(correlation_id));
 	if (rc < 0)
 		return rc;
+	error_codes(doc, codes, sizeof(codes));
+	append_id(r->message, sizeof(r->message), "error_codes", codes);
 	append_id(r->message, sizeof(r->message), "trace_id", trace_id);
 	append_id(r->message, sizeof(r->message), "correlation_id", correlation_id);
 	if (r->message[0] == '\0')

@@ -11,11 +11,27 @@ script its behaviour through a control API on the same port:
 
     POST /_fake/config  {"lifetime": 3600, "status": 200, "error_body": null,
                          "retry_after": null, "delay": 0, "same_token": false,
-                         "body": null}
-        replaces the behaviour (omitted keys take these defaults)
+                         "body": null, "sequence": null,
+                         "identity_header": "fake-identity-header"}
+        replaces the behaviour (omitted keys take these defaults).  sequence
+        scripts the next answers: a list whose items (a status, or
+        {"status", "retry_after", "error_body"}) are used one per token
+        request, before falling back to the rest of the config.
     GET  /_fake/stats   {"requests", "by_resource", "by_status", "last_query",
-                         "last_headers", "issued"}
+                         "last_headers", "issued", "in_flight", "max_in_flight",
+                         "log"}; log has one {"t", "end", "path", "resource",
+                         "status"} per token request, t and end on the
+                         CLOCK_MONOTONIC timeline of time.monotonic()
     POST /_fake/reset   resets counters, issued tokens and config
+
+The same port also fakes App Service's managed-identity endpoint (reference
+section 2.1, 2019-08-01 protocol):
+
+    GET /msi/token?api-version=2019-08-01&resource=...[&client_id=|&principal_id=|&mi_res_id=]
+        with X-IDENTITY-HEADER equal to the configured identity_header
+        (else 401); answers {access_token, expires_on, not_before, resource,
+        token_type, client_id} with string values and no expires_in; errors
+        in App Service's {"statusCode", "message", "correlationId"} shape.
 
 Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
 The chosen port is written to PATH once the socket listens.
@@ -33,6 +49,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"
+APPSERVICE_PATH = "/msi/token"
+APPSERVICE_API_VERSION = "2019-08-01"
+APPSERVICE_SELECTORS = ("client_id", "principal_id", "object_id", "mi_res_id")
 API_VERSIONS = ["2018-02-01", "2018-04-02", "2019-08-01", "2021-02-01", "2023-07-01"]
 SELECTORS = ("client_id", "object_id", "msi_res_id")
 MAX_CONTROL_BODY = 1 << 20
@@ -45,6 +64,8 @@ DEFAULT_CONFIG = {
     "delay": 0,
     "same_token": False,
     "body": None,
+    "sequence": None,
+    "identity_header": "fake-identity-header",
 }
 
 CONFIG_TYPES = {
@@ -55,6 +76,8 @@ CONFIG_TYPES = {
     "delay": (int, float),
     "same_token": (bool,),
     "body": (str, type(None)),
+    "sequence": (list, type(None)),
+    "identity_header": (str,),
 }
 
 ERROR_NAMES = {
@@ -98,6 +121,10 @@ class State:
         self.issued = []
         self.current = {}  # (resource, selector) -> (token, expires_on), for same_token
         self.serial = 0
+        self.sequence = []  # scripted answers still to give
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.log = []  # one entry per token request
 
     def stats(self):
         return {
@@ -107,6 +134,9 @@ class State:
             "last_query": dict(self.last_query),
             "last_headers": dict(self.last_headers),
             "issued": list(self.issued),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "log": [dict(e) for e in self.log],
         }
 
 
@@ -133,7 +163,26 @@ def validate_config(doc):
         raise ValueError("delay out of range")
     if cfg["retry_after"] is not None and cfg["retry_after"] < 0:
         raise ValueError("retry_after must be >= 0")
+    if cfg["sequence"] is not None:
+        cfg["sequence"] = [validate_step(step) for step in cfg["sequence"]]
     return cfg
+
+
+def validate_step(step):
+    """One scripted answer: a status, or {"status", "retry_after", "error_body"}."""
+    if isinstance(step, int) and not isinstance(step, bool):
+        step = {"status": step}
+    if not isinstance(step, dict) or not set(step) <= {"status", "retry_after", "error_body"}:
+        raise ValueError("sequence items are statuses or {status, retry_after, error_body}")
+    status = step.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError("sequence status out of range")
+    ra = step.get("retry_after")
+    if ra is not None and (not isinstance(ra, int) or isinstance(ra, bool) or ra < 0):
+        raise ValueError("sequence retry_after must be an integer >= 0")
+    if not isinstance(step.get("error_body"), (str, type(None))):
+        raise ValueError("sequence error_body must be a string")
+    return {"status": status, "retry_after": ra, "error_body": step.get("error_body")}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -186,6 +235,8 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path in (TOKEN_PATH, TOKEN_PATH + "/"):
             self.token()
+        elif path.lower() in (APPSERVICE_PATH, APPSERVICE_PATH + "/"):
+            self.token(appservice=True)
         elif path == "/_fake/stats":
             with STATE.lock:
                 doc = STATE.stats()
@@ -209,6 +260,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             with STATE.lock:
                 STATE.config = cfg
+                STATE.sequence = list(cfg["sequence"] or [])
             self.send_json(200, {"ok": True, "config": cfg})
         elif path == "/_fake/reset":
             with STATE.lock:
@@ -229,7 +281,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- the token endpoint -----------------------------------------------
 
-    def token(self):
+    def token(self, appservice=False):
         pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
         query = {}
         duplicate = False
@@ -245,15 +297,98 @@ class Handler(BaseHTTPRequestHandler):
             STATE.last_query = dict(query)
             STATE.last_headers = {k: v for k, v in self.headers.items()}
             cfg = dict(STATE.config)
+            step = STATE.sequence.pop(0) if STATE.sequence else None
+            STATE.in_flight += 1
+            STATE.max_in_flight = max(STATE.max_in_flight, STATE.in_flight)
+            entry = {"t": time.monotonic(), "end": None,
+                     "path": "appservice" if appservice else "imds",
+                     "resource": resource, "status": None}
+            STATE.log.append(entry)
 
-        if cfg["delay"]:
-            time.sleep(cfg["delay"])
-
-        status, body, extra = self.token_answer(query, duplicate, cfg)
+        try:
+            if cfg["delay"]:
+                time.sleep(cfg["delay"])
+            if step is not None:
+                cfg["status"] = step["status"]
+                cfg["retry_after"] = step["retry_after"]
+                cfg["error_body"] = step["error_body"]
+                cfg["body"] = None
+            if appservice:
+                status, body, extra = self.appservice_answer(query, duplicate, cfg)
+            else:
+                status, body, extra = self.token_answer(query, duplicate, cfg)
+        finally:
+            with STATE.lock:
+                STATE.in_flight -= 1
         with STATE.lock:
             key = str(status)
             STATE.by_status[key] = STATE.by_status.get(key, 0) + 1
+            entry["status"] = status
+            entry["end"] = time.monotonic()
         self.send(status, body, extra=extra)
+
+    def issue(self, resource, selector, cfg):
+        """A token for (resource, selector): (token, expires_on, now)."""
+        now = int(time.time())
+        with STATE.lock:
+            key = (resource, selector)
+            held = STATE.current.get(key)
+            if cfg["same_token"] and held is not None and held[1] > now:
+                token, expires_on = held
+            else:
+                STATE.serial += 1
+                token = "fake.%d.%s" % (STATE.serial, secrets.token_hex(16))
+                expires_on = now + int(cfg["lifetime"])
+                STATE.current[key] = (token, expires_on)
+                STATE.issued.append(token)
+        return token, expires_on, now
+
+    def appservice_answer(self, query, duplicate, cfg):
+        """App Service (2019-08-01): Returns (status, body, extra headers)."""
+        extra = {}
+        if cfg["retry_after"] is not None:
+            extra["Retry-After"] = str(cfg["retry_after"])
+
+        def error(status, message):
+            return status, json.dumps({"statusCode": status, "message": message,
+                                       "correlationId": "fake-corr-%d" % STATE.requests}), extra
+
+        presented = self.headers.get("X-IDENTITY-HEADER")
+        if presented is None or not secrets.compare_digest(
+                presented.encode(), cfg["identity_header"].encode()):
+            return error(401, "Unauthorized: the X-IDENTITY-HEADER is missing or wrong")
+        if duplicate:
+            return error(400, "Duplicate query parameters")
+        if query.get("api-version") != APPSERVICE_API_VERSION:
+            return error(400, "api-version is missing or not supported")
+        if not query.get("resource"):
+            return error(400, "resource is required")
+        selectors = [s for s in APPSERVICE_SELECTORS if s in query]
+        if len(selectors) > 1:
+            return error(400, "Only one of client_id, principal_id, mi_res_id may be given")
+
+        if cfg["body"] is not None:
+            return cfg["status"], cfg["body"], extra
+        if cfg["status"] != 200:
+            if cfg["error_body"] is not None:
+                return cfg["status"], cfg["error_body"], extra
+            return error(cfg["status"], "fake_imds scripted error %d" % cfg["status"])
+
+        resource = query["resource"]
+        selector = (selectors[0], query[selectors[0]]) if selectors else None
+        token, expires_on, now = self.issue(resource, selector, cfg)
+        doc = {
+            "access_token": token,
+            "expires_on": str(expires_on),
+            "not_before": str(now),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": (query["client_id"] if selector and selector[0] == "client_id"
+                          else "fake-client-id"),
+        }
+        if selector is not None:
+            doc[selector[0]] = selector[1]
+        return 200, json.dumps(doc), extra
 
     def token_answer(self, query, duplicate, cfg):
         """Returns (status, body, extra headers) for one token request."""
@@ -296,18 +431,7 @@ class Handler(BaseHTTPRequestHandler):
 
         resource = query["resource"]
         selector = (selectors[0], query[selectors[0]]) if selectors else None
-        now = int(time.time())
-        with STATE.lock:
-            key = (resource, selector)
-            held = STATE.current.get(key)
-            if cfg["same_token"] and held is not None and held[1] > now:
-                token, expires_on = held
-            else:
-                STATE.serial += 1
-                token = "fake.%d.%s" % (STATE.serial, secrets.token_hex(16))
-                expires_on = now + int(cfg["lifetime"])
-                STATE.current[key] = (token, expires_on)
-                STATE.issued.append(token)
+        token, expires_on, now = self.issue(resource, selector, cfg)
         doc = {
             "access_token": token,
             "refresh_token": "",

@@ -207,3 +207,222 @@ def imds_config(fake, **over):
               f"resource = {over.get('resource', 'api://test-app')}",
               f"prefetch = {over.get('prefetch', 'no')}"]
     return "\n".join(lines) + "\n"
+
+
+# -- Entra ID / OAuth2 sources: a test CA, the fake Entra over TLS, oidc-provider ---------------
+
+FAKE_ENTRA = ROOT / "tests" / "fakes" / "fake_entra.py"
+OIDC_DIR = ROOT / "tests" / "oidc"
+
+
+def remember_secret(secret):
+    """Client secrets, federated assertions, key material: no log line may contain one either."""
+    return remember_token(secret)
+
+
+@pytest.fixture(scope="session")
+def testca(tmp_path_factory):
+    from testca import TestCA
+    return TestCA(tmp_path_factory.mktemp("pki"))
+
+
+class FakeEntra:
+    """tests/fakes/fake_entra.py on an ephemeral loopback port, serving cert/key over TLS."""
+
+    def __init__(self, tmp, cert, key, client_ca=None, name="fake-entra"):
+        import ssl
+        port_file = tmp / f"{name}.port"
+        self.log_path = tmp / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        argv = [sys.executable, str(FAKE_ENTRA), "--port", "0", "--port-file", str(port_file),
+                "--cert", str(cert), "--key", str(key)]
+        if client_ca is not None:
+            argv += ["--client-ca", str(client_ca)]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(),
+                 what="fake Entra to listen")
+        self.port = int(port_file.read_text().strip())
+        self.authority = f"https://127.0.0.1:{self.port}"
+        self.token_url = self.authority + "/token"
+        # the control API is test plumbing on loopback: no verification needed there
+        self._ctx = ssl.create_default_context()
+        self._ctx.check_hostname = False
+        self._ctx.verify_mode = ssl.CERT_NONE
+
+    def entra_url(self, tenant):
+        return f"{self.authority}/{tenant}/oauth2/v2.0/token"
+
+    def _call(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.authority + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=self._ctx))
+        with opener.open(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def configure(self, **behaviour):
+        return self._call("POST", "/_fake/config", behaviour)
+
+    def stats(self):
+        return self._call("GET", "/_fake/stats")
+
+    def reset(self):
+        return self._call("POST", "/_fake/reset", {})
+
+    def logs(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+        text = self.log_path.read_text()
+        for s in SEEN_TOKENS:
+            assert s not in text, "a token or secret appeared in the fake's log"
+
+
+@pytest.fixture
+def fake_entra(tmp_path, testca):
+    """The fake Entra with the CA-signed server certificate; asks for client certificates."""
+    f = FakeEntra(tmp_path, testca.server.cert, testca.server.key, client_ca=testca.ca.cert)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def untrusted_entra(tmp_path, testca):
+    """The fake Entra serving a self-signed certificate nobody vouches for."""
+    f = FakeEntra(tmp_path, testca.untrusted.cert, testca.untrusted.key, name="untrusted")
+    yield f
+    f.stop()
+
+
+def secret_file(tmp, name, content):
+    """A secret file as bearerd accepts it: 0600, owned by us."""
+    p = tmp / name
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chmod(p, 0o600)
+    return p
+
+
+def identity_config(identity, audiences, ca_file=None, **glob):
+    """A config with one identity (a dict of keys) named 'app' and audiences {name: resource}."""
+    g = {"min_validity": 300, "refresh_margin": 900, "log_level": "debug"}
+    g.update(glob)
+    lines = ["[bearerd]", "socket = @SOCKET@"] + [f"{k} = {v}" for k, v in g.items()]
+    if ca_file is not None:
+        lines.append(f"ca_file = {ca_file}")
+    lines += ["", '[identity "app"]'] + [f"{k} = {v}" for k, v in identity.items()]
+    for name, resource in audiences.items():
+        lines += ["", f'[audience "{name}"]', "identity = app", f"resource = {resource}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- azure-appservice (added for test_sources_azure.py) ---------------------
+
+APPSERVICE_SECRET = "fake-identity-header"
+
+
+def appservice_secret_file(tmp, secret=APPSERVICE_SECRET):
+    """The App Service identity header in a 0600 file, as identity_header_file wants it."""
+    path = tmp / "identity-header"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path
+
+
+def appservice_config(fake, secret_file=None, selector=None, **over):
+    """A config with one azure-appservice identity aimed at the fake's /msi/token and
+    audience 'api'.  Without secret_file the endpoint and the header come from the
+    environment (IDENTITY_ENDPOINT, IDENTITY_HEADER) as on App Service itself."""
+    g = {"min_validity": 300, "refresh_margin": 900, "log_level": "debug"}
+    g.update({k: v for k, v in over.items() if k in g or k in ("wait_timeout", "idle_timeout",
+                                                                 "max_entries")})
+    lines = ["[bearerd]", "socket = @SOCKET@"] + [f"{k} = {v}" for k, v in g.items()]
+    lines += ["", '[identity "app"]', "source = azure-appservice", "dynamic_resources = yes"]
+    if secret_file is not None:
+        lines += [f"endpoint = {fake.base}/msi/token", f"identity_header_file = {secret_file}"]
+    if selector is not None:
+        lines.append(f"{selector[0]} = {selector[1]}")
+    lines += ["", '[audience "api"]', "identity = app",
+              f"resource = {over.get('resource', 'api://test-app')}",
+              f"prefetch = {over.get('prefetch', 'no')}"]
+    return "\n".join(lines) + "\n"
+
+
+class OIDCProvider:
+    """tests/oidc/server.mjs: oidc-provider from npm on loopback, over TLS with the test CA."""
+
+    RESOURCE = "https://api.example.test"
+
+    def __init__(self, tmp, testca, tls=True):
+        import secrets as _secrets
+        if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise AssertionError("tests/oidc/node_modules is missing: run "
+                                 "npm ci --prefix tests/oidc (scripts/check does)")
+        self.secret_basic = remember_secret("b a+s/i:c%" + _secrets.token_urlsafe(16))
+        self.secret_post = remember_secret("p=o&s t" + _secrets.token_urlsafe(16))
+        self.kid = "bearerd-test-key"
+        self.log_path = tmp / "oidc.log"
+        self.log = open(self.log_path, "w")
+        env = dict(os.environ)
+        env.pop("OIDC_TLS_CERT", None)
+        if tls:
+            env.update(OIDC_TLS_CERT=str(testca.server.cert),
+                       OIDC_TLS_KEY=str(testca.server.key))
+        env.update(OIDC_CLIENT_CERT=str(testca.clients["rsa-pkcs8"].cert),
+                   OIDC_CLIENT_CERT_EC=str(testca.clients["ec"].cert),
+                   OIDC_CLIENT_KID=self.kid, OIDC_SECRET_BASIC=self.secret_basic,
+                   OIDC_SECRET_POST=self.secret_post, OIDC_RESOURCES=self.RESOURCE)
+        self.proc = subprocess.Popen(["node", str(OIDC_DIR / "server.mjs"), "0"],
+                                     stdout=subprocess.PIPE, stderr=self.log, env=env, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            self.stop()
+            raise AssertionError(f"oidc-provider did not start:\n{self.log_path.read_text()}")
+        self.issuer = line.split()[1]
+        self.token_url = self.issuer + "/token"
+        self.ca = testca.ca.cert
+
+    def jwks(self):
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
+        with opener.open(self.issuer + "/jwks", timeout=10) as r:
+            return json.loads(r.read())
+
+    def logs(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def oidc(tmp_path_factory, testca):
+    p = OIDCProvider(tmp_path_factory.mktemp("oidc"), testca)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def oidc_http(tmp_path, testca):
+    """The same oidc-provider over plain HTTP: bearerd allows that to loopback only."""
+    p = OIDCProvider(tmp_path, testca, tls=False)
+    yield p
+    p.stop()

@@ -9,9 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "config.h"
 #include "log.h"
@@ -259,12 +263,11 @@ static void
 test_unknown_key_and_section(void **state)
 {
 	expect_errors(IMDS "colour = red\n[audience \"a\"]\nidentity = vm\nresource = r\nx = 1\n"
-			   "[bearerd]\nsockett = /x\n[proxy]\nlisten = 127.0.0.1:3128\n[Bearerd]\n",
+			   "[bearerd]\nsockett = /x\n[Bearerd]\n",
 		      "t.conf:3: unknown key 'colour' in [identity \"vm\"]\n"
 		      "t.conf:7: unknown key 'x' in [audience \"a\"]\n"
 		      "t.conf:9: unknown key 'sockett' in [bearerd]\n"
-		      "t.conf:10: section [proxy] is not supported by this build yet\n"
-		      "t.conf:12: unknown section [Bearerd]\n");
+		      "t.conf:10: unknown section [Bearerd]\n");
 	/* keys are case-sensitive too */
 	expect_errors(IMDS "Source = dev\n",
 		      "t.conf:3: unknown key 'Source' in [identity \"vm\"]\n");
@@ -445,34 +448,29 @@ test_source_keys(void **state)
 	expect_errors("[identity \"d\"]\nroles = x\n",
 		      "t.conf:1: identity 'd': missing required key 'source'\n");
 	expect_errors("[identity \"d\"]\nsource = DEV\n",
-		      "t.conf:2: source: unknown source 'DEV' (expected dev or azure-imds)\n");
+		      "t.conf:2: source: unknown source 'DEV' (expected dev, azure-imds, "
+		      "azure-appservice, entra-secret, entra-certificate, entra-federated or "
+		      "oauth2)\n");
 	expect_errors("[identity \"d\"]\nsource =\n",
-		      "t.conf:2: source: unknown source '' (expected dev or azure-imds)\n");
+		      "t.conf:2: source: unknown source '' (expected dev, azure-imds, "
+		      "azure-appservice, entra-secret, entra-certificate, entra-federated or "
+		      "oauth2)\n");
 }
 
 static void
-test_unsupported_source(void **state)
+test_unknown_source(void **state)
 {
-	static const char *const sources[] = {"azure-appservice", "entra-secret",
-					      "entra-certificate", "entra-federated", "oauth2"};
-
-	for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++) {
-		char *text = NULL, *want = NULL;
-
-		/* the keys of that source are not piled on as unknown keys */
-		assert_true(asprintf(&text,
-				     IMDS "[identity \"e\"]\ntenant = t\nsource = %s\n"
-					  "client_secret_file = /x\n",
-				     sources[i]) > 0);
-		assert_true(asprintf(&want,
-				     "t.conf:5: source %s is not supported by this build yet\n",
-				     sources[i]) > 0);
-		expect_errors(text, want);
-		free(text);
-		free(want);
-	}
-	/* but they are when the source is a supported one */
-	expect_errors(IMDS "tenant = t\n", "t.conf:3: unknown key 'tenant' in [identity \"vm\"]\n");
+	/* the keys of an unknown source are not piled on as unknown keys */
+	expect_errors(IMDS "[identity \"e\"]\ntenant = t\nsource = entra-magic\n"
+			   "client_secret_file = /x\n",
+		      "t.conf:5: source: unknown source 'entra-magic' (expected dev, azure-imds, "
+		      "azure-appservice, entra-secret, entra-certificate, entra-federated or "
+		      "oauth2)\n");
+	/* but they are when the source is a known one */
+	expect_errors(IMDS "tenant = t\n",
+		      "t.conf:3: key 'tenant' does not apply to source azure-imds\n");
+	expect_errors(IMDS "tenancy = t\n",
+		      "t.conf:3: unknown key 'tenancy' in [identity \"vm\"]\n");
 }
 
 static void
@@ -949,6 +947,672 @@ test_compat(void **state)
 		      "t.conf:8: section [compat] takes no name\n");
 }
 
+/* [bearerd] bounds on callers: defaults, values, ranges. */
+static void
+test_limits(void **state)
+{
+	struct config *c = expect_ok(IMDS);
+
+	assert_int_equal(c->max_connections, 1024);
+	assert_int_equal(c->max_connections_per_uid, 0);
+	assert_int_equal(c->header_timeout, 10);
+	assert_int_equal(c->keepalive_timeout, 60);
+	assert_null(c->ca_file);
+	config_free(c);
+	c = expect_ok("[bearerd]\nmax_connections = 100000\nmax_connections_per_uid = 8\n"
+		      "header_timeout = 300\nkeepalive_timeout = 1\n" IMDS);
+	assert_int_equal(c->max_connections, 100000);
+	assert_int_equal(c->max_connections_per_uid, 8);
+	assert_int_equal(c->header_timeout, 300);
+	assert_int_equal(c->keepalive_timeout, 1);
+	config_free(c);
+	expect_errors("[bearerd]\nmax_connections = 0\nmax_connections_per_uid = 100001\n"
+		      "header_timeout = 0\nkeepalive_timeout = 3601\nmax_connections = 5\n" IMDS,
+		      "t.conf:2: max_connections: 0 is out of range (1..100000)\n"
+		      "t.conf:3: max_connections_per_uid: 100001 is out of range (0..100000)\n"
+		      "t.conf:4: header_timeout: 0 is out of range (1..300)\n"
+		      "t.conf:5: keepalive_timeout: 3601 is out of range (1..3600)\n"
+		      "t.conf:6: duplicate key 'max_connections' (first set on line 2)\n");
+}
+
+/* Files for the identity tests, in a private directory. */
+struct files {
+	char dir[64];
+	char *secret;	/* 0600 */
+	char *group;	/* 0640: group-readable is fine */
+	char *world;	/* 0644: refused for secrets */
+	char *writable; /* 0602 */
+	char *cert;	/* 0644, not a secret */
+	char *missing;	/* does not exist */
+	/* real keys and certificates for the client assertion sources */
+	char *ec_key, *ec_cert, *rsa_key, *rsa_cert, *enc_key;
+};
+
+static char *
+write_pem(const char *dir, const char *name, EVP_PKEY *k, X509 *c, bool encrypt)
+{
+	char *path = NULL;
+	FILE *f;
+
+	assert_true(asprintf(&path, "%s/%s", dir, name) > 0);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	if (c != NULL)
+		assert_int_equal(PEM_write_X509(f, c), 1);
+	else
+		assert_int_equal(PEM_write_PrivateKey(f, k, encrypt ? EVP_aes_128_cbc() : NULL,
+						      (unsigned char *)"pw", encrypt ? 2 : 0, NULL,
+						      NULL),
+				 1);
+	fclose(f);
+	assert_int_equal(chmod(path, c != NULL ? 0644 : 0600), 0);
+	return path;
+}
+
+static X509 *
+self_signed(EVP_PKEY *k)
+{
+	X509 *c = X509_new();
+
+	assert_non_null(c);
+	ASN1_INTEGER_set(X509_get_serialNumber(c), 1);
+	X509_gmtime_adj(X509_getm_notBefore(c), 0);
+	X509_gmtime_adj(X509_getm_notAfter(c), 3600);
+	X509_set_pubkey(c, k);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC,
+				   (unsigned char *)"t", -1, -1, 0);
+	X509_set_issuer_name(c, X509_get_subject_name(c));
+	assert_true(X509_sign(c, k, EVP_sha256()) > 0);
+	return c;
+}
+
+static void
+make_keys(struct files *fs)
+{
+	static EVP_PKEY *ec, *rsa; /* generated once: RSA takes a while */
+	X509 *c;
+
+	if (ec == NULL) {
+		ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+		rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+		assert_non_null(ec);
+		assert_non_null(rsa);
+	}
+	fs->ec_key = write_pem(fs->dir, "ec.key", ec, NULL, false);
+	fs->rsa_key = write_pem(fs->dir, "rsa.key", rsa, NULL, false);
+	fs->enc_key = write_pem(fs->dir, "enc.key", rsa, NULL, true);
+	c = self_signed(ec);
+	fs->ec_cert = write_pem(fs->dir, "ec.crt", NULL, c, false);
+	X509_free(c);
+	c = self_signed(rsa);
+	fs->rsa_cert = write_pem(fs->dir, "rsa.crt", NULL, c, false);
+	X509_free(c);
+}
+
+static char *
+mkfile(const char *dir, const char *name, mode_t mode)
+{
+	char *path = NULL;
+	FILE *f;
+
+	assert_true(asprintf(&path, "%s/%s", dir, name) > 0);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs("s3cret\n", f);
+	fclose(f);
+	assert_int_equal(chmod(path, mode), 0);
+	return path;
+}
+
+static void
+files_make(struct files *fs)
+{
+	static const char *const vars[] = {
+	    "AZURE_CLIENT_ID",	     "AZURE_TENANT_ID",	  "AZURE_FEDERATED_TOKEN_FILE",
+	    "AZURE_AUTHORITY_HOST",  "IDENTITY_ENDPOINT", "IDENTITY_HEADER",
+	    "CREDENTIALS_DIRECTORY",
+	};
+
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		unsetenv(vars[i]);
+	snprintf(fs->dir, sizeof(fs->dir), "/tmp/test-config.XXXXXX");
+	assert_non_null(mkdtemp(fs->dir));
+	fs->secret = mkfile(fs->dir, "secret", 0600);
+	fs->group = mkfile(fs->dir, "group", 0640);
+	fs->world = mkfile(fs->dir, "world", 0644);
+	fs->writable = mkfile(fs->dir, "writable", 0602);
+	fs->cert = mkfile(fs->dir, "cert.pem", 0644);
+	assert_true(asprintf(&fs->missing, "%s/missing", fs->dir) > 0);
+	make_keys(fs);
+}
+
+static void
+files_remove(struct files *fs)
+{
+	char *paths[] = {fs->secret, fs->group,	  fs->world,   fs->writable, fs->cert,
+			 fs->ec_key, fs->ec_cert, fs->rsa_key, fs->rsa_cert, fs->enc_key};
+
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		assert_int_equal(unlink(paths[i]), 0);
+		free(paths[i]);
+	}
+	free(fs->missing);
+	assert_int_equal(rmdir(fs->dir), 0);
+}
+
+/* printf into a new string, for configs and messages that name temporary files */
+static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+
+static char *
+fmt(const char *f, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	va_start(ap, f);
+	assert_true(vasprintf(&s, f, ap) >= 0);
+	va_end(ap);
+	return s;
+}
+
+static void
+expect_errors_free(char *text, char *expected)
+{
+	expect_errors(text, expected);
+	free(text);
+	free(expected);
+}
+
+static struct config *
+expect_ok_free(char *text)
+{
+	struct config *c = expect_ok(text);
+
+	free(text);
+	return c;
+}
+
+#define ENTRA_SECRET "[identity \"e\"]\nsource = entra-secret\n"
+
+static void
+test_entra_secret(void **state)
+{
+	struct files fs;
+	struct config *c;
+	const struct config_identity *id;
+
+	files_make(&fs);
+	c = expect_ok_free(fmt(ENTRA_SECRET "tenant = contoso.onmicrosoft.com\nclient_id = app\n"
+					    "client_secret_file = %s\n",
+			       fs.group));
+	id = &c->identities[0];
+	assert_int_equal(id->source, CONFIG_SOURCE_ENTRA_SECRET);
+	assert_string_equal(id->authority, "https://login.microsoftonline.com");
+	assert_string_equal(id->tenant, "contoso.onmicrosoft.com");
+	assert_string_equal(id->client_id, "app");
+	assert_string_equal(id->client_secret_file, fs.group);
+	assert_int_equal(id->timeout, 10);
+	assert_null(id->ca_file);
+	config_free(c);
+
+	/* trailing slashes go; loopback http is fine; every upstream source takes timeout */
+	c = expect_ok_free(fmt(ENTRA_SECRET "authority = http://127.0.0.1:8443//\ntenant = t\n"
+					    "client_id = a\nclient_secret_file = %s\ntimeout = 3\n"
+					    "ca_file = %s\n",
+			       fs.secret, fs.cert));
+	assert_string_equal(c->identities[0].authority, "http://127.0.0.1:8443");
+	assert_int_equal(c->identities[0].timeout, 3);
+	assert_string_equal(c->identities[0].ca_file, fs.cert);
+	config_free(c);
+	c = expect_ok_free(fmt(ENTRA_SECRET "authority = http://[::1]:99/x\ntenant = t\n"
+					    "client_id = a\nclient_secret_file = %s\n",
+			       fs.secret));
+	assert_string_equal(c->identities[0].authority, "http://[::1]:99/x");
+	config_free(c);
+
+	expect_errors(ENTRA_SECRET "token_url = https://x\nissuer = me\n",
+		      "t.conf:1: identity 'e': missing required key 'tenant'\n"
+		      "t.conf:1: identity 'e': missing required key 'client_id'\n"
+		      "t.conf:1: identity 'e': missing required key 'client_secret_file'\n"
+		      "t.conf:3: key 'token_url' does not apply to source entra-secret\n"
+		      "t.conf:4: key 'issuer' does not apply to source entra-secret\n");
+	expect_errors_free(
+	    fmt(ENTRA_SECRET "authority = http://login.test\ntenant = a/b\nclient_id = a\n"
+			     "client_secret_file = %s\n[identity \"f\"]\nsource = entra-secret\n"
+			     "authority = ftp://x\ntenant = t\nclient_id = a\n"
+			     "client_secret_file = %s\n[identity \"g\"]\nsource = entra-secret\n"
+			     "authority = https://u:p@x\ntenant = t\nclient_id = a\n"
+			     "client_secret_file = %s\n",
+		fs.secret, fs.secret, fs.secret),
+	    fmt("t.conf:3: authority: plain http:// is allowed only to a loopback host (127.0.0.1, "
+		"[::1], localhost), got 'http://login.test'\n"
+		"t.conf:4: tenant: expected a tenant id or domain (A-Z a-z 0-9 . _ -), got 'a/b'\n"
+		"t.conf:9: authority: expected an https:// URL, got 'ftp://x'\n"
+		"t.conf:15: authority: user or password in the URL: put secrets in files, got "
+		"'https://u:p@x'\n"));
+	files_remove(&fs);
+}
+
+/* The rule for secret files: owner, mode, existence, $CREDENTIALS_DIRECTORY. */
+static void
+test_secret_files(void **state)
+{
+	struct files fs;
+	struct config *c;
+	char *want;
+
+	files_make(&fs);
+	expect_errors_free(
+	    fmt(ENTRA_SECRET "tenant = t\nclient_id = a\nclient_secret_file = %s\n", fs.world),
+	    fmt("t.conf:5: client_secret_file: '%s' is readable by other users (mode 0644): "
+		"chmod o-rwx it\n",
+		fs.world));
+	expect_errors_free(
+	    fmt(ENTRA_SECRET "tenant = t\nclient_id = a\nclient_secret_file = %s\n", fs.writable),
+	    fmt("t.conf:5: client_secret_file: '%s' is writable by other users (mode 0602): "
+		"chmod o-rwx it\n",
+		fs.writable));
+	expect_errors_free(
+	    fmt(ENTRA_SECRET "tenant = t\nclient_id = a\nclient_secret_file = %s\n", fs.missing),
+	    fmt("t.conf:5: client_secret_file: cannot read '%s': No such file or directory\n",
+		fs.missing));
+	expect_errors_free(
+	    fmt(ENTRA_SECRET "tenant = t\nclient_id = a\nclient_secret_file = %s\n", fs.dir),
+	    fmt("t.conf:5: client_secret_file: '%s' is not a regular file\n", fs.dir));
+	expect_errors(ENTRA_SECRET "tenant = t\nclient_id = a\nclient_secret_file = secret\n",
+		      "t.conf:5: client_secret_file: expected an absolute path, got 'secret'\n");
+	expect_errors(ENTRA_SECRET "tenant = t\nclient_id = a\n"
+				   "client_secret_file = $CREDENTIALS_DIRECTORY/secret\n",
+		      "t.conf:5: client_secret_file: '$CREDENTIALS_DIRECTORY/secret' uses "
+		      "$CREDENTIALS_DIRECTORY, which is not set (systemd sets it for "
+		      "LoadCredential=)\n");
+
+	/* LoadCredential=: the directory comes from the environment */
+	setenv("CREDENTIALS_DIRECTORY", fs.dir, 1);
+	c = expect_ok(ENTRA_SECRET "tenant = t\nclient_id = a\n"
+				   "client_secret_file = $CREDENTIALS_DIRECTORY/secret\n");
+	assert_string_equal(c->identities[0].client_secret_file, fs.secret);
+	config_free(c);
+	c = expect_ok(ENTRA_SECRET "tenant = t\nclient_id = a\n"
+				   "client_secret_file = ${CREDENTIALS_DIRECTORY}/group\n");
+	assert_string_equal(c->identities[0].client_secret_file, fs.group);
+	config_free(c);
+	/* only the whole variable name at the start is expanded */
+	expect_errors(ENTRA_SECRET "tenant = t\nclient_id = a\n"
+				   "client_secret_file = $CREDENTIALS_DIRECTORYX/secret\n",
+		      "t.conf:5: client_secret_file: expected an absolute path, got "
+		      "'$CREDENTIALS_DIRECTORYX/secret'\n");
+	unsetenv("CREDENTIALS_DIRECTORY");
+
+	/* a file some other user owns (root can make one) */
+	if (geteuid() == 0) {
+		assert_int_equal(chown(fs.secret, 12345, 0), 0);
+		want = fmt("t.conf:5: client_secret_file: '%s' is owned by uid 12345, not by "
+			   "bearerd's user (uid 0) or root\n",
+			   fs.secret);
+		expect_errors_free(fmt(ENTRA_SECRET "tenant = t\nclient_id = a\n"
+						    "client_secret_file = %s\n",
+				       fs.secret),
+				   want);
+		assert_int_equal(chown(fs.secret, 0, 0), 0);
+	}
+	files_remove(&fs);
+}
+
+static void
+test_entra_certificate(void **state)
+{
+	struct files fs;
+	struct config *c;
+	const struct config_identity *id;
+
+	files_make(&fs);
+	c = expect_ok_free(fmt("[identity \"c\"]\nsource = entra-certificate\ntenant = t\n"
+			       "client_id = a\ncertificate_file = %s\nprivate_key_file = %s\n",
+			       fs.ec_cert, fs.ec_key));
+	id = &c->identities[0];
+	assert_int_equal(id->assertion_alg, CONFIG_ALG_DEFAULT);
+	assert_false(id->send_x5c);
+	assert_string_equal(id->certificate_file, fs.ec_cert);
+	assert_string_equal(id->private_key_file, fs.ec_key);
+	config_free(c);
+	c = expect_ok_free(fmt("[identity \"c\"]\nsource = entra-certificate\ntenant = t\n"
+			       "client_id = a\ncertificate_file = %s\nprivate_key_file = %s\n"
+			       "assertion_alg = RS256\nsend_x5c = yes\n",
+			       fs.rsa_cert, fs.rsa_key));
+	assert_int_equal(c->identities[0].assertion_alg, CONFIG_ALG_RS256);
+	assert_true(c->identities[0].send_x5c);
+	config_free(c);
+
+	expect_errors("[identity \"c\"]\nsource = entra-certificate\ntenant = t\nclient_id = a\n"
+		      "assertion_alg = HS256\nclient_secret_file = /x\nkey_id = k\n",
+		      "t.conf:1: identity 'c': missing required key 'certificate_file'\n"
+		      "t.conf:1: identity 'c': missing required key 'private_key_file'\n"
+		      "t.conf:5: assertion_alg: expected PS256, RS256 or ES256, got 'HS256'\n"
+		      "t.conf:6: key 'client_secret_file' does not apply to source "
+		      "entra-certificate\n"
+		      "t.conf:7: key 'key_id' does not apply to source entra-certificate\n");
+	expect_errors_free(
+	    fmt("[identity \"c\"]\nsource = entra-certificate\ntenant = t\nclient_id = a\n"
+		"certificate_file = %s\nprivate_key_file = %s\n",
+		fs.missing, fs.world),
+	    fmt("t.conf:5: certificate_file: cannot read '%s': No such file or directory\n"
+		"t.conf:6: private_key_file: '%s' is readable by other users (mode 0644): chmod "
+		"o-rwx it\n",
+		fs.missing, fs.world));
+	/* the key is loaded as the source will load it: its problems have a FILE:LINE */
+	expect_errors_free(
+	    fmt("[identity \"c\"]\nsource = entra-certificate\ntenant = t\nclient_id = a\n"
+		"certificate_file = %s\nprivate_key_file = %s\n[identity \"d\"]\n"
+		"source = entra-certificate\ntenant = t\nclient_id = a\ncertificate_file = %s\n"
+		"private_key_file = %s\n[identity \"e\"]\nsource = entra-certificate\n"
+		"tenant = t\nclient_id = a\ncertificate_file = %s\nprivate_key_file = %s\n"
+		"assertion_alg = PS256\n[identity \"f\"]\nsource = entra-certificate\n"
+		"tenant = t\nclient_id = a\ncertificate_file = %s\nprivate_key_file = %s\n",
+		fs.rsa_cert, fs.ec_key, fs.rsa_cert, fs.enc_key, fs.ec_cert, fs.ec_key, fs.secret,
+		fs.rsa_key),
+	    fmt("t.conf:6: private_key_file: the private key does not match the certificate "
+		"'%s'\n"
+		"t.conf:12: private_key_file: '%s' is an encrypted key: bearerd needs it "
+		"unencrypted (protect the file instead)\n"
+		"t.conf:18: private_key_file: '%s': assertion_alg PS256 needs an RSA key\n"
+		"t.conf:24: certificate_file: '%s' holds no PEM certificate\n",
+		fs.rsa_cert, fs.enc_key, fs.ec_key, fs.secret));
+	files_remove(&fs);
+}
+
+static void
+test_entra_federated(void **state)
+{
+	struct files fs;
+	struct config *c;
+	const struct config_identity *id;
+
+	files_make(&fs);
+	expect_errors("[identity \"w\"]\nsource = entra-federated\n",
+		      "t.conf:1: identity 'w': missing required key 'tenant' (and "
+		      "$AZURE_TENANT_ID is not set)\n"
+		      "t.conf:1: identity 'w': missing required key 'client_id' (and "
+		      "$AZURE_CLIENT_ID is not set)\n"
+		      "t.conf:1: identity 'w': missing required key 'federated_token_file' (and "
+		      "$AZURE_FEDERATED_TOKEN_FILE is not set)\n");
+
+	/* AKS workload identity: the webhook's variables are the defaults */
+	setenv("AZURE_TENANT_ID", "tenant-1", 1);
+	setenv("AZURE_CLIENT_ID", "client-1", 1);
+	setenv("AZURE_FEDERATED_TOKEN_FILE", fs.world, 1); /* projected 0644: allowed */
+	setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/", 1);
+	c = expect_ok("[identity \"w\"]\nsource = entra-federated\n");
+	id = &c->identities[0];
+	assert_string_equal(id->tenant, "tenant-1");
+	assert_string_equal(id->client_id, "client-1");
+	assert_string_equal(id->federated_token_file, fs.world);
+	assert_string_equal(id->authority, "https://login.microsoftonline.us");
+	config_free(c);
+	/* keys win over the environment */
+	c = expect_ok_free(fmt("[identity \"w\"]\nsource = entra-federated\ntenant = t2\n"
+			       "client_id = c2\nauthority = https://a.test\n"
+			       "federated_token_file = %s\n",
+			       fs.secret));
+	id = &c->identities[0];
+	assert_string_equal(id->tenant, "t2");
+	assert_string_equal(id->client_id, "c2");
+	assert_string_equal(id->authority, "https://a.test");
+	assert_string_equal(id->federated_token_file, fs.secret);
+	config_free(c);
+	/* entra-secret does not read the workload identity variables */
+	expect_errors("[identity \"s\"]\nsource = entra-secret\nclient_secret_file = /x\n",
+		      "t.conf:1: identity 's': missing required key 'tenant'\n"
+		      "t.conf:1: identity 's': missing required key 'client_id'\n"
+		      "t.conf:3: client_secret_file: cannot read '/x': No such file or "
+		      "directory\n");
+
+	/* bad values from the environment are reported on the header line */
+	setenv("AZURE_AUTHORITY_HOST", "http://login.test", 1);
+	setenv("AZURE_TENANT_ID", "a b", 1);
+	setenv("AZURE_FEDERATED_TOKEN_FILE", fs.writable, 1);
+	expect_errors_free(
+	    strdup("[identity \"w\"]\nsource = entra-federated\n"),
+	    fmt("t.conf:1: identity 'w': $AZURE_AUTHORITY_HOST (default for authority): plain "
+		"http:// is allowed only to a loopback host (127.0.0.1, [::1], localhost), got "
+		"'http://login.test'\n"
+		"t.conf:1: identity 'w': $AZURE_TENANT_ID (default for tenant): must not contain "
+		"blanks, got 'a b'\n"
+		"t.conf:1: identity 'w': missing required key 'tenant' (and $AZURE_TENANT_ID is "
+		"not "
+		"set)\n"
+		"t.conf:1: federated_token_file: '%s' is writable by other users (mode 0602): "
+		"chmod o-rwx it\n",
+		fs.writable));
+	files_remove(&fs);
+}
+
+#define OAUTH2 "[identity \"o\"]\nsource = oauth2\ntoken_url = https://idp.test/token\n"
+
+static void
+test_oauth2(void **state)
+{
+	struct files fs;
+	struct config *c;
+	const struct config_identity *id;
+
+	files_make(&fs);
+	c = expect_ok_free(fmt(OAUTH2 "client_id = a\nclient_secret_file = %s\n", fs.secret));
+	id = &c->identities[0];
+	assert_int_equal(id->source, CONFIG_SOURCE_OAUTH2);
+	assert_string_equal(id->token_url, "https://idp.test/token");
+	assert_int_equal(id->auth_method, CONFIG_AUTH_SECRET_BASIC);
+	assert_int_equal(id->audience_param, CONFIG_AUD_SCOPE);
+	assert_null(id->scopes);
+	assert_null(id->extra_params);
+	assert_null(id->tls_certificate_file);
+	config_free(c);
+
+	c = expect_ok_free(
+	    fmt("[identity \"o\"]\nsource = oauth2\n"
+		"token_url = http://localhost:8080/realms/x/token?a=b\n"
+		"client_id = a\nauth_method = private_key_jwt\nprivate_key_file = %s\n"
+		"certificate_file = %s\nkey_id = k1\nassertion_alg = ES256\n"
+		"audience_param = resource audience\nscope = openid  api.read\n"
+		"extra_params = organization=org_1 x=a=b\n"
+		"tls_certificate_file = %s\ntls_private_key_file = %s\n",
+		fs.ec_key, fs.ec_cert, fs.cert, fs.group));
+	id = &c->identities[0];
+	assert_int_equal(id->auth_method, CONFIG_AUTH_PRIVATE_KEY_JWT);
+	assert_string_equal(id->key_id, "k1");
+	assert_int_equal(id->assertion_alg, CONFIG_ALG_ES256);
+	assert_int_equal(id->audience_param, CONFIG_AUD_RESOURCE | CONFIG_AUD_AUDIENCE);
+	assert_string_equal(id->scopes[0], "openid");
+	assert_string_equal(id->scopes[1], "api.read");
+	assert_null(id->scopes[2]);
+	assert_string_equal(id->extra_params[0], "organization=org_1");
+	assert_string_equal(id->extra_params[1], "x=a=b");
+	assert_null(id->extra_params[2]);
+	assert_string_equal(id->tls_certificate_file, fs.cert);
+	assert_string_equal(id->tls_private_key_file, fs.group);
+	config_free(c);
+	c = expect_ok_free(fmt(OAUTH2 "client_id = a\nclient_secret_file = %s\n"
+				      "auth_method = client_secret_post\n",
+			       fs.secret));
+	assert_int_equal(c->identities[0].auth_method, CONFIG_AUTH_SECRET_POST);
+	config_free(c);
+
+	expect_errors("[identity \"o\"]\nsource = oauth2\ntenant = t\n",
+		      "t.conf:1: identity 'o': missing required key 'token_url'\n"
+		      "t.conf:1: identity 'o': missing required key 'client_id'\n"
+		      "t.conf:1: identity 'o': missing required key 'client_secret_file'\n"
+		      "t.conf:3: key 'tenant' does not apply to source oauth2\n");
+	expect_errors(
+	    "[identity \"o\"]\nsource = oauth2\nauth_method = private_key_jwt\n"
+	    "token_url = http://10.0.0.1/token\nclient_id = a\nclient_secret_file = /x\n",
+	    "t.conf:1: identity 'o': missing required key 'private_key_file'\n"
+	    "t.conf:4: token_url: plain http:// is allowed only to a loopback host "
+	    "(127.0.0.1, [::1], localhost), got 'http://10.0.0.1/token'\n"
+	    "t.conf:6: client_secret_file: not used with auth_method = private_key_jwt\n");
+	expect_errors_free(
+	    fmt(OAUTH2 "client_id = a\nclient_secret_file = %s\nkey_id = k\nassertion_alg = RS256\n"
+		       "auth_method = client_secret\ntls_certificate_file = %s\n",
+		fs.secret, fs.cert),
+	    strdup("t.conf:6: key_id: used only with auth_method = private_key_jwt\n"
+		   "t.conf:7: assertion_alg: used only with auth_method = private_key_jwt\n"
+		   "t.conf:8: auth_method: expected client_secret_basic, client_secret_post or "
+		   "private_key_jwt, got 'client_secret'\n"
+		   "t.conf:9: tls_certificate_file: mTLS needs both tls_certificate_file and "
+		   "tls_private_key_file\n"));
+	expect_errors_free(
+	    fmt(OAUTH2
+		"client_id = a\nclient_secret_file = %s\naudience_param = scope scope\n"
+		"scope =\nextra_params = grant_type=x a=1 a=2 novalue =v client_assertion=1\n"
+		"[identity \"p\"]\nsource = oauth2\ntoken_url = https://x\nclient_id = a\n"
+		"client_secret_file = %s\naudience_param = aud\nextra_params =\n",
+		fs.secret, fs.secret),
+	    strdup("t.conf:6: audience_param: 'scope' given twice\n"
+		   "t.conf:7: scope: empty value\n"
+		   "t.conf:8: extra_params: bearerd sets 'grant_type' itself\n"
+		   "t.conf:8: extra_params: 'a' given twice\n"
+		   "t.conf:8: extra_params: expected name=value, got 'novalue'\n"
+		   "t.conf:8: extra_params: expected name=value, got '=v'\n"
+		   "t.conf:8: extra_params: bearerd sets 'client_assertion' itself\n"
+		   "t.conf:14: audience_param: expected scope, resource or audience, got 'aud'\n"
+		   "t.conf:15: extra_params: empty value\n"));
+	files_remove(&fs);
+}
+
+#define APPSERVICE "[identity \"a\"]\nsource = azure-appservice\n"
+
+static void
+test_appservice(void **state)
+{
+	struct files fs;
+	struct config *c;
+	const struct config_identity *id;
+
+	files_make(&fs);
+	expect_errors(APPSERVICE,
+		      "t.conf:1: identity 'a': missing required key 'endpoint' (and "
+		      "$IDENTITY_ENDPOINT is not set)\n"
+		      "t.conf:1: identity 'a': set identity_header_file, or IDENTITY_HEADER in "
+		      "bearerd's environment\n");
+	setenv("IDENTITY_ENDPOINT", "http://169.254.255.2:8081/msi/token", 1);
+	setenv("IDENTITY_HEADER", "h", 1);
+	c = expect_ok(APPSERVICE "mi_res_id = /subscriptions/x\n");
+	id = &c->identities[0];
+	assert_string_equal(id->endpoint, "http://169.254.255.2:8081/msi/token");
+	assert_null(id->identity_header_file);
+	assert_string_equal(id->mi_res_id, "/subscriptions/x");
+	assert_int_equal(id->timeout, 10);
+	config_free(c);
+	unsetenv("IDENTITY_HEADER");
+	c = expect_ok_free(fmt(APPSERVICE "endpoint = http://127.0.0.1:1/msi/token\n"
+					  "identity_header_file = %s\nprincipal_id = p\n",
+			       fs.secret));
+	id = &c->identities[0];
+	assert_string_equal(id->endpoint, "http://127.0.0.1:1/msi/token");
+	assert_string_equal(id->identity_header_file, fs.secret);
+	assert_string_equal(id->principal_id, "p");
+	config_free(c);
+	expect_errors_free(fmt(APPSERVICE "identity_header_file = %s\nprincipal_id = p\n"
+					  "client_id = c\nmi_res_id = m\nobject_id = o\n",
+			       fs.world),
+			   fmt("t.conf:3: identity_header_file: '%s' is readable by other users "
+			       "(mode 0644): chmod o-rwx it\n"
+			       "t.conf:5: client_id conflicts with principal_id (line 4): set at "
+			       "most one of client_id, principal_id, mi_res_id\n"
+			       "t.conf:6: mi_res_id conflicts with principal_id (line 4): set at "
+			       "most one of client_id, principal_id, mi_res_id\n"
+			       "t.conf:7: key 'object_id' does not apply to source "
+			       "azure-appservice\n",
+			       fs.world));
+	unsetenv("IDENTITY_ENDPOINT");
+	files_remove(&fs);
+}
+
+/* [bearerd] ca_file: the default trust anchor of every upstream identity. */
+static void
+test_global_ca_file(void **state)
+{
+	struct files fs;
+	struct config *c;
+
+	files_make(&fs);
+	c = expect_ok_free(
+	    fmt("[bearerd]\nca_file = %s\n" IMDS "[identity \"own\"]\n"
+		"source = azure-imds\nca_file = %s\n[identity \"d\"]\nsource = dev\n",
+		fs.cert, fs.secret));
+	assert_string_equal(c->ca_file, fs.cert);
+	assert_string_equal(config_identity_find(c, "vm")->ca_file, fs.cert);
+	assert_string_equal(config_identity_find(c, "own")->ca_file, fs.secret);
+	assert_null(config_identity_find(c, "d")->ca_file);
+	config_free(c);
+	expect_errors_free(
+	    fmt("[bearerd]\nca_file = %s\n" IMDS, fs.missing),
+	    fmt("t.conf:2: ca_file: cannot read '%s': No such file or directory\n", fs.missing));
+	expect_errors_free(
+	    fmt("[identity \"d\"]\nsource = dev\nca_file = %s\ntimeout = 3\n", fs.cert),
+	    strdup("t.conf:3: key 'ca_file' does not apply to source dev\n"
+		   "t.conf:4: key 'timeout' does not apply to source dev\n"));
+	files_remove(&fs);
+}
+
+/* config_identity_equal: every key counts, the line does not. */
+static void
+test_identity_equal(void **state)
+{
+	static const char *const variants[] = {
+	    "client_id = b\n",
+	    "scope = s\n",
+	    "scope = s t\n",
+	    "audience_param = resource\n",
+	    "auth_method = client_secret_post\n",
+	    "extra_params = a=1\n",
+	    "timeout = 11\n",
+	    "dynamic_resources = yes\n",
+	    "token_url = https://idp.test/token2\n",
+	};
+	struct files fs;
+	struct config *a, *b;
+	char *base;
+
+	files_make(&fs);
+	base = fmt("client_secret_file = %s\n", fs.secret);
+	a = expect_ok_free(fmt(OAUTH2 "%sclient_id = a\nscope = s t\n", base));
+	b = expect_ok_free(fmt("\n\n" OAUTH2 "%sclient_id = a\nscope = s t\n", base));
+	assert_int_not_equal(a->identities[0].line, b->identities[0].line);
+	assert_true(config_identity_equal(&a->identities[0], &b->identities[0]));
+	config_free(b);
+	for (size_t i = 0; i < sizeof(variants) / sizeof(variants[0]); i++) {
+		const char *v = variants[i];
+		bool has_scope = strncmp(v, "scope", 5) == 0;
+		bool has_url = strncmp(v, "token_url", 9) == 0;
+		bool has_id = strncmp(v, "client_id", 9) == 0;
+
+		b = expect_ok_free(fmt("[identity \"o\"]\nsource = oauth2\n%s%s%s%s%s", base,
+				       has_url ? "" : "token_url = https://idp.test/token\n",
+				       has_id ? "" : "client_id = a\n",
+				       has_scope ? "" : "scope = s t\n", v));
+		if (strcmp(v, "scope = s t\n") == 0)
+			assert_true(config_identity_equal(&a->identities[0], &b->identities[0]));
+		else
+			assert_false(config_identity_equal(&a->identities[0], &b->identities[0]));
+		config_free(b);
+	}
+	/* another name or source is another identity */
+	b = expect_ok_free(fmt("[identity \"p\"]\nsource = oauth2\n%stoken_url = "
+			       "https://idp.test/token\nclient_id = a\nscope = s t\n",
+			       base));
+	assert_false(config_identity_equal(&a->identities[0], &b->identities[0]));
+	config_free(b);
+	config_free(a);
+	a = expect_ok(IMDS "client_id = x\n");
+	b = expect_ok(IMDS "object_id = x\n");
+	assert_false(config_identity_equal(&a->identities[0], &b->identities[0]));
+	assert_true(config_identity_equal(&a->identities[0], &a->identities[0]));
+	config_free(a);
+	config_free(b);
+	free(base);
+	files_remove(&fs);
+}
+
 int
 main(void)
 {
@@ -963,7 +1627,7 @@ main(void)
 	    cmocka_unit_test(test_bool),
 	    cmocka_unit_test(test_selectors),
 	    cmocka_unit_test(test_source_keys),
-	    cmocka_unit_test(test_unsupported_source),
+	    cmocka_unit_test(test_unknown_source),
 	    cmocka_unit_test(test_audiences),
 	    cmocka_unit_test(test_allow_ids),
 	    cmocka_unit_test(test_section_headers),
@@ -978,6 +1642,15 @@ main(void)
 	    cmocka_unit_test(test_files),
 	    cmocka_unit_test(test_shipped_files),
 	    cmocka_unit_test(test_compat),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_entra_secret),
+	    cmocka_unit_test(test_secret_files),
+	    cmocka_unit_test(test_entra_certificate),
+	    cmocka_unit_test(test_entra_federated),
+	    cmocka_unit_test(test_oauth2),
+	    cmocka_unit_test(test_appservice),
+	    cmocka_unit_test(test_global_ca_file),
+	    cmocka_unit_test(test_identity_equal),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

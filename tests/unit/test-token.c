@@ -360,6 +360,27 @@ test_error_entra(void **state)
 			       &r),
 			 -EINVAL);
 	assert_string_equal(r.message, "bad trace_id=T1 correlation_id=C1");
+
+	/* error_codes: shown unless the description names them already */
+	assert_int_equal(parse("{\"error\":\"invalid_client\",\"error_description\":\"bad\","
+			       "\"error_codes\":[7000215, 50011],\"trace_id\":\"T1\"}",
+			       &r),
+			 -EINVAL);
+	assert_string_equal(r.message, "bad error_codes=7000215,50011 trace_id=T1");
+	assert_int_equal(parse("{\"error\":\"invalid_client\",\"error_description\":"
+			       "\"AADSTS7000215: Invalid client secret provided.\","
+			       "\"error_codes\":[7000215],\"error_uri\":\"x\"}",
+			       &r),
+			 -EINVAL);
+	assert_string_equal(r.message, "AADSTS7000215: Invalid client secret provided.");
+	assert_int_equal(parse("{\"error\":\"e\",\"error_description\":\"d\","
+			       "\"error_codes\":[1,\"x\",{\"a\":[2]},3,4,5,6]}",
+			       &r),
+			 -EINVAL);
+	assert_string_equal(r.message, "d error_codes=1,3"); /* the first 4 elements only */
+	assert_int_equal(
+	    parse("{\"error\":\"e\",\"error_description\":\"d\",\"error_codes\":7}", &r), -EINVAL);
+	assert_string_equal(r.message, "d");
 }
 
 static void

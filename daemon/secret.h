@@ -1,0 +1,42 @@
+/*
+ * Secret files: client secrets, private keys, federated tokens and header
+ * secrets live in files that only bearerd's user (or root) may own and that
+ * other users cannot read.  The config checks them at load time; sources read
+ * them when they need them, checking again on the open file.
+ */
+#ifndef BEARERD_SECRET_H
+#define BEARERD_SECRET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define SECRET_MAX_SIZE (64 * 1024) /* a key, a secret or a projected token is far smaller */
+
+/*
+ * A config value with a leading $CREDENTIALS_DIRECTORY or ${CREDENTIALS_DIRECTORY}
+ * (systemd LoadCredential=) expanded from the environment; other values copied.
+ * -ENOENT when the value names the variable and it is unset or empty.
+ */
+int secret_path_expand(const char *value, char **out);
+
+/*
+ * Checks that path is a regular file owned by our effective uid or root that
+ * other users can neither write nor (unless others_may_read) read.  Group
+ * access is allowed: Kubernetes and systemd credentials are 0440/0640 root:group.
+ * Returns 0, or -errno with a one-line reason in msg (never the content).
+ */
+int secret_check_path(const char *path, bool others_may_read, char *msg, size_t size);
+
+/*
+ * Reads the whole secret file (at most SECRET_MAX_SIZE bytes) into *out,
+ * NUL-terminated, trailing blanks and newlines removed, after the same
+ * checks as secret_check_path on the open file.  -ENODATA when it is empty.
+ * Free with secret_free.
+ */
+int secret_read(const char *path, bool others_may_read, char **out, size_t *len, char *msg,
+		size_t size);
+
+/* Wipes and frees a secret from secret_read; returns NULL. */
+char *secret_free(char *s, size_t len);
+
+#endif

@@ -1,0 +1,183 @@
+/* Unit tests for daemon/secret.c: reading secret files, their bounds and the permission rule. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "secret.h"
+
+static char dir[] = "/tmp/test-secret.XXXXXX";
+
+static char *
+put(const char *name, const void *data, size_t len, mode_t mode)
+{
+	char *p = NULL;
+	FILE *f;
+
+	assert_true(asprintf(&p, "%s/%s", dir, name) > 0);
+	f = fopen(p, "w");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, len, f), len);
+	fclose(f);
+	assert_int_equal(chmod(p, mode), 0);
+	return p;
+}
+
+static int
+read_it(const char *path, bool others, char **out, size_t *len, char *msg)
+{
+	*out = NULL;
+	*len = 0;
+	msg[0] = '\0';
+	return secret_read(path, others, out, len, msg, 256);
+}
+
+static void
+test_read(void **state)
+{
+	char *p = put("s", "value \r\n\n", 9, 0600), *s, msg[256];
+	size_t len;
+
+	/* trailing blanks and newlines go: "echo secret > file" works */
+	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
+	assert_int_equal(len, 5);
+	assert_string_equal(s, "value");
+	secret_free(s, len);
+	assert_null(secret_free(NULL, 0));
+	unlink(p);
+	free(p);
+
+	p = put("g", " a b", 4, 0640); /* leading blanks are part of the secret */
+	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
+	assert_string_equal(s, " a b");
+	secret_free(s, len);
+	unlink(p);
+	free(p);
+}
+
+static void
+test_bounds(void **state)
+{
+	char *big = malloc(SECRET_MAX_SIZE + 1), *p, *s, msg[256];
+	size_t len;
+
+	memset(big, 'x', SECRET_MAX_SIZE + 1);
+	p = put("max", big, SECRET_MAX_SIZE, 0600);
+	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
+	assert_int_equal(len, SECRET_MAX_SIZE);
+	secret_free(s, len);
+	unlink(p);
+	free(p);
+	p = put("over", big, SECRET_MAX_SIZE + 1, 0600);
+	assert_int_equal(read_it(p, false, &s, &len, msg), -EFBIG);
+	assert_null(s);
+	assert_non_null(strstr(msg, "larger than 65536 bytes"));
+	unlink(p);
+	free(p);
+	free(big);
+
+	p = put("empty", "\n", 1, 0600);
+	assert_int_equal(read_it(p, false, &s, &len, msg), -ENODATA);
+	assert_non_null(strstr(msg, "is empty"));
+	unlink(p);
+	free(p);
+	p = put("nul", "a\0b", 3, 0600);
+	assert_int_equal(read_it(p, false, &s, &len, msg), -EINVAL);
+	assert_non_null(strstr(msg, "NUL"));
+	unlink(p);
+	free(p);
+}
+
+static void
+test_permissions(void **state)
+{
+	char *p = put("w", "v", 1, 0644), *s, msg[256];
+	size_t len;
+
+	assert_int_equal(read_it(p, false, &s, &len, msg), -EPERM);
+	assert_non_null(strstr(msg, "readable by other users (mode 0644)"));
+	assert_null(strstr(msg, "v\""));
+	assert_int_equal(secret_check_path(p, false, msg, sizeof(msg)), -EPERM);
+	/* a projected token may be world-readable, never world-writable */
+	assert_int_equal(read_it(p, true, &s, &len, msg), 0);
+	secret_free(s, len);
+	assert_int_equal(secret_check_path(p, true, msg, sizeof(msg)), 0);
+	assert_int_equal(chmod(p, 0666), 0);
+	assert_int_equal(read_it(p, true, &s, &len, msg), -EPERM);
+	assert_non_null(strstr(msg, "writable by other users"));
+	if (geteuid() == 0) {
+		assert_int_equal(chmod(p, 0600), 0);
+		assert_int_equal(chown(p, 4242, 0), 0);
+		assert_int_equal(read_it(p, false, &s, &len, msg), -EPERM);
+		assert_non_null(strstr(msg, "owned by uid 4242"));
+	}
+	unlink(p);
+	assert_int_equal(read_it(p, false, &s, &len, msg), -ENOENT);
+	assert_non_null(strstr(msg, "No such file"));
+	assert_int_equal(secret_check_path(dir, false, msg, sizeof(msg)), -EINVAL);
+	assert_non_null(strstr(msg, "not a regular file"));
+	free(p);
+}
+
+static void
+test_expand(void **state)
+{
+	char *out = NULL;
+
+	unsetenv("CREDENTIALS_DIRECTORY");
+	assert_int_equal(secret_path_expand("/etc/x", &out), 0);
+	assert_string_equal(out, "/etc/x");
+	free(out);
+	assert_int_equal(secret_path_expand("$CREDENTIALS_DIRECTORY/k", &out), -ENOENT);
+	setenv("CREDENTIALS_DIRECTORY", "", 1);
+	assert_int_equal(secret_path_expand("${CREDENTIALS_DIRECTORY}/k", &out), -ENOENT);
+	setenv("CREDENTIALS_DIRECTORY", "/run/credentials/bearerd.service", 1);
+	assert_int_equal(secret_path_expand("${CREDENTIALS_DIRECTORY}/k", &out), 0);
+	assert_string_equal(out, "/run/credentials/bearerd.service/k");
+	free(out);
+	assert_int_equal(secret_path_expand("$CREDENTIALS_DIRECTORY", &out), 0);
+	assert_string_equal(out, "/run/credentials/bearerd.service");
+	free(out);
+	/* only the variable itself, at the start */
+	assert_int_equal(secret_path_expand("$CREDENTIALS_DIRECTORYX/k", &out), 0);
+	assert_string_equal(out, "$CREDENTIALS_DIRECTORYX/k");
+	free(out);
+	assert_int_equal(secret_path_expand("/a/$CREDENTIALS_DIRECTORY/k", &out), 0);
+	assert_string_equal(out, "/a/$CREDENTIALS_DIRECTORY/k");
+	free(out);
+	unsetenv("CREDENTIALS_DIRECTORY");
+}
+
+static int
+setup(void **state)
+{
+	assert_non_null(mkdtemp(dir));
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	return rmdir(dir);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_read),
+	    cmocka_unit_test(test_bounds),
+	    cmocka_unit_test(test_permissions),
+	    cmocka_unit_test(test_expand),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
