@@ -20,7 +20,9 @@
 #include "config.h"
 #include "http.h"
 #include "json_write.h"
+#include "build-config.h"
 #include "log.h"
+#include "metrics.h"
 #include "source.h"
 
 #define MAX_PARAM 4096
@@ -33,6 +35,7 @@ struct api_audience {
 	const struct config_audience *cfg;
 	struct source *src;
 	struct cache_entry *entry;
+	uint64_t *m_ok; /* bearerd_token_requests_total{audience,result="ok"} */
 };
 
 struct api {
@@ -44,6 +47,9 @@ struct api {
 	struct compat *compat; /* for /v1/compat/env, or NULL */
 	char *scratch;	       /* reused body buffer for token replies */
 	size_t scratch_size;
+	struct metrics *metrics; /* or NULL */
+	api_collect_fn *collect;
+	void *collect_arg;
 };
 
 /* A request waiting for the cache. */
@@ -53,6 +59,7 @@ struct api_wait {
 	struct cache_waiter *waiter;
 	struct cache_entry *entry;
 	const struct config_audience *audience; /* NULL for dynamic resources */
+	uint64_t *m_ok;				/* NULL: look the counter up */
 	bool plain;
 };
 
@@ -103,44 +110,184 @@ api_audience_find(struct api *a, const char *name)
 	return bsearch(&key, a->audiences, a->n_audiences, sizeof(key), audience_cmp);
 }
 
+/* The ok counter of each audience, looked up once: a cache hit only increments it. */
+static void
+bind_counters(struct api *a)
+{
+	for (size_t i = 0; i < a->n_audiences; i++)
+		a->audiences[i].m_ok = a->metrics == NULL
+					   ? NULL
+					   : metrics_counter(a->metrics, METRICS_TOKEN_REQUESTS,
+							     a->audiences[i].cfg->name, "ok");
+}
+
+/* Binds cfg's audiences to cache entries (found or created), sorted by name. */
+static int
+bind_audiences(struct api *a, const struct config *cfg, struct source **sources,
+	       struct api_audience **out)
+{
+	struct api_audience *auds = NULL;
+	int r;
+
+	if (cfg->n_audiences > 0) {
+		auds = calloc(cfg->n_audiences, sizeof(*auds));
+		if (auds == NULL)
+			return -ENOMEM;
+	}
+	for (size_t i = 0; i < cfg->n_audiences; i++) {
+		struct api_audience *aud = &auds[i];
+		const struct config_audience *ca = &cfg->audiences[i];
+
+		aud->cfg = ca;
+		aud->src = sources[config_identity_index(cfg, ca->identity)];
+		r = cache_entry_get(a->cache, aud->src, ca->identity->name, ca->resource, true,
+				    &aud->entry);
+		if (r < 0) {
+			free(auds);
+			return r;
+		}
+	}
+	qsort(auds, cfg->n_audiences, sizeof(*auds), audience_cmp);
+	*out = auds;
+	return 0;
+}
+
+/* Prefetch audiences start (or stay) fresh; others, perhaps prefetched before a reload, not. */
+static void
+start_prefetch(struct api *a)
+{
+	for (size_t i = 0; i < a->n_audiences; i++)
+		if (!a->audiences[i].cfg->prefetch)
+			cache_entry_unprefetch(a->audiences[i].entry);
+	for (size_t i = 0; i < a->n_audiences; i++)
+		if (a->audiences[i].cfg->prefetch)
+			cache_entry_prefetch(a->cache, a->audiences[i].entry);
+}
+
 int
 api_new(struct api **out, struct cache *cache, const struct config *cfg, struct source **sources)
 {
 	struct api *a = calloc(1, sizeof(*a));
-	int r = -ENOMEM;
+	int r;
 
 	if (a == NULL)
 		return -ENOMEM;
 	a->cache = cache;
 	a->cfg = cfg;
 	a->sources = sources;
-	if (cfg->n_audiences > 0) {
-		a->audiences = calloc(cfg->n_audiences, sizeof(*a->audiences));
-		if (a->audiences == NULL)
-			goto fail;
-	}
-	for (size_t i = 0; i < cfg->n_audiences; i++) {
-		struct api_audience *aud = &a->audiences[i];
-		const struct config_audience *ca = &cfg->audiences[i];
-
-		aud->cfg = ca;
-		aud->src = a->sources[config_identity_index(cfg, ca->identity)];
-		r = cache_entry_get(cache, aud->src, ca->identity->name, ca->resource, true,
-				    &aud->entry);
-		if (r < 0)
-			goto fail;
+	r = bind_audiences(a, cfg, sources, &a->audiences);
+	if (r < 0) {
+		free(a);
+		return r;
 	}
 	a->n_audiences = cfg->n_audiences;
-	qsort(a->audiences, a->n_audiences, sizeof(*a->audiences), audience_cmp);
-	for (size_t i = 0; i < a->n_audiences; i++)
-		if (a->audiences[i].cfg->prefetch)
-			cache_entry_prefetch(cache, a->audiences[i].entry);
+	start_prefetch(a);
 	*out = a;
 	return 0;
-fail:
+}
+
+static bool
+source_in(struct source *src, struct source **sources, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (sources[i] == src)
+			return true;
+	return false;
+}
+
+static bool
+entry_bound(const struct api_audience *auds, size_t n, const struct cache_entry *e)
+{
+	for (size_t i = 0; i < n; i++)
+		if (auds[i].entry == e)
+			return true;
+	return false;
+}
+
+int
+api_reconfigure(struct api *a, const struct config *cfg, struct source **sources)
+{
+	struct api_audience *auds;
+	int r = bind_audiences(a, cfg, sources, &auds);
+
+	if (r < 0)
+		return r;
+	/*
+	 * An old audience whose source is gone had its entries dropped by the
+	 * caller (its pointer dangles): only those of kept sources are looked at.
+	 */
+	for (size_t i = 0; i < a->n_audiences; i++) {
+		struct api_audience *old = &a->audiences[i];
+
+		if (source_in(old->src, sources, cfg->n_identities) &&
+		    !entry_bound(auds, cfg->n_audiences, old->entry) &&
+		    !entry_bound(a->audiences, i, old->entry))
+			cache_entry_drop(a->cache, old->entry);
+	}
+	/* the rendered body names the audience, which may have been renamed */
+	for (size_t i = 0; i < cfg->n_audiences; i++) {
+		api_render_free(cache_entry_user(auds[i].entry));
+		cache_entry_set_user(auds[i].entry, NULL);
+	}
 	free(a->audiences);
-	free(a);
-	return r;
+	a->audiences = auds;
+	a->n_audiences = cfg->n_audiences;
+	a->cfg = cfg;
+	a->sources = sources;
+	bind_counters(a);
+	start_prefetch(a);
+	return 0;
+}
+
+void
+api_set_metrics(struct api *a, struct metrics *m, api_collect_fn *collect, void *arg)
+{
+	a->metrics = m;
+	a->collect = collect;
+	a->collect_arg = arg;
+	bind_counters(a);
+}
+
+static const char *
+result_name(int status)
+{
+	switch (status) {
+	case 200:
+		return "ok";
+	case 400:
+		return "bad_request";
+	case 403:
+		return "denied";
+	case 404:
+		return "not_found";
+	case 503:
+		return "error";
+	case 504:
+		return "timeout";
+	}
+	return "server_error";
+}
+
+/*
+ * One answered token request.  A hit on a configured audience increments
+ * the counter it keeps; anything else is looked up (label: the audience, or
+ * the resource of a dynamic entry).
+ */
+static void
+count_answer(struct api *a, uint64_t *ok, const char *label, int status)
+{
+	if (a->metrics == NULL)
+		return;
+	if (status == 200 && ok != NULL)
+		(*ok)++;
+	else
+		metrics_inc(a->metrics, METRICS_TOKEN_REQUESTS, label, result_name(status));
+}
+
+static const char *
+wait_label(const struct cache_entry *e, const struct config_audience *aud)
+{
+	return aud != NULL ? aud->name : cache_entry_resource(e);
 }
 
 struct api *
@@ -287,6 +434,7 @@ wait_answered(void *arg, const struct cache_answer *ans)
 {
 	struct api_wait *w = arg;
 
+	count_answer(w->api, w->m_ok, wait_label(w->entry, w->audience), ans->status);
 	reply_token(w->api, w->req, w->entry, w->audience, ans, w->plain);
 	free(w);
 }
@@ -326,13 +474,14 @@ peer_allowed(struct http_request *req, const struct config_audience *aud)
 
 static void
 serve_token(struct api *a, struct http_request *req, struct cache_entry *e,
-	    const struct config_audience *aud, int64_t min_validity)
+	    const struct config_audience *aud, uint64_t *m_ok, int64_t min_validity)
 {
 	struct cache_answer ans;
 	struct api_wait *w;
 	int r;
 
 	if (!peer_allowed(req, aud)) {
+		count_answer(a, NULL, wait_label(e, aud), 403);
 		reply_json_error(req, 403, "forbidden",
 				 "this user may not have tokens for this audience", 0);
 		return;
@@ -342,7 +491,7 @@ serve_token(struct api *a, struct http_request *req, struct cache_entry *e,
 		reply_json_error(req, 500, "server_error", "out of memory", 0);
 		return;
 	}
-	*w = (struct api_wait){.api = a, .req = req, .entry = e, .audience = aud};
+	*w = (struct api_wait){.api = a, .req = req, .entry = e, .audience = aud, .m_ok = m_ok};
 	w->plain = wants_plain(req);
 	r = cache_request(a->cache, e, min_validity, wait_answered, w, &ans, &w->waiter);
 	if (r == -EINPROGRESS) {
@@ -351,9 +500,11 @@ serve_token(struct api *a, struct http_request *req, struct cache_entry *e,
 	}
 	free(w);
 	if (r < 0) {
+		count_answer(a, NULL, wait_label(e, aud), 500);
 		reply_json_error(req, 500, "server_error", "out of memory", 0);
 		return;
 	}
+	count_answer(a, m_ok, wait_label(e, aud), ans.status);
 	reply_token(a, req, e, aud, &ans, wants_plain(req));
 }
 
@@ -406,6 +557,7 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 	const struct config_identity *id;
 	const struct config_audience *aud;
 	struct cache_entry *e;
+	uint64_t *m_ok = NULL;
 	int64_t minv;
 	int count = 0, r;
 
@@ -456,7 +608,10 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 		goto done;
 	}
 	if (aud != NULL) {
-		e = api_audience_find(a, aud->name)->entry;
+		struct api_audience *aa = api_audience_find(a, aud->name);
+
+		e = aa->entry;
+		m_ok = aa->m_ok;
 	} else {
 		r = cache_entry_get(a->cache, a->sources[config_identity_index(a->cfg, id)],
 				    id->name, resource, false, &e);
@@ -466,7 +621,7 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 			goto done;
 		}
 	}
-	serve_token(a, req, e, aud, minv);
+	serve_token(a, req, e, aud, m_ok, minv);
 done:
 	free(resource);
 }
@@ -659,6 +814,53 @@ route_jwks(struct api *a, struct http_request *req)
 	reply_json_error(req, 404, "not_found", "no dev identity is configured", 0);
 }
 
+/* Unknown names are counted under one empty label: callers choose them, the bound must hold. */
+static void
+route_unknown_audience(struct api *a, struct http_request *req)
+{
+	count_answer(a, NULL, "", 404);
+	reply_json_error(req, 404, "not_found", "no such audience", 0);
+}
+
+static void
+route_bad_request(struct api *a, struct http_request *req, const char *audience)
+{
+	count_answer(a, NULL, audience, 400);
+	reply_json_error(req, 400, "invalid_request", "min_validity must be a number of seconds",
+			 0);
+}
+
+static void
+route_metrics(struct api *a, struct http_request *req)
+{
+	struct evbuffer *b;
+
+	if (a->metrics == NULL) {
+		reply_json_error(req, 404, "not_found", "metrics are not enabled", 0);
+		return;
+	}
+	b = evbuffer_new();
+	if (b == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	metrics_gauges_clear(a->metrics);
+	metrics_gauge_set(a->metrics, METRICS_BUILD_INFO, BEARERD_VERSION, 1);
+	metrics_gauge_set(a->metrics, METRICS_CACHE_ENTRIES, NULL, (double)cache_size(a->cache));
+	for (size_t i = 0; i < a->n_audiences; i++) {
+		struct cache_status st;
+
+		cache_entry_status(a->cache, a->audiences[i].entry, &st);
+		metrics_gauge_set(a->metrics, METRICS_TOKEN_EXPIRY, a->audiences[i].cfg->name,
+				  (double)st.expires_in);
+	}
+	if (a->collect != NULL)
+		a->collect(a->collect_arg, a->metrics);
+	metrics_render(a->metrics, b);
+	http_reply_buffer(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b);
+	evbuffer_free(b);
+}
+
 void
 api_handle(struct http_request *req, void *arg)
 {
@@ -676,12 +878,11 @@ api_handle(struct http_request *req, void *arg)
 		if (!get)
 			reply_method_not_allowed(req, "GET, HEAD");
 		else if (aud == NULL)
-			reply_json_error(req, 404, "not_found", "no such audience", 0);
+			route_unknown_audience(a, req);
 		else if (parse_min_validity(query, query_len, &minv) < 0)
-			reply_json_error(req, 400, "invalid_request",
-					 "min_validity must be a number of seconds", 0);
+			route_bad_request(a, req, aud->cfg->name);
 		else
-			serve_token(a, req, aud->entry, aud->cfg, minv);
+			serve_token(a, req, aud->entry, aud->cfg, aud->m_ok, minv);
 	} else if (path_is(path, path_len, "/v1/token")) {
 		if (!get)
 			reply_method_not_allowed(req, "GET, HEAD");
@@ -704,7 +905,8 @@ api_handle(struct http_request *req, void *arg)
 	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
 		   !path_is(path, path_len, "/readyz") &&
 		   !path_is(path, path_len, "/v1/dev/jwks.json") &&
-		   !path_is(path, path_len, "/v1/compat/env")) {
+		   !path_is(path, path_len, "/v1/compat/env") &&
+		   !path_is(path, path_len, "/metrics")) {
 		reply_json_error(req, 404, "not_found", "no such endpoint", 0);
 	} else if (!get) {
 		reply_method_not_allowed(req, "GET, HEAD");
@@ -716,6 +918,8 @@ api_handle(struct http_request *req, void *arg)
 		route_readyz(a, req);
 	} else if (path_is(path, path_len, "/v1/compat/env")) {
 		route_compat_env(a, req);
+	} else if (path_is(path, path_len, "/metrics")) {
+		route_metrics(a, req);
 	} else {
 		route_jwks(a, req);
 	}

@@ -10,6 +10,7 @@ struct compat;
 struct config;
 struct evbuffer;
 struct http_request;
+struct metrics;
 struct source;
 
 /*
@@ -20,6 +21,22 @@ struct source;
 int api_new(struct api **out, struct cache *cache, const struct config *cfg,
 	    struct source **sources);
 struct api *api_free(struct api *a);
+
+/*
+ * Switches to a new configuration (reload): audiences are bound to cache
+ * entries anew (found when unchanged), entries of removed audiences whose
+ * source is still in use are dropped, new prefetch audiences start.  The
+ * caller drops the entries of identities it replaced before calling.
+ * Requests already waiting keep pointers into the old configuration: it
+ * must outlive them (wait_timeout).
+ */
+int api_reconfigure(struct api *a, const struct config *cfg, struct source **sources);
+
+/* Sets extra gauges (open connections) just before /metrics is rendered. */
+typedef void api_collect_fn(void *arg, struct metrics *m);
+
+/* Counts token requests in m and serves GET /metrics from it (NULL: 404). */
+void api_set_metrics(struct api *a, struct metrics *m, api_collect_fn *collect, void *arg);
 
 /* Gives /v1/compat/env its answer (NULL: 404); set after compat_new, cleared before compat_free. */
 void api_set_compat(struct api *a, struct compat *compat);

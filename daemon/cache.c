@@ -45,8 +45,9 @@ struct cache_entry {
 	bool pinned;
 	bool keep_fresh; /* prefetch: refreshed even when nobody asks */
 	bool in_flight;
-	bool dropped; /* out of the tree; freed when its fetch returns */
-	bool failed;  /* the last fetch failed */
+	bool dropped;		  /* out of the tree; freed when its fetch returns */
+	bool failed;		  /* the last fetch failed */
+	const char *fetch_reason; /* of the fetch in flight (a string literal) */
 
 	struct cache_token tok; /* value NULL when none */
 
@@ -60,7 +61,7 @@ struct cache_entry {
 	uint64_t fetches, failures;
 
 	struct cache_waiters waiters;
-	TAILQ_ENTRY(cache_entry) lru; /* dynamic entries only */
+	TAILQ_ENTRY(cache_entry) lru; /* dynamic entries; dropped ones on cache.dropped */
 	void *user;
 };
 
@@ -74,6 +75,7 @@ struct cache {
 	size_t n_entries;
 	size_t n_dynamic;
 	struct cache_lru lru;
+	struct cache_lru dropped; /* out of the tree, a fetch still in flight */
 	int64_t armed_ms;
 	uint64_t generation;
 	bool running; /* inside cache_run: it re-arms at the end */
@@ -154,6 +156,7 @@ cache_new(struct cache **out, const struct cache_params *p, const struct cache_o
 	c->ctx = ctx;
 	c->armed_ms = INT64_MAX;
 	TAILQ_INIT(&c->lru);
+	TAILQ_INIT(&c->dropped);
 	*out = c;
 	return 0;
 }
@@ -163,6 +166,13 @@ cache_free(struct cache *c)
 {
 	if (c == NULL)
 		return NULL;
+	/* their fetches were aborted (fetch_free): no callback will free them */
+	while (!TAILQ_EMPTY(&c->dropped)) {
+		struct cache_entry *e = TAILQ_FIRST(&c->dropped);
+
+		TAILQ_REMOVE(&c->dropped, e, lru);
+		entry_free(c, e);
+	}
 	while (c->tree != NULL) {
 		struct cache_entry *e = *(struct cache_entry **)c->tree;
 
@@ -206,6 +216,7 @@ cache_entry_drop(struct cache *c, struct cache_entry *e)
 		struct cache_waiter *w;
 
 		e->dropped = true;
+		TAILQ_INSERT_TAIL(&c->dropped, e, lru);
 		token_wipe(&e->tok);
 		while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
 			struct cache_answer a = {.status = 503,
@@ -368,6 +379,12 @@ cache_entry_user(const struct cache_entry *e)
 	return e->user;
 }
 
+const char *
+cache_entry_resource(const struct cache_entry *e)
+{
+	return e->resource;
+}
+
 void
 cache_entry_set_user(struct cache_entry *e, void *user)
 {
@@ -409,13 +426,14 @@ answer_too_short(struct cache_answer *a)
 
 /* Starts a fetch; on a synchronous failure records it like an upstream one. */
 static int
-entry_start_fetch(struct cache *c, struct cache_entry *e)
+entry_start_fetch(struct cache *c, struct cache_entry *e, const char *reason)
 {
 	int r;
 
 	if (e->in_flight)
 		return 0;
 	e->in_flight = true;
+	e->fetch_reason = reason;
 	e->refresh_at_ms = INT64_MAX;
 	r = c->ops->fetch(c->ctx, e->src, e->resource, entry_fetch_done, e);
 	if (r < 0) {
@@ -429,6 +447,15 @@ entry_start_fetch(struct cache *c, struct cache_entry *e)
 		return r;
 	}
 	return 0;
+}
+
+/* Why a request starts a fetch: no token yet, a failed one, or one with too little left. */
+static const char *
+fetch_reason_for_request(const struct cache_entry *e)
+{
+	if (e->failed)
+		return "retry";
+	return e->tok.value != NULL ? "expired" : "initial";
 }
 
 int
@@ -460,7 +487,7 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 			answer_failure(e, now, now_answer);
 			return 0;
 		}
-		if (entry_start_fetch(c, e) < 0 || !e->in_flight) {
+		if (entry_start_fetch(c, e, fetch_reason_for_request(e)) < 0 || !e->in_flight) {
 			/* failed at once: e->failed and the backoff are set */
 			if (token_usable(e, now, minv_ms))
 				answer_ok(e, now, now_answer);
@@ -495,7 +522,7 @@ void
 cache_refresh(struct cache *c, struct cache_entry *e)
 {
 	e->last_used_ms = cache_now(c);
-	entry_start_fetch(c, e);
+	entry_start_fetch(c, e, "forced");
 }
 
 void
@@ -503,7 +530,13 @@ cache_entry_prefetch(struct cache *c, struct cache_entry *e)
 {
 	e->keep_fresh = true;
 	if (e->tok.value == NULL)
-		entry_start_fetch(c, e);
+		entry_start_fetch(c, e, "prefetch");
+}
+
+void
+cache_entry_unprefetch(struct cache_entry *e)
+{
+	e->keep_fresh = false;
 }
 
 /* Full jitter, doubling from 1 s to the 60 s cap. */
@@ -603,6 +636,39 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 	e->refresh_at_ms = e->backoff_until_ms;
 }
 
+/* The failure label of a result (NULL for a success). */
+static const char *
+failure_kind(const struct token_result *res)
+{
+	if (res->error == -ETIMEDOUT)
+		return "timeout";
+	if (res->http_status == 429)
+		return "throttled";
+	if (res->http_status >= 400 || (res->http_status > 0 && res->http_status < 200))
+		return "upstream_error";
+	if (res->error == -ESTALE)
+		return "stale_token";
+	if (res->http_status > 0 || res->error == -ERANGE || res->error == -EINVAL ||
+	    res->error == -EBADMSG)
+		return "invalid_response";
+	return "transport";
+}
+
+static void
+entry_report(struct cache *c, struct cache_entry *e, const struct token_result *res, bool failed)
+{
+	struct cache_fetch_info info = {
+	    .identity = e->identity,
+	    .resource = e->resource,
+	    .reason = e->fetch_reason != NULL ? e->fetch_reason : "scheduled",
+	    .failure = failed ? failure_kind(res) : NULL,
+	    .http_status = res->http_status,
+	};
+
+	if (c->ops->fetched != NULL)
+		c->ops->fetched(c->ctx, &info);
+}
+
 static void
 entry_fetch_done(void *arg, struct token_result *res)
 {
@@ -614,6 +680,8 @@ entry_fetch_done(void *arg, struct token_result *res)
 	e->in_flight = false;
 	e->fetches++;
 	if (e->dropped) {
+		entry_report(c, e, res, res->error != 0 || res->access_token == NULL);
+		TAILQ_REMOVE(&c->dropped, e, lru);
 		entry_free(c, e);
 		return;
 	}
@@ -665,21 +733,24 @@ entry_fetch_done(void *arg, struct token_result *res)
 		e->tok.expires_ms = expires_ms;
 		e->tok.expires_on = c->ops->wall_s(c->ctx) + res->expires_in;
 		e->tok.generation = ++c->generation;
+		/* once per fetch, however many requests were waiting for it */
 		if (e->failed)
 			log_info("token fetch recovered",
-				 "identity=%s resource=\"%s\" expires_in=%lld", e->identity,
-				 log_clean(clean, sizeof(clean), e->resource),
-				 (long long)res->expires_in);
+				 "identity=%s resource=\"%s\" reason=%s expires_in=%lld",
+				 e->identity, log_clean(clean, sizeof(clean), e->resource),
+				 e->fetch_reason, (long long)res->expires_in);
 		else
-			log_debug("token fetched", "identity=%s resource=\"%s\" expires_in=%lld",
-				  e->identity, log_clean(clean, sizeof(clean), e->resource),
-				  (long long)res->expires_in);
+			log_info("token fetched",
+				 "identity=%s resource=\"%s\" reason=%s expires_in=%lld",
+				 e->identity, log_clean(clean, sizeof(clean), e->resource),
+				 e->fetch_reason, (long long)res->expires_in);
 		e->failed = false;
 		e->backoff_attempt = 0;
 		e->last_status = 0;
 		clear_error(e);
 		e->refresh_at_ms = refresh_time(c, now, res->expires_in, res->refresh_in);
 	}
+	entry_report(c, e, res, e->failed);
 	entry_answer_waiters(c, e, now);
 	cache_want_run(c, e->refresh_at_ms);
 	if (e->tok.value != NULL)
@@ -725,7 +796,7 @@ entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
 		next = idle_at;
 	}
 	if (!e->in_flight && e->refresh_at_ms <= now)
-		entry_start_fetch(c, e);
+		entry_start_fetch(c, e, e->failed ? "retry" : "scheduled");
 	if (!e->in_flight && e->refresh_at_ms < next)
 		next = e->refresh_at_ms;
 	if (e->tok.value != NULL && e->tok.expires_ms < next)

@@ -24,6 +24,17 @@ struct cache_params {
 	size_t max_entries;	 /* bound on dynamic entries */
 };
 
+/* What became of one fetch, for metrics (cache_ops.fetched). */
+struct cache_fetch_info {
+	const char *identity;
+	const char *resource;
+	const char
+	    *reason; /* why it started: initial, prefetch, scheduled, expired, forced, retry */
+	const char *failure; /* NULL on success, else timeout, throttled, upstream_error,
+				invalid_response, stale_token, transport */
+	long http_status;    /* 0 when no answer arrived */
+};
+
 struct cache_ops {
 	int64_t (*now_ms)(void *ctx); /* monotonic milliseconds */
 	int64_t (*wall_s)(void *ctx); /* epoch seconds */
@@ -35,6 +46,8 @@ struct cache_ops {
 	void (*arm)(void *ctx, int64_t deadline_ms);
 	/* Frees what was stored with cache_entry_set_user (may be NULL). */
 	void (*user_free)(void *user);
+	/* Optional: called once per finished fetch (also for a dropped entry's). */
+	void (*fetched)(void *ctx, const struct cache_fetch_info *info);
 };
 
 enum cache_state {
@@ -92,14 +105,18 @@ int cache_entry_get(struct cache *c, struct source *src, const char *identity, c
 		    bool pinned, struct cache_entry **out);
 /* Drops an entry (reload removed its audience); a fetch in flight is ignored. */
 void cache_entry_drop(struct cache *c, struct cache_entry *e);
-/* Starts fetching now if there is no token (prefetch). */
+/* Starts fetching now if there is no token (prefetch), and keeps it fresh while idle. */
 void cache_entry_prefetch(struct cache *c, struct cache_entry *e);
+/* Ends what cache_entry_prefetch began: the entry is refreshed only while used (reload). */
+void cache_entry_unprefetch(struct cache_entry *e);
 enum cache_state cache_entry_state(const struct cache_entry *e);
 const char *cache_state_name(enum cache_state s);
 /* True when the entry holds a token with more than min_validity left. */
 bool cache_entry_ready(struct cache *c, const struct cache_entry *e);
 void cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_status *st);
 void *cache_entry_user(const struct cache_entry *e);
+/* The resource the entry holds tokens for (valid while the entry lives). */
+const char *cache_entry_resource(const struct cache_entry *e);
 void cache_entry_set_user(struct cache_entry *e, void *user);
 
 /*

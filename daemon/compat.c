@@ -40,6 +40,7 @@
 #include "http.h"
 #include "json_write.h"
 #include "log.h"
+#include "metrics.h"
 
 #define COMPAT_MAX_PARAMS   64	 /* query parameters in one request */
 #define COMPAT_MAX_KEY	    64	 /* bytes of a parameter name we compare */
@@ -67,6 +68,7 @@ struct compat_listener {
 };
 
 struct compat {
+	struct event_base *base;
 	struct cache *cache;
 	const struct config *cfg;
 	struct source **sources;
@@ -74,6 +76,7 @@ struct compat {
 	char *secret; /* App Service X-IDENTITY-HEADER value */
 	size_t secret_len;
 	unsigned char secret_digest[SHA256_DIGEST_LENGTH];
+	struct metrics *metrics; /* or NULL */
 };
 
 /* A request waiting for the cache. */
@@ -122,6 +125,42 @@ add_string_field(struct evbuffer *b, const char *name, const char *v, size_t len
 	json_append_string(b, v, len);
 }
 
+static const char *
+result_name(int status)
+{
+	switch (status) {
+	case 200:
+		return "ok";
+	case 400:
+		return "bad_request";
+	case 403:
+		return "denied";
+	case 429:
+		return "throttled";
+	case 503:
+		return "error";
+	}
+	return "server_error";
+}
+
+/*
+ * One answered token request, labelled with the audience the resource
+ * belongs to, or the resource itself for a dynamic one (the registry's series
+ * bound keeps that label set finite).
+ */
+static void
+count_answer(struct compat *c, const struct config_identity *id, const char *resource, int status,
+	     bool timed_out)
+{
+	const struct config_audience *aud;
+
+	if (c->metrics == NULL || resource == NULL)
+		return;
+	aud = id != NULL ? config_audience_for_resource(c->cfg, id, resource) : NULL;
+	metrics_inc(c->metrics, METRICS_TOKEN_REQUESTS, aud != NULL ? aud->name : resource,
+		    timed_out ? "timeout" : result_name(status));
+}
+
 /* The IMDS shape: every value a string, expires_* as decimal seconds, no refresh_in. */
 static void
 reply_token(struct compat_listener *l, struct http_request *req, const struct cache_answer *ans,
@@ -132,6 +171,7 @@ reply_token(struct compat_listener *l, struct http_request *req, const struct ca
 	unsigned char *body;
 	size_t len;
 
+	count_answer(l->compat, id, resource, ans->status == 200 ? 200 : 503, ans->status == 504);
 	if (ans->status != 200) {
 		/*
 		 * A timed-out wait is transient like an upstream failure: 503, not
@@ -157,7 +197,7 @@ reply_token(struct compat_listener *l, struct http_request *req, const struct ca
 		add_string_field(b, sel_name, sel_value, strlen(sel_value));
 	if (sel_name != NULL && strcmp(sel_name, "client_id") == 0)
 		add_string_field(b, "client_id", sel_value, strlen(sel_value));
-	else if (sel_name != NULL && id->client_id != NULL)
+	else if (sel_name != NULL && id != NULL && id->client_id != NULL)
 		add_string_field(b, "client_id", id->client_id, strlen(id->client_id));
 	evbuffer_add_printf(b,
 			    ",\"expires_in\":\"%" PRId64 "\",\"expires_on\":\"%" PRId64
@@ -386,12 +426,14 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 	aud = config_audience_for_resource(c->cfg, id, w->resource);
 	if (aud != NULL && (aud->allow_uids != NULL || aud->allow_gids != NULL)) {
 		/* callers on TCP have no SO_PEERCRED: a restricted audience stays on the socket */
+		count_answer(c, id, w->resource, 403, false);
 		reply_error(l, req, 403, "forbidden",
 			    "this resource is restricted to some users; use the local socket", 0);
 		goto done;
 	}
 	if (aud == NULL && !resource_listed(cc, w->resource) &&
 	    !(cc->dynamic_resources && cc->resources == NULL)) {
+		count_answer(c, id, w->resource, 400, false);
 		reply_error(l, req, 400, "invalid_resource",
 			    "bearerd is not configured to hand out tokens for this resource", 0);
 		goto done;
@@ -399,6 +441,7 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 	r = cache_entry_get(c->cache, c->sources[config_identity_index(c->cfg, id)], id->name,
 			    w->resource, aud != NULL, &e);
 	if (r < 0) {
+		count_answer(c, id, w->resource, r == -ENOSPC ? 429 : 500, false);
 		reply_error(l, req, r == -ENOSPC ? 429 : 500,
 			    r == -ENOSPC ? "too_many_requests" : "server_error",
 			    r == -ENOSPC ? "too many cached resources are in use; retry shortly"
@@ -666,35 +709,63 @@ port_of(const struct sockaddr_storage *a)
 	return ntohs(((const struct sockaddr_in *)a)->sin_port);
 }
 
+/* The bounds on callers from [bearerd] (TCP peers have no uid: no per-uid cap). */
+static void
+compat_limits(const struct config *cfg, struct http_limits *limits)
+{
+	http_limits_default(limits);
+	if (cfg->max_connections > 0)
+		limits->max_conns = cfg->max_connections;
+	if (cfg->header_timeout > 0)
+		limits->head_timeout = cfg->header_timeout;
+	if (cfg->keepalive_timeout > 0)
+		limits->idle_timeout = cfg->keepalive_timeout;
+}
+
+/*
+ * Binds a listener's server for cl into *http and *bound; its handler gets l,
+ * which need not be filled in yet (nothing is accepted before the loop runs).
+ */
 static int
-listener_start(struct compat *c, struct compat_listener *l, struct event_base *base,
-	       enum compat_kind kind, const struct config_listen *cl)
+listener_bind(struct compat_listener *l, struct event_base *base, const struct config *cfg,
+	      const struct config_listen *cl, struct http_server **http,
+	      struct sockaddr_storage *bound)
 {
 	struct http_limits limits;
 	int fd, r;
 
+	compat_limits(cfg, &limits);
+	r = http_server_new(http, base, &limits,
+			    l->kind == COMPAT_IMDS ? imds_handle : appservice_handle, l);
+	if (r < 0)
+		return r;
+	fd = listen_tcp(cl, bound);
+	if (fd < 0) {
+		log_error("cannot listen", "listener=%s address=%s error=\"%s\"", l->name, cl->text,
+			  strerror(-fd));
+		*http = http_server_free(*http);
+		return fd;
+	}
+	r = http_server_add_listener(*http, fd);
+	if (r < 0) {
+		*http = http_server_free(*http);
+		return r;
+	}
+	log_info("compat listening", "listener=%s address=%s port=%u", l->name, cl->text,
+		 port_of(bound));
+	return 0;
+}
+
+static int
+listener_start(struct compat *c, struct compat_listener *l, struct event_base *base,
+	       enum compat_kind kind, const struct config_listen *cl)
+{
 	l->compat = c;
 	l->kind = kind;
 	l->name = kind == COMPAT_IMDS ? "imds" : "appservice";
 	if (cl == NULL)
 		return 0;
-	http_limits_default(&limits);
-	r = http_server_new(&l->http, base, &limits,
-			    kind == COMPAT_IMDS ? imds_handle : appservice_handle, l);
-	if (r < 0)
-		return r;
-	fd = listen_tcp(cl, &l->bound);
-	if (fd < 0) {
-		log_error("cannot listen", "listener=%s address=%s error=\"%s\"", l->name, cl->text,
-			  strerror(-fd));
-		return fd;
-	}
-	r = http_server_add_listener(l->http, fd);
-	if (r < 0)
-		return r;
-	log_info("compat listening", "listener=%s address=%s port=%u", l->name, cl->text,
-		 port_of(&l->bound));
-	return 0;
+	return listener_bind(l, base, c->cfg, cl, &l->http, &l->bound);
 }
 
 int
@@ -707,6 +778,7 @@ compat_new(struct compat **out, struct event_base *base, struct cache *cache,
 
 	if (c == NULL)
 		return -ENOMEM;
+	c->base = base;
 	c->cache = cache;
 	c->cfg = cfg;
 	c->sources = sources;
@@ -750,6 +822,120 @@ compat_free(struct compat *c)
 	OPENSSL_cleanse(c->secret_digest, sizeof(c->secret_digest));
 	free(c);
 	return NULL;
+}
+
+static bool
+listen_same(const struct config_listen *a, const struct config_listen *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+}
+
+static bool
+str_same(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+struct compat_next {
+	struct http_server *http;
+	struct sockaddr_storage bound;
+	bool rebind;
+};
+
+static void
+secret_free(char *s, size_t len)
+{
+	if (s != NULL) {
+		OPENSSL_cleanse(s, len);
+		free(s);
+	}
+}
+
+/* Replaces a listener's server with the one bound for the new configuration. */
+static void
+listener_swap(struct compat_listener *l, struct compat_next *n)
+{
+	if (!n->rebind)
+		return;
+	if (l->http != NULL)
+		log_info("compat listener closed", "listener=%s", l->name);
+	l->http = http_server_free(l->http);
+	l->http = n->http;
+	l->bound = n->bound;
+	n->http = NULL;
+}
+
+int
+compat_reconfigure(struct compat *c, const struct config *cfg, struct source **sources)
+{
+	const struct config_compat *oc = &c->cfg->compat, *nc = &cfg->compat;
+	struct compat_next ni = {0}, na = {0};
+	char *secret = NULL;
+	size_t secret_len = 0;
+	bool new_secret = nc->appservice_listen != NULL &&
+			  (c->secret == NULL ||
+			   !str_same(oc->appservice_secret_file, nc->appservice_secret_file));
+	int r = 0;
+
+	if (new_secret) {
+		r = compat_secret_load(nc->appservice_secret_file, &secret, &secret_len);
+		if (r < 0) {
+			log_error("cannot use the App Service secret file", "path=%s error=\"%s\"",
+				  nc->appservice_secret_file, strerror(-r));
+			return r;
+		}
+	}
+	ni.rebind = !listen_same(oc->imds_listen, nc->imds_listen);
+	na.rebind = !listen_same(oc->appservice_listen, nc->appservice_listen);
+	if (ni.rebind && nc->imds_listen != NULL)
+		r = listener_bind(&c->imds, c->base, cfg, nc->imds_listen, &ni.http, &ni.bound);
+	if (r == 0 && na.rebind && nc->appservice_listen != NULL)
+		r = listener_bind(&c->appservice, c->base, cfg, nc->appservice_listen, &na.http,
+				  &na.bound);
+	if (r < 0) {
+		http_server_free(ni.http);
+		http_server_free(na.http);
+		secret_free(secret, secret_len);
+		return r;
+	}
+	listener_swap(&c->imds, &ni);
+	listener_swap(&c->appservice, &na);
+	if (new_secret || nc->appservice_listen == NULL) {
+		secret_free(c->secret, c->secret_len);
+		c->secret = secret;
+		c->secret_len = secret_len;
+		if (secret != NULL)
+			SHA256((const unsigned char *)secret, secret_len, c->secret_digest);
+		else
+			OPENSSL_cleanse(c->secret_digest, sizeof(c->secret_digest));
+	}
+	c->cfg = cfg;
+	c->sources = sources;
+	return 0;
+}
+
+void
+compat_set_metrics(struct compat *c, struct metrics *m)
+{
+	if (c != NULL)
+		c->metrics = m;
+}
+
+void
+compat_collect(const struct compat *c, struct metrics *m)
+{
+	if (c == NULL)
+		return;
+	if (c->imds.http != NULL)
+		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "imds",
+				  http_server_connections(c->imds.http));
+	if (c->appservice.http != NULL)
+		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "appservice",
+				  http_server_connections(c->appservice.http));
 }
 
 void

@@ -11,6 +11,7 @@ struct compat;
 struct config;
 struct event_base;
 struct evbuffer;
+struct metrics;
 struct source;
 
 /*
@@ -22,6 +23,20 @@ int compat_new(struct compat **out, struct event_base *base, struct cache *cache
 	       const struct config *cfg, struct source **sources);
 /* Closes the listeners and their connections (waiting requests are cancelled). */
 struct compat *compat_free(struct compat *c);
+
+/*
+ * Switches to a new configuration (reload).  A listener whose address did
+ * not change keeps its socket and connections; one that changed is bound
+ * anew (first, so a failure changes nothing and returns a negative errno)
+ * and the old one closed.  cfg and sources must outlive the compat; the old
+ * cfg must outlive requests still waiting (wait_timeout).
+ */
+int compat_reconfigure(struct compat *c, const struct config *cfg, struct source **sources);
+
+/* Counts token requests in m (bearerd_token_requests_total; NULL: not counted). */
+void compat_set_metrics(struct compat *c, struct metrics *m);
+/* Sets bearerd_connections_open for the listeners that exist. */
+void compat_collect(const struct compat *c, struct metrics *m);
 
 /* Stops accepting new connections (shutdown). */
 void compat_stop_accepting(struct compat *c);

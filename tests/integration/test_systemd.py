@@ -281,3 +281,44 @@ def test_no_notify_socket_no_trouble(start_daemon):
     """Without NOTIFY_SOCKET (not under systemd) nothing changes."""
     d = start_daemon(None, args=["--dev"], env={"NOTIFY_SOCKET": ""})
     wait_for(lambda: readyz(d.socket) == 200, what="readiness")
+
+
+# --- logs for the journal -------------------------------------------------------------------
+
+
+def test_journal_priority_prefixes(tmp_path, fake):
+    """With stderr connected to the journal (JOURNAL_STREAM names it), every line carries its
+    syslog priority: <6> info, <4> warning, <3> error; without it, none does."""
+    from conftest import Daemon, imds_config
+    log = tmp_path / "bearerd.log"
+    log.write_text("")  # Daemon reopens it with "w": the same inode
+    st = log.stat()
+    d = Daemon(tmp_path, imds_config(fake),
+               env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        assert d.get("/v1/token/api").status == 200
+        # a rejected reload gives an error line
+        d.config.write_text("[bearerd]\nnonsense = 1\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in d.logs(), what="the rejected reload")
+    finally:
+        assert d.stop() == 0
+    lines = log.read_text().splitlines()
+    assert lines and all(re.match(r"<[0-7]>level=", l) for l in lines), lines[:5]
+    prio = {"error": "3", "warning": "4", "info": "6", "debug": "7"}
+    for l in lines:
+        level = re.match(r"<\d>level=(\w+)", l).group(1)
+        assert l[1] == prio[level], l
+    assert any(l.startswith("<3>") for l in lines)
+    assert any(l.startswith("<6>") for l in lines)
+
+
+def test_no_prefixes_outside_the_journal(tmp_path, fake):
+    from conftest import Daemon, imds_config
+    d = Daemon(tmp_path, imds_config(fake), env={"JOURNAL_STREAM": "1:2"})  # another file
+    try:
+        assert d.get("/v1/token/api").status == 200
+    finally:
+        assert d.stop() == 0
+    lines = d.log_path.read_text().splitlines()
+    assert lines and all(l.startswith("level=") for l in lines), lines[:5]

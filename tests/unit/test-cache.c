@@ -29,6 +29,8 @@ struct fake {
 	int answers;
 	struct cache_answer last;
 	char last_token[64];
+	int reported; /* cache_ops.fetched calls */
+	char reason[32], failure[32];
 };
 
 static struct fake F;
@@ -79,6 +81,15 @@ fake_arm(void *ctx, int64_t deadline)
 	F.armed_ms = deadline;
 }
 
+static void
+fake_fetched(void *ctx, const struct cache_fetch_info *info)
+{
+	(void)ctx;
+	F.reported++;
+	snprintf(F.reason, sizeof(F.reason), "%s", info->reason);
+	snprintf(F.failure, sizeof(F.failure), "%s", info->failure ? info->failure : "");
+}
+
 static const struct cache_ops fake_ops = {
     .now_ms = fake_now,
     .wall_s = fake_wall,
@@ -86,6 +97,7 @@ static const struct cache_ops fake_ops = {
     .fetch = fake_fetch,
     .arm = fake_arm,
     .user_free = free,
+    .fetched = fake_fetched,
 };
 
 static void
@@ -594,6 +606,47 @@ test_too_short_lifetime_is_failure(void **state)
 	cache_free(c);
 }
 
+/* Every finished fetch is reported once, with why it started and how it failed. */
+static void
+test_fetch_reports(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e, *d;
+	struct cache_status st;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	complete("tok-1", 3600, 0, 0, 0);
+	assert_int_equal(F.reported, 1);
+	assert_string_equal(F.reason, "prefetch");
+	assert_string_equal(F.failure, "");
+	cache_entry_status(c, e, &st);
+	advance_to(c, st.refresh_in * 1000);
+	complete(NULL, 0, 503, 0, 0);
+	assert_int_equal(F.reported, 2);
+	assert_string_equal(F.reason, "scheduled");
+	assert_string_equal(F.failure, "upstream_error");
+	cache_entry_status(c, e, &st);
+	advance_to(c, F.now_ms + st.refresh_in * 1000);
+	assert_int_equal(F.npending, 1);
+	complete(NULL, 0, 429, 0, 0);
+	assert_string_equal(F.reason, "retry");
+	assert_string_equal(F.failure, "throttled");
+	cache_refresh(c, e);
+	complete("tok-2", 10, 0, 0, 0); /* lives less than min_validity */
+	assert_string_equal(F.reason, "forced");
+	assert_string_equal(F.failure, "invalid_response");
+	/* a request for a new resource, and a transport failure */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "other", false, &d), 0);
+	assert_int_equal(request(c, d, 0, NULL), 0);
+	complete(NULL, 0, 0, 0, 0);
+	assert_string_equal(F.reason, "initial");
+	assert_string_equal(F.failure, "transport");
+	assert_int_equal(F.reported, 5);
+	cache_free(c);
+}
+
 int
 main(void)
 {
@@ -615,6 +668,7 @@ main(void)
 	    cmocka_unit_test(test_lru_full_of_waiters),
 	    cmocka_unit_test(test_drop_in_flight),
 	    cmocka_unit_test(test_too_short_lifetime_is_failure),
+	    cmocka_unit_test(test_fetch_reports),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

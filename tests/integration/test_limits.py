@@ -1,0 +1,169 @@
+"""[bearerd] max_connections, max_connections_per_uid, header_timeout and keepalive_timeout,
+applied to the Unix-socket API and to the compat listeners.  Runs as root: a second uid
+comes from setpriv."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, SEEN_TOKENS
+
+NOBODY = 65534
+WAIT = 6  # below every default these tests override (header 10 s, keep-alive 60 s)
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory other users can traverse, so a second uid reaches the socket."""
+    d = Path(tempfile.mkdtemp(prefix="bd-lim."))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(open_tmp, fake):
+    started = []
+
+    def start(**limits):
+        lines = ["[bearerd]", "socket = @SOCKET@", "socket_mode = 0666", "log_level = debug"]
+        lines += [f"{k} = {v}" for k, v in limits.items()]
+        lines += ['[identity "vm"]', "source = azure-imds", f"endpoint = {fake.endpoint}",
+                  '[audience "api"]', "identity = vm", "resource = api://limits",
+                  "[compat]", "identity = vm", "imds_listen = 127.0.0.1:0"]
+        d = Daemon(open_tmp, "\n".join(lines) + "\n")
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        rc = d.stop()
+        text = d.log_path.read_text()
+        assert not any(t in text for t in SEEN_TOKENS)
+        assert rc == 0, text
+
+
+def compat_port(d):
+    import re
+    return int(re.search(r"listener=imds address=\S+ port=(\d+)", d.logs()).group(1))
+
+
+def unix_conn(d):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(WAIT)
+    s.connect(d.socket)
+    return s
+
+
+def tcp_conn(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    return s
+
+
+def read_all(s):
+    """Everything until the peer closes (socket.timeout if it does not within WAIT)."""
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def healthz(s):
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+        chunk = s.recv(4096)
+        assert chunk, data
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def as_nobody(d):
+    """GET /healthz on the socket as another uid; its status."""
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+            "s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+            "d = b''\n"
+            "while True:\n"
+            "    c = s.recv(4096)\n"
+            "    if not c: break\n"
+            "    d += c\n"
+            "print(d.split(b' ', 2)[1].decode())\n")
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        sys.executable, "-c", code, d.socket], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def test_per_uid_cap(daemon):
+    cap = 3
+    d = daemon(max_connections_per_uid=cap)
+    held = [unix_conn(d) for _ in range(cap)]
+    try:
+        for s in held:
+            assert healthz(s) == 200
+        # one more from root: refused with a clear error, closed
+        s = unix_conn(d)
+        reply = read_all(s)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 503 "), reply[:100]
+        assert b"too many connections" in reply
+        # another uid still gets in
+        assert as_nobody(d) == 200
+    finally:
+        for s in held:
+            s.close()
+    # freed: root gets in again
+    from conftest import wait_for
+    wait_for(lambda: d.get("/healthz").status == 200, what="a slot for root again")
+
+
+def test_max_connections(daemon):
+    cap = 4
+    d = daemon(max_connections=cap)
+    # per server: the API's connections do not count against the compat listener's
+    for conn, name in ((lambda: unix_conn(d), "api"),
+                       (lambda: tcp_conn(compat_port(d)), "imds")):
+        held = [conn() for _ in range(cap)]
+        try:
+            for s in held:
+                assert healthz(s) in (200, 404), name  # the compat port has no /healthz
+            s = conn()
+            reply = read_all(s)
+            s.close()
+            assert reply.startswith(b"HTTP/1.1 503 "), (name, reply[:100])
+            assert b"too many connections" in reply
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_header_timeout_cuts_a_slow_head(daemon):
+    d = daemon(header_timeout=1)
+    for s in (unix_conn(d), tcp_conn(compat_port(d))):
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        t0 = time.monotonic()
+        reply = read_all(s)  # socket.timeout (a failure) if it is not cut off
+        s.close()
+        assert time.monotonic() - t0 < WAIT
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+    # a complete request on the socket is still served
+    assert d.get("/healthz").status == 200
+
+
+def test_keepalive_timeout_closes_idle(daemon):
+    d = daemon(keepalive_timeout=1)
+    s = unix_conn(d)
+    assert healthz(s) == 200
+    assert read_all(s) == b""  # closed by bearerd while idle, well before the 60 s default
+    s.close()
