@@ -1013,13 +1013,21 @@ out:
 static void
 reject_busy(int fd)
 {
+#define BUSY_BODY                                                                                  \
+	"{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections\"}"
 	static const char msg[] =
 	    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-	    "Content-Length: 79\r\nConnection: close\r\n\r\n"
-	    "{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many "
-	    "connections\"}";
+	    "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s";
+	char buf[512];
+	int n;
 
-	(void)send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+	n = snprintf(buf, sizeof(buf), msg, sizeof(BUSY_BODY) - 1, BUSY_BODY);
+#undef BUSY_BODY
+	(void)send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	/* what the client already sent is read, so that close() does not reset the answer */
+	(void)shutdown(fd, SHUT_WR);
+	for (int i = 0; i < 4 && recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0; i++)
+		;
 	close(fd);
 }
 
