@@ -87,3 +87,44 @@ def test_credentials_are_really_checked(tmp_path):
     r = subprocess.run([str(BEARERD), "-n", "-c", str(path)], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 1 and "CREDENTIALS_DIRECTORY" in r.stderr, r.stderr
+
+
+def embedded_configs():
+    """The bearerd.conf blocks of the Kubernetes manifests (ConfigMap data, literal style)."""
+    out = []
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() != "bearerd.conf: |":
+                continue
+            indent = None
+            body = []
+            for nxt in lines[i + 1:]:
+                if nxt.strip() == "":
+                    body.append("")
+                    continue
+                cur = len(nxt) - len(nxt.lstrip())
+                if indent is None:
+                    indent = cur
+                if cur < indent:
+                    break
+                body.append(nxt[indent:])
+            out.append(pytest.param("\n".join(body) + "\n", id=f"{path.name}:{i + 1}"))
+    return out
+
+
+EMBEDDED = embedded_configs()
+
+
+def test_manifests_embed_configs():
+    assert len(EMBEDDED) >= 2  # pod.yaml and workload-identity.yaml
+
+
+@pytest.mark.parametrize("text", EMBEDDED)
+def test_manifest_config_is_valid(text, tmp_path):
+    env, _ = platform_env(tmp_path)
+    conf = tmp_path / "bearerd.conf"
+    conf.write_text(text)
+    r = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
