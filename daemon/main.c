@@ -1,7 +1,7 @@
 /*
- * bearerd: start-up, the event loop, signals and shutdown.  Setup happens in
- * the order config, loop, fetch, sources, cache, api, compat, socket;
- * teardown in reverse.  Requests enter in http.c, are routed in api.c (or
+ * bearerd: start-up, the event loop, signals, reload and shutdown.  Setup
+ * happens in the order config, loop, fetch, sources, cache, api, compat,
+ * socket; teardown in reverse.  Requests enter in http.c, are routed in api.c (or
  * compat.c for the Azure-compatible listeners), tokens live in
  * cache.c, and upstream calls leave through source_*.c and fetch.c.
  */
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -26,25 +27,74 @@
 #include "api.h"
 #include "cache.h"
 #include "compat.h"
+#include "proxy.h" /* proxy */
 #include "config.h"
 #include "fetch.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "source.h"
 
 #define SHUTDOWN_GRACE_S 1  /* beyond wait_timeout, for replies to drain */
 #define READY_POLL_MS	 50 /* how often start-up checks the prefetch audiences */
 #define READY_MAX_WAIT_S 30 /* READY=1 anyway after this; /readyz keeps telling the truth */
+#define GC_INTERVAL_S	 1  /* how often retired configurations and sources are checked */
+
+/*
+ * One loaded configuration.  Sources built from it keep pointers into it,
+ * and so do requests routed under it until they are answered (at the latest
+ * after its wait_timeout): after a reload it is freed only when neither can
+ * remain.
+ */
+struct gen {
+	struct config *cfg;
+	unsigned refs;	       /* live sources built from cfg, plus one while current */
+	int64_t keep_until_ms; /* requests routed under cfg are answered by then */
+	TAILQ_ENTRY(gen) link;
+};
+
+/* A source, the configuration it was built from, and its fetches in flight. */
+struct slot {
+	struct source *src;
+	struct gen *gen;
+	unsigned in_flight;
+	bool retired; /* replaced by a reload: freed once nothing is in flight */
+	TAILQ_ENTRY(slot) link;
+};
+
+/* One upstream fetch: timed for the metrics, counted so its source outlives it. */
+struct upstream_call {
+	struct daemon *d;
+	struct slot *slot;
+	source_done_fn *done;
+	void *arg;
+	struct timespec start;
+	TAILQ_ENTRY(upstream_call) link;
+};
+
+TAILQ_HEAD(gen_list, gen);
+TAILQ_HEAD(slot_list, slot);
+TAILQ_HEAD(call_list, upstream_call);
 
 struct daemon {
 	struct event_base *base;
-	struct config *cfg;
+	struct config *cfg; /* gen->cfg */
+	struct gen *gen;
+	const char *path; /* reloaded from; NULL with --dev */
+	bool verbose;	  /* -v: the log level does not follow the config */
+	struct gen_list gens;
+	struct slot_list slots;
+	struct call_list calls;
+	struct event *gc_timer;
+	struct metrics *metrics;
 	struct fetch *fetch;
-	struct source **sources;
+	struct source **sources; /* current, parallel to cfg->identities */
+	struct slot **cur_slots; /* same order */
 	struct cache *cache;
 	struct api *api;
 	struct compat *compat;
+	struct proxy *proxy; /* proxy.c: [proxy] and [route] listeners */
 	struct http_server *http;
 	struct event *cache_timer;
 	struct event *sig_term, *sig_int, *sig_hup;
@@ -79,11 +129,181 @@ random_u32(void *ctx)
 	return arc4random();
 }
 
+static struct gen *
+gen_new(struct config *cfg)
+{
+	struct gen *g = calloc(1, sizeof(*g));
+
+	if (g != NULL) {
+		g->cfg = cfg;
+		g->refs = 1;
+	}
+	return g;
+}
+
+static struct slot *
+slot_find(struct daemon *d, const struct source *src)
+{
+	struct slot *s;
+
+	TAILQ_FOREACH(s, &d->slots, link)
+	if (s->src == src)
+		return s;
+	return NULL;
+}
+
+static void gc_arm(struct daemon *d);
+
+static void
+upstream_done(void *arg, struct token_result *res)
+{
+	struct upstream_call *call = arg;
+	struct daemon *d = call->d;
+	struct slot *slot = call->slot;
+	struct timespec end;
+	char status[24];
+	double secs;
+
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	secs = (double)(end.tv_sec - call->start.tv_sec) +
+	       (double)(end.tv_nsec - call->start.tv_nsec) / 1e9;
+	if (res->http_status > 0)
+		snprintf(status, sizeof(status), "%ld", res->http_status);
+	else
+		snprintf(status, sizeof(status), "%s",
+			 slot->src->id->source == CONFIG_SOURCE_DEV ? "local" : "error");
+	metrics_inc(d->metrics, METRICS_UPSTREAM_REQUESTS, slot->src->id->name, status);
+	metrics_observe(d->metrics, METRICS_UPSTREAM_DURATION, slot->src->id->name, secs);
+	TAILQ_REMOVE(&d->calls, call, link);
+	slot->in_flight--;
+	call->done(call->arg, res);
+	free(call);
+	if (slot->retired && slot->in_flight == 0)
+		gc_arm(d);
+}
+
 static int
 daemon_fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
 {
-	(void)ctx;
-	return source_fetch(src, resource, done, arg);
+	struct daemon *d = ctx;
+	struct upstream_call *call = calloc(1, sizeof(*call));
+	int r;
+
+	if (call == NULL)
+		return -ENOMEM;
+	*call = (struct upstream_call){.d = d, .slot = slot_find(d, src), .done = done, .arg = arg};
+	if (call->slot == NULL) {
+		free(call);
+		return -ENOENT;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &call->start);
+	r = source_fetch(src, resource, upstream_done, call);
+	if (r < 0) {
+		free(call);
+		return r;
+	}
+	TAILQ_INSERT_TAIL(&d->calls, call, link);
+	call->slot->in_flight++;
+	return 0;
+}
+
+/* Builds the source for cfg's identity i; the slot holds a reference on the configuration. */
+static int
+slot_new(struct daemon *d, struct gen *g, size_t i, struct slot **out)
+{
+	struct slot *slot = calloc(1, sizeof(*slot));
+	int r;
+
+	if (slot == NULL)
+		return -ENOMEM;
+	r = source_new(&slot->src, &g->cfg->identities[i], d->base, d->fetch);
+	if (r < 0) {
+		log_error("cannot set up the identity", "identity=%s error=\"%s\"",
+			  g->cfg->identities[i].name, strerror(-r));
+		free(slot);
+		return r;
+	}
+	slot->gen = g;
+	g->refs++;
+	TAILQ_INSERT_TAIL(&d->slots, slot, link);
+	*out = slot;
+	return 0;
+}
+
+static void
+gen_unref(struct gen *g)
+{
+	g->refs--;
+}
+
+static void
+slot_free(struct daemon *d, struct slot *slot)
+{
+	TAILQ_REMOVE(&d->slots, slot, link);
+	source_free(slot->src);
+	gen_unref(slot->gen);
+	free(slot);
+}
+
+/* Frees retired sources with nothing in flight and configurations nothing points into. */
+static bool
+gc_run(struct daemon *d)
+{
+	struct slot *slot, *ts;
+	struct gen *g, *tg;
+	int64_t now = mono_ms(NULL);
+	bool left = false;
+
+	for (slot = TAILQ_FIRST(&d->slots); slot != NULL; slot = ts) {
+		ts = TAILQ_NEXT(slot, link);
+		if (slot->retired && slot->in_flight == 0)
+			slot_free(d, slot);
+		else if (slot->retired)
+			left = true;
+	}
+	for (g = TAILQ_FIRST(&d->gens); g != NULL; g = tg) {
+		tg = TAILQ_NEXT(g, link);
+		if (g == d->gen)
+			continue;
+		if (g->refs == 0 && now >= g->keep_until_ms) {
+			TAILQ_REMOVE(&d->gens, g, link);
+			config_free(g->cfg);
+			free(g);
+		} else {
+			left = true;
+		}
+	}
+	return left;
+}
+
+static void
+on_gc_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	(void)fd;
+	(void)what;
+	if (gc_run(d))
+		gc_arm(d);
+}
+
+static void
+gc_arm(struct daemon *d)
+{
+	struct timeval tv = {GC_INTERVAL_S, 0};
+
+	if (d->gc_timer != NULL && !evtimer_pending(d->gc_timer, NULL))
+		evtimer_add(d->gc_timer, &tv);
+}
+
+static void
+daemon_fetched(void *ctx, const struct cache_fetch_info *info)
+{
+	struct daemon *d = ctx;
+
+	metrics_inc(d->metrics, METRICS_REFRESHES, info->identity, info->reason);
+	if (info->failure != NULL)
+		metrics_inc(d->metrics, METRICS_REFRESH_FAILURES, info->identity, info->failure);
 }
 
 static void
@@ -112,6 +332,7 @@ static const struct cache_ops daemon_cache_ops = {
     .fetch = daemon_fetch,
     .arm = daemon_arm,
     .user_free = api_user_free,
+    .fetched = daemon_fetched,
 };
 
 static void
@@ -207,7 +428,8 @@ static void
 on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	unsigned pending = http_server_pending(d->http) + compat_pending(d->compat);
+	unsigned pending =
+	    http_server_pending(d->http) + compat_pending(d->compat) + proxy_pending(d->proxy);
 
 	(void)fd;
 	(void)what;
@@ -233,6 +455,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 		event_del(d->ready_timer); /* no READY=1 after STOPPING=1 */
 	http_server_stop_accepting(d->http);
 	compat_stop_accepting(d->compat);
+	proxy_stop_accepting(d->proxy);
 	if (d->unlink_path != NULL)
 		unlink(d->unlink_path);
 	d->stop_deadline_ms = mono_ms(NULL) + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
@@ -242,13 +465,277 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 static void
+cache_params_from(const struct config *cfg, struct cache_params *cp)
+{
+	*cp = (struct cache_params){
+	    .min_validity = cfg->min_validity,
+	    .refresh_margin = cfg->refresh_margin,
+	    .idle_timeout = cfg->idle_timeout,
+	    .wait_timeout_ms = cfg->wait_timeout * 1000,
+	    .max_entries = cfg->max_entries,
+	};
+}
+
+/* The bounds on callers of the Unix-socket API, from [bearerd]. */
+static void
+api_limits_from(const struct config *cfg, struct http_limits *limits)
+{
+	http_limits_default(limits);
+	if (cfg->max_connections > 0)
+		limits->max_conns = cfg->max_connections;
+	limits->max_conns_per_uid = cfg->max_connections_per_uid;
+	if (cfg->header_timeout > 0)
+		limits->head_timeout = cfg->header_timeout;
+	if (cfg->keepalive_timeout > 0)
+		limits->idle_timeout = cfg->keepalive_timeout;
+}
+
+/* Parses the configuration again; every error is logged, one line each, at error level. */
+static int
+reload_parse(struct daemon *d, struct config **out)
+{
+	char *text = NULL, *line, *save = NULL;
+	size_t len = 0;
+	FILE *errs = open_memstream(&text, &len);
+	int r;
+
+	if (errs == NULL)
+		return -errno;
+	r = d->path != NULL ? config_load(out, d->path, errs)
+			    : config_load_dev(out, d->cfg->socket, errs);
+	fclose(errs);
+	if (r < 0) {
+		char clean[1024];
+
+		for (line = strtok_r(text, "\n", &save); line != NULL;
+		     line = strtok_r(NULL, "\n", &save))
+			log_error("configuration rejected", "error=\"%s\"",
+				  log_clean(clean, sizeof(clean), line));
+		log_error("reload failed: the old configuration keeps serving", "path=%s",
+			  d->path != NULL ? d->path : "<dev>");
+	}
+	free(text);
+	return r;
+}
+
+/*
+ * The sources for the new configuration: an identity equal to one of the
+ * same name keeps its source (and so its cache entries and tokens), any
+ * other gets a new one.
+ */
+static int
+reload_sources(struct daemon *d, struct gen *ng, struct source **nsrc, struct slot **nslots)
+{
+	for (size_t j = 0; j < ng->cfg->n_identities; j++) {
+		const struct config_identity *nid = &ng->cfg->identities[j];
+		const struct config_identity *oid = config_identity_find(d->cfg, nid->name);
+		int r;
+
+		if (oid != NULL && config_identity_equal(oid, nid)) {
+			nslots[j] = d->cur_slots[config_identity_index(d->cfg, oid)];
+		} else {
+			r = slot_new(d, ng, j, &nslots[j]);
+			if (r < 0)
+				return r;
+		}
+		nsrc[j] = nslots[j]->src;
+	}
+	return 0;
+}
+
+struct drop_ctx {
+	struct daemon *d;
+	struct slot **kept; /* the new slots */
+	size_t n_kept;
+	struct cache_entry **drops;
+	size_t n, cap;
+	bool oom;
+};
+
+/* Collects entries of identities whose source is replaced or gone. */
+static void
+drop_collect(void *arg, struct cache_entry *e)
+{
+	struct drop_ctx *x = arg;
+	const struct config_identity *oid;
+	struct cache_status st;
+	struct slot *slot;
+
+	cache_entry_status(x->d->cache, e, &st);
+	oid = config_identity_find(x->d->cfg, st.identity);
+	slot = oid != NULL ? x->d->cur_slots[config_identity_index(x->d->cfg, oid)] : NULL;
+	for (size_t i = 0; slot != NULL && i < x->n_kept; i++)
+		if (x->kept[i] == slot)
+			return;
+	if (x->n == x->cap) {
+		size_t cap = x->cap ? x->cap * 2 : 16;
+		struct cache_entry **p = realloc(x->drops, cap * sizeof(*p));
+
+		if (p == NULL) {
+			x->oom = true;
+			return;
+		}
+		x->drops = p;
+		x->cap = cap;
+	}
+	x->drops[x->n++] = e;
+}
+
+static void
+reload_drop_entries(struct daemon *d, struct slot **nslots, size_t n)
+{
+	struct drop_ctx x = {.d = d, .kept = nslots, .n_kept = n};
+
+	cache_foreach(d->cache, drop_collect, &x);
+	if (x.oom)
+		fatalx("out of memory during reload", "");
+	for (size_t i = 0; i < x.n; i++)
+		cache_entry_drop(d->cache, x.drops[i]);
+	free(x.drops);
+	if (x.n > 0)
+		log_info("reload dropped the tokens of changed identities", "entries=%zu", x.n);
+}
+
+/* What a reload cannot change without a restart: said, not silently ignored. */
+static void
+reload_warn_fixed(const struct config *o, const struct config *n)
+{
+	struct http_limits a, b;
+
+	if (strcmp(o->socket, n->socket) != 0 || o->socket_mode != n->socket_mode ||
+	    (o->socket_group == NULL) != (n->socket_group == NULL) ||
+	    (o->socket_group != NULL && strcmp(o->socket_group, n->socket_group) != 0))
+		log_warnx("socket, socket_mode and socket_group take effect at the next restart",
+			  "socket=%s", o->socket);
+	api_limits_from(o, &a);
+	api_limits_from(n, &b);
+	if (memcmp(&a, &b, sizeof(a)) != 0)
+		log_warnx("connection limits of the socket take effect at the next restart; "
+			  "compat listeners that were rebound use the new ones",
+			  "");
+}
+
+/*
+ * The proxy adopts the new configuration or, when its sections changed,
+ * refuses (-ENOTSUP) without changing anything: then the whole reload is
+ * refused and compat goes back to the configuration still in use.
+ */
+static int
+reload_proxy(struct daemon *d, const struct config *ncfg, struct source **nsrc)
+{
+	int r = proxy_reconfigure(d->proxy, ncfg, nsrc);
+
+	if (r == 0)
+		return 0;
+	if (r == -ENOTSUP)
+		log_error("the [proxy] or [route] sections changed: restart bearerd to apply them",
+			  "");
+	if (compat_reconfigure(d->compat, d->cfg, d->sources) < 0)
+		log_error("compat listeners could not be restored after a failed reload", "");
+	return r;
+}
+
+/*
+ * SIGHUP: the new configuration is parsed and its new sources and changed
+ * listeners are set up before anything is swapped, so a failure leaves the
+ * old one serving.  Then: entries of changed or removed identities are
+ * dropped, the api and compat switch to the new configuration (unchanged
+ * listeners keep their sockets), and the old configuration is retired.
+ */
+static int
+daemon_reload(struct daemon *d)
+{
+	struct config *ncfg = NULL;
+	struct gen *ng, *og = d->gen;
+	struct source **nsrc;
+	struct slot **nslots;
+	struct cache_params cp;
+	size_t n, kept = 0;
+	int r;
+
+	r = reload_parse(d, &ncfg);
+	if (r < 0)
+		return r;
+	ng = gen_new(ncfg);
+	n = ncfg->n_identities;
+	nsrc = calloc(n + 1, sizeof(*nsrc));
+	nslots = calloc(n + 1, sizeof(*nslots));
+	if (ng == NULL || nsrc == NULL || nslots == NULL) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = reload_sources(d, ng, nsrc, nslots);
+	if (r == 0)
+		r = compat_reconfigure(d->compat, ncfg, nsrc);
+	if (r < 0)
+		goto fail;
+	r = reload_proxy(d, ncfg, nsrc);
+	if (r < 0)
+		goto fail;
+	/* committed: nothing below fails but for memory */
+	reload_drop_entries(d, nslots, n);
+	if (api_reconfigure(d->api, ncfg, nsrc) < 0)
+		fatalx("out of memory during reload", "");
+	/* again: its entries of replaced identities were just dropped */
+	if (proxy_reconfigure(d->proxy, ncfg, nsrc) < 0)
+		fatalx("out of memory during reload", "");
+	for (size_t i = 0; i < d->cfg->n_identities; i++) {
+		bool keep = false;
+
+		for (size_t j = 0; j < n; j++)
+			keep = keep || nslots[j] == d->cur_slots[i];
+		d->cur_slots[i]->retired = !keep;
+		kept += keep;
+	}
+	reload_warn_fixed(d->cfg, ncfg);
+	free(d->sources);
+	free(d->cur_slots);
+	d->sources = nsrc;
+	d->cur_slots = nslots;
+	og->refs--;
+	og->keep_until_ms = mono_ms(NULL) + (og->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
+	TAILQ_INSERT_TAIL(&d->gens, ng, link);
+	d->gen = ng;
+	d->cfg = ncfg;
+	cache_params_from(ncfg, &cp);
+	cache_set_params(d->cache, &cp);
+	if (!d->verbose)
+		log_set_level((enum log_level)ncfg->log_level);
+	gc_arm(d);
+	log_info("configuration reloaded", "audiences=%zu identities=%zu kept_identities=%zu",
+		 ncfg->n_audiences, n, kept);
+	return 0;
+fail:
+	for (size_t j = 0; nslots != NULL && j < n; j++)
+		if (nslots[j] != NULL && nslots[j]->gen == ng)
+			slot_free(d, nslots[j]);
+	free(nslots);
+	free(nsrc);
+	free(ng);
+	config_free(ncfg);
+	log_error("reload failed: the old configuration keeps serving", "error=\"%s\"",
+		  strerror(-r));
+	return r;
+}
+
+static void
 on_hup(evutil_socket_t sig, short what, void *arg)
 {
+	struct daemon *d = arg;
+	int r;
+
 	(void)sig;
 	(void)what;
-	(void)arg;
+	if (d->drain_timer != NULL)
+		return; /* stopping */
 	notify_reloading();
-	log_warnx("SIGHUP ignored: configuration reload is not implemented yet", "");
+	log_info("reloading", "path=%s", d->path != NULL ? d->path : "<dev>");
+	r = daemon_reload(d);
+	metrics_inc(d->metrics, METRICS_RELOADS, r == 0 ? "ok" : "error", NULL);
+	if (r == 0)
+		notify_status("serving: %zu audiences (reloaded)", d->cfg->n_audiences);
+	else
+		notify_status("serving the previous configuration: the new one was rejected");
 	notify_ready();
 }
 
@@ -332,37 +819,60 @@ usage(FILE *f)
 		   "  -V        print the version and exit\n");
 }
 
+/* Open connections per listener, set just before /metrics is rendered. */
+static void
+daemon_collect(void *arg, struct metrics *m)
+{
+	struct daemon *d = arg;
+
+	metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "api",
+			  (double)http_server_connections(d->http));
+	compat_collect(d->compat, m);
+}
+
+/* The series bound: every cached entry may carry a few results, plus the fixed ones. */
+static size_t
+metrics_bound(const struct config *cfg)
+{
+	return cfg->max_entries * 4 + 1024;
+}
+
 static int
 daemon_setup(struct daemon *d)
 {
-	struct cache_params cp = {
-	    .min_validity = d->cfg->min_validity,
-	    .refresh_margin = d->cfg->refresh_margin,
-	    .idle_timeout = d->cfg->idle_timeout,
-	    .wait_timeout_ms = d->cfg->wait_timeout * 1000,
-	    .max_entries = d->cfg->max_entries,
-	};
+	struct cache_params cp;
 	struct http_limits limits;
 	int r, fd, n, *fds = NULL;
 
+	cache_params_from(d->cfg, &cp);
+	TAILQ_INIT(&d->gens);
+	TAILQ_INIT(&d->slots);
+	TAILQ_INIT(&d->calls);
+	d->gen = gen_new(d->cfg);
+	if (d->gen == NULL)
+		return -ENOMEM;
+	TAILQ_INSERT_TAIL(&d->gens, d->gen, link);
 	d->base = event_base_new();
 	if (d->base == NULL)
 		return -ENOMEM;
+	r = metrics_new(&d->metrics, metrics_bound(d->cfg));
+	if (r < 0)
+		return r;
 	r = fetch_new(&d->fetch, d->base);
 	if (r < 0) {
 		log_error("cannot set up libcurl", "error=\"%s\"", strerror(-r));
 		return r;
 	}
 	d->sources = calloc(d->cfg->n_identities + 1, sizeof(*d->sources));
-	if (d->sources == NULL)
+	d->cur_slots = calloc(d->cfg->n_identities + 1, sizeof(*d->cur_slots));
+	d->gc_timer = evtimer_new(d->base, on_gc_timer, d);
+	if (d->sources == NULL || d->cur_slots == NULL || d->gc_timer == NULL)
 		return -ENOMEM;
 	for (size_t i = 0; i < d->cfg->n_identities; i++) {
-		r = source_new(&d->sources[i], &d->cfg->identities[i], d->base, d->fetch);
-		if (r < 0) {
-			log_error("cannot set up the identity", "identity=%s error=\"%s\"",
-				  d->cfg->identities[i].name, strerror(-r));
+		r = slot_new(d, d->gen, i, &d->cur_slots[i]);
+		if (r < 0)
 			return r;
-		}
+		d->sources[i] = d->cur_slots[i]->src;
 	}
 	d->cache_timer = evtimer_new(d->base, on_cache_timer, d);
 	if (d->cache_timer == NULL)
@@ -377,7 +887,14 @@ daemon_setup(struct daemon *d)
 	if (r < 0)
 		return r;
 	api_set_compat(d->api, d->compat);
-	http_limits_default(&limits);
+	api_set_metrics(d->api, d->metrics, daemon_collect, d);
+	compat_set_metrics(d->compat, d->metrics);
+	/* proxy: the [proxy] and [route] listeners (proxy.c) */
+	r = proxy_new(&d->proxy, d->base, d->cache, d->cfg, d->sources);
+	if (r < 0)
+		return r;
+	/* end proxy */
+	api_limits_from(d->cfg, &limits);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
 		return r;
@@ -414,6 +931,45 @@ daemon_setup(struct daemon *d)
 	return notify_setup(d);
 }
 
+/* Every source, current or retired, and the fetches whose callbacks will never run. */
+static void
+daemon_free_sources(struct daemon *d)
+{
+	struct upstream_call *call;
+	struct slot *slot;
+
+	while ((call = TAILQ_FIRST(&d->calls)) != NULL) {
+		TAILQ_REMOVE(&d->calls, call, link);
+		free(call);
+	}
+	if (d->gen == NULL)
+		return;
+	while ((slot = TAILQ_FIRST(&d->slots)) != NULL)
+		slot_free(d, slot);
+	free(d->sources);
+	free(d->cur_slots);
+	d->sources = NULL;
+	d->cur_slots = NULL;
+}
+
+static void
+daemon_free_configs(struct daemon *d)
+{
+	struct gen *g;
+
+	if (d->gen == NULL) {
+		d->cfg = config_free(d->cfg); /* set-up failed before the first gen */
+		return;
+	}
+	while ((g = TAILQ_FIRST(&d->gens)) != NULL) {
+		TAILQ_REMOVE(&d->gens, g, link);
+		config_free(g->cfg);
+		free(g);
+	}
+	d->gen = NULL;
+	d->cfg = NULL;
+}
+
 static void
 daemon_teardown(struct daemon *d)
 {
@@ -433,22 +989,24 @@ daemon_teardown(struct daemon *d)
 	if (d->api != NULL)
 		api_set_compat(d->api, NULL);
 	d->compat = compat_free(d->compat);
+	d->proxy = proxy_free(d->proxy); /* proxy */
 	if (d->unlink_path != NULL) {
 		unlink(d->unlink_path);
 		free(d->unlink_path);
 	}
 	/* no upstream callback may run after this: transfers are aborted first */
-	d->fetch = fetch_free(d->fetch);
-	for (size_t i = 0; d->sources != NULL && i < d->cfg->n_identities; i++)
-		source_free(d->sources[i]);
-	free(d->sources);
+	daemon_free_sources(d);		 /* orphans their requests in flight... */
+	d->fetch = fetch_free(d->fetch); /* ...which fetch_free then cancels */
 	d->api = api_free(d->api);
 	d->cache = cache_free(d->cache);
 	if (d->cache_timer != NULL)
 		event_free(d->cache_timer);
+	if (d->gc_timer != NULL)
+		event_free(d->gc_timer);
 	if (d->base != NULL)
 		event_base_free(d->base);
-	d->cfg = config_free(d->cfg);
+	d->metrics = metrics_free(d->metrics);
+	daemon_free_configs(d);
 }
 
 int
@@ -496,6 +1054,8 @@ main(int argc, char **argv)
 	}
 	r = dev ? config_load_dev(&d.cfg, dev_socket_path(), stderr)
 		: config_load(&d.cfg, path, stderr);
+	d.path = dev ? NULL : path;
+	d.verbose = verbose;
 	if (r < 0)
 		return 1;
 	if (check) {
