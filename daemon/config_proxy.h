@@ -2,10 +2,68 @@
 #ifndef BEARERD_CONFIG_PROXY_H
 #define BEARERD_CONFIG_PROXY_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "config.h"
 
-struct config_proxy {
-	int line; /* of [proxy]; 0 when there is none */
+/* What [proxy] does with CONNECT (key connect). */
+enum config_connect {
+	CONFIG_CONNECT_DENY = 0,  /* 403: the default */
+	CONFIG_CONNECT_TUNNEL,	  /* bytes relayed untouched to tunnel_hosts, no token */
+	CONFIG_CONNECT_INTERCEPT, /* TLS terminated with a leaf from the local CA, stamped */
 };
+
+/* [route "NAME"]: which requests get whose token, and where they go. */
+struct config_route {
+	char *name;
+	int line;
+	/*
+	 * match = host[:port][/path-prefix]; without a port it matches 80 for
+	 * http:// targets and 443 for intercepted CONNECT (match_port is 80)
+	 */
+	char *match_host; /* lower case; IPv6 without brackets */
+	unsigned match_port;
+	bool match_port_set;
+	char *match_path; /* "" for every path, else starts with '/' and has no trailing '/' */
+	char *audience_name;
+	const struct config_audience *audience; /* resolved; NULL with passthrough */
+	/* upstream = http(s)://host[:port][/base-path] */
+	char *upstream;
+	bool upstream_tls;
+	char *upstream_host; /* as written, without brackets */
+	unsigned upstream_port;
+	char *upstream_base;	      /* "" or "/x/y" without trailing '/' */
+	struct config_listen *listen; /* base-URL listener, or NULL */
+	bool overwrite;		      /* replace a caller's own Authorization; default no */
+	bool passthrough;	      /* forward without a token */
+	char *ca_file;		      /* default [proxy] ca_file, then [bearerd] ca_file */
+};
+
+struct config_proxy {
+	int line;		      /* of [proxy]; 0 when there is none */
+	struct config_listen *listen; /* forward-proxy listener, or NULL */
+	enum config_connect connect;
+	char **tunnel_hosts; /* "host:port" (port default 443), NULL-terminated, or NULL */
+	char *ca_file;
+	char *intercept_ca_dir;	  /* connect = intercept: ca.key and ca.pem, created at start */
+	unsigned max_connections; /* per listener, default 1024 */
+	unsigned connect_timeout; /* s, default 10 */
+	unsigned idle_timeout;	  /* s without progress on a request or keep-alive, default 60 */
+	unsigned header_timeout;  /* s to receive a request head, default 10 */
+	bool allow_non_loopback;
+	struct config_route *routes;
+	size_t n_routes;
+};
+
+/*
+ * Splits "host[:port]" or "[v6]:port" (len bytes of s) into a malloc'd lower
+ * case host without brackets and the port (0 when absent).  -EINVAL when the
+ * host has characters a DNS name or address cannot have, or the port is bad.
+ */
+int config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port);
+
+/* True for "localhost", 127.0.0.0/8 and ::1 written as literals. */
+bool config_proxy_host_is_loopback(const char *host);
 
 #endif

@@ -376,7 +376,7 @@ scan_connection(const char *v, size_t len, bool *close, bool *keep_alive)
 
 /* Derives content_length, chunked and keep_alive; rejects ambiguous framing. */
 static int
-derive_framing(struct http_head *h)
+derive_framing(struct http_head *h, bool response)
 {
 	bool conn_close = false, conn_keep_alive = false, have_host = false, have_te = false;
 	int i;
@@ -389,7 +389,7 @@ derive_framing(struct http_head *h)
 
 		switch (f->name_len) {
 		case 4:
-			if (!eq_nocase(f->name, 4, "host"))
+			if (response || !eq_nocase(f->name, 4, "host"))
 				break;
 			if (have_host)
 				return -EINVAL;
@@ -433,47 +433,16 @@ derive_framing(struct http_head *h)
 	return 0;
 }
 
-int
-http_parse_request_head(const char *buf, size_t len, struct http_head *out)
+/*
+ * *( field-line CRLF ) CRLF at p: returns the bytes it takes (> 0), 0 when more
+ * input is needed, -EINVAL or -E2BIG.
+ */
+static int
+parse_fields(const unsigned char *p, const unsigned char *end, struct http_head *out)
 {
-	const unsigned char *p = (const unsigned char *)buf, *end, *start, *vend;
-	int n = 0, r;
+	const unsigned char *begin = p, *start, *vend;
+	int n = 0;
 
-	if (len > INT_MAX)
-		len = INT_MAX;
-	end = p + len;
-
-	/* method SP */
-	start = p;
-	while (p < end && (ctab[*p] & C_TCHAR))
-		p++;
-	if (p == end)
-		return 0;
-	if (*p != ' ' || p == start)
-		return -EINVAL;
-	out->method = (const char *)start;
-	out->method_len = (size_t)(p - start);
-	p++;
-
-	/* request-target SP: visible ASCII only */
-	start = p;
-	while (p < end && (ctab[*p] & C_TARGET))
-		p++;
-	if (p == end)
-		return 0;
-	if (*p != ' ' || p == start)
-		return -EINVAL;
-	out->target = (const char *)start;
-	out->target_len = (size_t)(p - start);
-	p++;
-
-	/* HTTP-version CRLF */
-	r = parse_version(p, end, &out->minor);
-	if (r <= 0)
-		return r;
-	p += r;
-
-	/* *( field-line CRLF ) CRLF */
 	for (;;) {
 		struct http_header *h;
 
@@ -526,8 +495,112 @@ http_parse_request_head(const char *buf, size_t len, struct http_head *out)
 		n++;
 	}
 	out->nheaders = n;
+	return (int)(p - begin);
+}
 
-	r = derive_framing(out);
+int
+http_parse_request_head(const char *buf, size_t len, struct http_head *out)
+{
+	const unsigned char *p = (const unsigned char *)buf, *end, *start;
+	int r;
+
+	if (len > INT_MAX)
+		len = INT_MAX;
+	end = p + len;
+
+	/* method SP */
+	start = p;
+	while (p < end && (ctab[*p] & C_TCHAR))
+		p++;
+	if (p == end)
+		return 0;
+	if (*p != ' ' || p == start)
+		return -EINVAL;
+	out->method = (const char *)start;
+	out->method_len = (size_t)(p - start);
+	p++;
+
+	/* request-target SP: visible ASCII only */
+	start = p;
+	while (p < end && (ctab[*p] & C_TARGET))
+		p++;
+	if (p == end)
+		return 0;
+	if (*p != ' ' || p == start)
+		return -EINVAL;
+	out->target = (const char *)start;
+	out->target_len = (size_t)(p - start);
+	p++;
+
+	/* HTTP-version CRLF */
+	r = parse_version(p, end, &out->minor);
+	if (r <= 0)
+		return r;
+	p += r;
+
+	r = parse_fields(p, end, out);
+	if (r <= 0)
+		return r;
+	p += r;
+	r = derive_framing(out, false);
+	if (r < 0)
+		return r;
+	return (int)(p - (const unsigned char *)buf);
+}
+
+int
+http_parse_response_head(const char *buf, size_t len, struct http_head *out)
+{
+	const unsigned char *p = (const unsigned char *)buf, *end, *start;
+	int r, i;
+
+	if (len > INT_MAX)
+		len = INT_MAX;
+	end = p + len;
+
+	/* HTTP-version SP 3DIGIT SP reason-phrase CRLF */
+	for (i = 0; i < 9 && p + i < end; i++) {
+		if (i == 7 ? p[i] != '0' && p[i] != '1' : p[i] != (unsigned char)"HTTP/1.x "[i])
+			return -EINVAL;
+	}
+	if (i < 9)
+		return 0;
+	out->minor = p[7] - '0';
+	p += 9;
+	out->status = 0;
+	for (i = 0; i < 3; i++, p++) {
+		if (p == end)
+			return 0;
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+		out->status = out->status * 10 + (*p - '0');
+	}
+	if (out->status < 100)
+		return -EINVAL;
+	if (p == end)
+		return 0;
+	if (*p != ' ' && *p != '\r')
+		return -EINVAL;
+	if (*p == ' ')
+		p++;
+	start = p;
+	while (p < end && (ctab[*p] & C_VALUE))
+		p++;
+	if (p == end || (p + 1 == end && *p == '\r'))
+		return 0;
+	if (p[0] != '\r' || p[1] != '\n')
+		return -EINVAL;
+	out->method = NULL;
+	out->method_len = 0;
+	out->target = (const char *)start; /* the reason phrase */
+	out->target_len = (size_t)(p - start);
+	p += 2;
+
+	r = parse_fields(p, end, out);
+	if (r <= 0)
+		return r;
+	p += r;
+	r = derive_framing(out, true);
 	if (r < 0)
 		return r;
 	return (int)(p - (const unsigned char *)buf);

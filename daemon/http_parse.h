@@ -24,7 +24,8 @@ struct http_head {
 	size_t method_len;
 	const char *target; /* request-target as sent (origin-, absolute- or authority-form) */
 	size_t target_len;
-	int minor; /* HTTP/1.<minor>: 0 or 1 */
+	int minor;  /* HTTP/1.<minor>: 0 or 1 */
+	int status; /* responses only: 100..999 (method is NULL, target the reason phrase) */
 	struct http_header headers[HTTP_MAX_HEADERS];
 	int nheaders;
 	/* framing, derived from the headers */
@@ -46,6 +47,13 @@ struct http_head {
  * contents are meaningful only when the return is > 0.
  */
 int http_parse_request_head(const char *buf, size_t len, struct http_head *out);
+
+/*
+ * Parses one response head (an upstream's, for the proxy) the same strict
+ * way: "HTTP/1.0" or "HTTP/1.1", a three-digit status, then the fields.  The
+ * return values are those of http_parse_request_head; Host is not special.
+ */
+int http_parse_response_head(const char *buf, size_t len, struct http_head *out);
 
 /* Case-insensitive lookup of the first header called name; NULL if absent. */
 const struct http_header *http_head_find(const struct http_head *h, const char *name);

@@ -828,6 +828,7 @@ daemon_collect(void *arg, struct metrics *m)
 	metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "api",
 			  (double)http_server_connections(d->http));
 	compat_collect(d->compat, m);
+	proxy_collect(d->proxy, m); /* proxy */
 }
 
 /* The series bound: every cached entry may carry a few results, plus the fixed ones. */
@@ -893,6 +894,7 @@ daemon_setup(struct daemon *d)
 	r = proxy_new(&d->proxy, d->base, d->cache, d->cfg, d->sources);
 	if (r < 0)
 		return r;
+	proxy_set_metrics(d->proxy, d->metrics);
 	/* end proxy */
 	api_limits_from(d->cfg, &limits);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);

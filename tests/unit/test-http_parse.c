@@ -447,6 +447,67 @@ test_percent_decode(void **state)
 	assert_int_equal(n, 15);
 }
 
+/* Response heads (the proxy's upstreams) */
+
+static int
+parse_resp(const char *s, struct http_head *h)
+{
+	return http_parse_response_head(s, strlen(s), h);
+}
+
+static void
+test_response_heads(void **state)
+{
+	const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nHost: a\r\nHost: b\r\n\r\nbody";
+	struct http_head h;
+
+	assert_int_equal(parse_resp(r, &h), (int)strlen(r) - 4);
+	assert_int_equal(h.status, 200);
+	assert_int_equal(h.minor, 1);
+	assert_span(h.target, h.target_len, "OK");
+	assert_int_equal(h.content_length, 12);
+	assert_int_equal(h.keep_alive, 1);
+	assert_int_equal(h.nheaders, 3); /* Host is not special in a response */
+
+	assert_true(parse_resp("HTTP/1.1 204 \r\n\r\n", &h) > 0);
+	assert_int_equal(h.status, 204);
+	assert_true(parse_resp("HTTP/1.1 404\r\n\r\n", &h) > 0); /* no reason phrase */
+	assert_true(parse_resp("HTTP/1.0 200 OK\r\n\r\n", &h) > 0);
+	assert_int_equal(h.keep_alive, 0);
+	assert_int_equal(h.content_length, -1);
+	assert_true(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &h) > 0);
+	assert_int_equal(h.chunked, 1);
+	assert_true(parse_resp("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", &h) > 0);
+	assert_int_equal(h.keep_alive, 0);
+}
+
+static void
+test_response_incomplete_and_rejected(void **state)
+{
+	const char *full = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\r\n";
+	struct http_head h;
+
+	for (size_t i = 0; i < strlen(full); i++)
+		assert_int_equal(http_parse_response_head(full, i, &h), 0);
+	assert_int_equal(parse_resp("HTTP/1.2 200 OK\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/2 200 OK\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.x 200 OK\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 20 OK\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 099 OK\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 200 OK\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 200 O\x01K\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 200 OK\r\nA: 1\r\n b\r\n\r\n", &h), -EINVAL);
+	assert_int_equal(
+	    parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+		       &h),
+	    -EINVAL);
+	assert_int_equal(
+	    parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &h),
+	    -EINVAL);
+	assert_int_equal(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &h),
+			 -EINVAL);
+}
+
 int
 main(void)
 {
@@ -468,6 +529,8 @@ main(void)
 	    cmocka_unit_test(test_query_get),
 	    cmocka_unit_test(test_query_get_errors),
 	    cmocka_unit_test(test_percent_decode),
+	    cmocka_unit_test(test_response_heads),
+	    cmocka_unit_test(test_response_incomplete_and_rejected),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

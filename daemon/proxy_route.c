@@ -1,0 +1,191 @@
+/* Route matching and header rules of the proxy (see proxy_route.h). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proxy_route.h"
+
+static bool
+eq_nocase(const char *s, size_t len, const char *lit)
+{
+	return strlen(lit) == len && strncasecmp(s, lit, len) == 0;
+}
+
+int
+proxy_route_absolute(const char *target, size_t len, char **host, unsigned *port, const char **rest,
+		     size_t *rest_len)
+{
+	const char *a, *end = target + len, *aend;
+	int r;
+
+	if (len < 8 || strncasecmp(target, "http://", 7) != 0)
+		return -EINVAL;
+	a = target + 7;
+	aend = a;
+	while (aend < end && *aend != '/' && *aend != '?')
+		aend++;
+	if (memchr(a, '@', (size_t)(aend - a)) != NULL || memchr(target, '#', len) != NULL)
+		return -EINVAL;
+	r = config_proxy_hostport(a, (size_t)(aend - a), host, port);
+	if (r < 0)
+		return r;
+	if (*port == 0)
+		*port = 80;
+	*rest = aend;
+	*rest_len = (size_t)(end - aend);
+	return 0;
+}
+
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = (char)(c | 0x20);
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+bool
+proxy_route_path_unsafe(const char *path, size_t len)
+{
+	const char *q = memchr(path, '?', len);
+	size_t seg_dots = 0, seg_len = 0;
+
+	if (q != NULL)
+		len = (size_t)(q - path);
+	for (size_t i = 0; i <= len; i++) {
+		int c = i < len ? (unsigned char)path[i] : '/';
+
+		if (i < len && c == '%') {
+			int hi, lo;
+
+			if (i + 2 >= len)
+				return true;
+			hi = hexval(path[i + 1]);
+			lo = hexval(path[i + 2]);
+			if (hi < 0 || lo < 0)
+				return true;
+			c = hi << 4 | lo;
+			if (c == '/' || c == '\\' || c == 0)
+				return true;
+			i += 2;
+		} else if (c == '\\') {
+			return true;
+		} else if (c == '/') {
+			if (seg_len > 0 && seg_len == seg_dots && seg_dots <= 2)
+				return true;
+			seg_len = seg_dots = 0;
+			continue;
+		}
+		seg_len++;
+		if (c == '.')
+			seg_dots++;
+	}
+	return false;
+}
+
+const struct config_route *
+proxy_route_match(const struct config_proxy *cp, const char *host, unsigned port,
+		  unsigned default_port, const char *path, size_t path_len)
+{
+	const struct config_route *best = NULL;
+	size_t best_len = 0;
+	const char *q = memchr(path, '?', path_len);
+
+	if (q != NULL)
+		path_len = (size_t)(q - path);
+	for (size_t i = 0; cp != NULL && i < cp->n_routes; i++) {
+		const struct config_route *r = &cp->routes[i];
+		size_t pl;
+
+		if (r->match_host == NULL || strcmp(r->match_host, host) != 0 ||
+		    (r->match_port_set ? r->match_port != port : port != default_port))
+			continue;
+		pl = strlen(r->match_path);
+		if (pl > path_len || memcmp(r->match_path, path, pl) != 0 ||
+		    (pl < path_len && path[pl] != '/'))
+			continue;
+		if (best == NULL || pl > best_len) {
+			best = r;
+			best_len = pl;
+		}
+	}
+	return best;
+}
+
+bool
+proxy_route_host_agrees(const char *value, size_t len, const char *host, unsigned port,
+			unsigned default_port)
+{
+	char *h = NULL;
+	unsigned p;
+	bool ok;
+
+	if (config_proxy_hostport(value, len, &h, &p) < 0)
+		return false;
+	ok = strcmp(h, host) == 0 && (p == port || (p == 0 && port == default_port));
+	free(h);
+	return ok;
+}
+
+/* True when the Connection field(s) of h list name (name_len bytes). */
+static bool
+connection_lists(const struct http_head *h, const char *name, size_t name_len)
+{
+	for (int i = 0; i < h->nheaders; i++) {
+		const struct http_header *f = &h->headers[i];
+		size_t j = 0;
+
+		if (!eq_nocase(f->name, f->name_len, "connection"))
+			continue;
+		while (j < f->value_len) {
+			size_t s, e;
+
+			while (j < f->value_len &&
+			       (f->value[j] == ',' || f->value[j] == ' ' || f->value[j] == '\t'))
+				j++;
+			s = j;
+			while (j < f->value_len && f->value[j] != ',')
+				j++;
+			e = j;
+			while (e > s && (f->value[e - 1] == ' ' || f->value[e - 1] == '\t'))
+				e--;
+			if (e - s == name_len && strncasecmp(f->value + s, name, name_len) == 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+bool
+proxy_route_hop_by_hop(const struct http_head *h, const struct http_header *f)
+{
+	static const char *const names[] = {
+	    "connection",	   "keep-alive", "proxy-connection",
+	    "proxy-authorization", "te",	 "trailer",
+	    "transfer-encoding",   "upgrade",	 "host",
+	    "content-length",	   "expect",	 "proxy-authenticate",
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (eq_nocase(f->name, f->name_len, names[i]))
+			return true;
+	return connection_lists(h, f->name, f->name_len);
+}
+
+bool
+proxy_route_invalid_token(const char *value, size_t len)
+{
+	static const char needle[] = "error=\"invalid_token\"";
+	size_t n = sizeof(needle) - 1;
+
+	if (len < 6 || strncasecmp(value, "bearer", 6) != 0)
+		return false;
+	for (size_t i = 6; i + n <= len; i++)
+		if (strncasecmp(value + i, needle, n) == 0)
+			return true;
+	return false;
+}

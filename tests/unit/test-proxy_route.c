@@ -1,0 +1,188 @@
+/* Unit tests for proxy_route.c and the host parsing of config_proxy.c: route matching,
+ * absolute-form targets, Host agreement, unsafe paths, hop-by-hop fields. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config_proxy.h"
+#include "http_parse.h"
+#include "proxy_route.h"
+
+static void
+test_hostport(void **state)
+{
+	char *h = NULL;
+	unsigned port;
+
+	assert_int_equal(config_proxy_hostport("API.Example.com:8443", 20, &h, &port), 0);
+	assert_string_equal(h, "api.example.com");
+	assert_int_equal(port, 8443);
+	free(h);
+	assert_int_equal(config_proxy_hostport("[::1]:443", 9, &h, &port), 0);
+	assert_string_equal(h, "::1");
+	assert_int_equal(port, 443);
+	free(h);
+	assert_int_equal(config_proxy_hostport("h", 1, &h, &port), 0);
+	assert_int_equal(port, 0);
+	free(h);
+	assert_int_equal(config_proxy_hostport("h:0", 3, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("h:65536", 7, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("h:", 2, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport(":80", 3, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("a b", 3, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("a@b", 3, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("[::1", 4, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("[x]:1", 5, &h, &port), -EINVAL);
+	assert_int_equal(config_proxy_hostport("::1", 3, &h, &port), -EINVAL);
+	assert_true(config_proxy_host_is_loopback("localhost"));
+	assert_true(config_proxy_host_is_loopback("127.1.2.3"));
+	assert_true(config_proxy_host_is_loopback("::1"));
+	assert_false(config_proxy_host_is_loopback("10.0.0.1"));
+	assert_false(config_proxy_host_is_loopback("localhost.example.com"));
+}
+
+static void
+test_absolute(void **state)
+{
+	const char *t = "http://API.example.com:8080/a/b?x=1", *rest;
+	char *h = NULL;
+	unsigned port;
+	size_t rl;
+
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), 0);
+	assert_string_equal(h, "api.example.com");
+	assert_int_equal(port, 8080);
+	assert_int_equal(rl, 8);
+	assert_memory_equal(rest, "/a/b?x=1", 8);
+	free(h);
+	t = "HTTP://h?q";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), 0);
+	assert_int_equal(port, 80);
+	assert_int_equal(rl, 2);
+	free(h);
+	t = "https://h/";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), -EINVAL);
+	t = "http://user@h/";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), -EINVAL);
+	t = "http://h/#frag";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), -EINVAL);
+	t = "/origin";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), -EINVAL);
+	t = "http:///x";
+	assert_int_equal(proxy_route_absolute(t, strlen(t), &h, &port, &rest, &rl), -EINVAL);
+}
+
+static void
+test_match(void **state)
+{
+	struct config_route routes[3] = {
+	    {.name = "all", .match_host = "api", .match_port = 80, .match_path = ""},
+	    {.name = "v1", .match_host = "api", .match_port = 80, .match_path = "/v1"},
+	    {.name = "other",
+	     .match_host = "api",
+	     .match_port = 8080,
+	     .match_port_set = true,
+	     .match_path = ""},
+	};
+	struct config_proxy cp = {.routes = routes, .n_routes = 3};
+
+	assert_ptr_equal(proxy_route_match(&cp, "api", 80, 80, "/v1", 3), &routes[1]);
+	assert_ptr_equal(proxy_route_match(&cp, "api", 80, 80, "/v1/x", 5), &routes[1]);
+	assert_ptr_equal(proxy_route_match(&cp, "api", 80, 80, "/v1?q", 5), &routes[1]);
+	assert_ptr_equal(proxy_route_match(&cp, "api", 80, 80, "/v1x", 4), &routes[0]);
+	assert_ptr_equal(proxy_route_match(&cp, "api", 80, 80, "", 0), &routes[0]);
+	assert_ptr_equal(proxy_route_match(&cp, "api", 8080, 80, "/v1", 3), &routes[2]);
+	assert_null(proxy_route_match(&cp, "api", 81, 80, "/", 1));
+	assert_null(proxy_route_match(&cp, "api.evil", 80, 80, "/", 1));
+	cp.n_routes = 2;
+	routes[0].match_path = "/v2";
+	assert_null(proxy_route_match(&cp, "api", 80, 80, "/v2x", 4));
+	assert_null(proxy_route_match(&cp, "api", 80, 80, "/", 1));
+	/* without a port: 443 when intercepting, never an explicit other port */
+	assert_ptr_equal(proxy_route_match(&cp, "api", 443, 443, "/v1", 3), &routes[1]);
+	assert_null(proxy_route_match(&cp, "api", 443, 80, "/v1", 3));
+	cp.n_routes = 3;
+	assert_ptr_equal(proxy_route_match(&cp, "api", 8080, 443, "/x", 2), &routes[2]);
+}
+
+static void
+test_host_agrees(void **state)
+{
+	assert_true(proxy_route_host_agrees("API", 3, "api", 80, 80));
+	assert_true(proxy_route_host_agrees("api:80", 6, "api", 80, 80));
+	assert_true(proxy_route_host_agrees("api:8080", 8, "api", 8080, 80));
+	assert_false(proxy_route_host_agrees("api", 3, "api", 8080, 80));
+	assert_false(proxy_route_host_agrees("evil", 4, "api", 80, 80));
+	assert_false(proxy_route_host_agrees("api:81", 6, "api", 80, 80));
+	assert_false(proxy_route_host_agrees("", 0, "api", 80, 80));
+	assert_true(proxy_route_host_agrees("api", 3, "api", 443, 443));
+	assert_false(proxy_route_host_agrees("api", 3, "api", 443, 80));
+}
+
+static void
+test_path_unsafe(void **state)
+{
+	static const char *const unsafe[] = {
+	    "/a/../b", "/a/..", "/./a",	 "/a/%2e%2E/b", "/a/.%2e", "/a%2fb",
+	    "/a%5cb",  "/a\\b", "/a%00", "/a%zz",	"/a%2",
+	};
+	static const char *const safe[] = {
+	    "/a/b", "/a/...", "/a/.b", "/a/b.", "/a?x=/../", "", "/a%20b", "/a/%2e%2e%2e",
+	};
+
+	for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++)
+		assert_true(proxy_route_path_unsafe(unsafe[i], strlen(unsafe[i])));
+	for (size_t i = 0; i < sizeof(safe) / sizeof(safe[0]); i++)
+		assert_false(proxy_route_path_unsafe(safe[i], strlen(safe[i])));
+}
+
+static void
+test_hop_by_hop(void **state)
+{
+	const char *req =
+	    "GET / HTTP/1.1\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+	    "X-Kept: 2\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n"
+	    "Upgrade: h2c\r\nHost: h\r\nContent-Length: 0\r\nAuthorization: y\r\n\r\n";
+	struct http_head h;
+
+	assert_true(http_parse_request_head(req, strlen(req), &h) > 0);
+	assert_true(proxy_route_hop_by_hop(&h, &h.headers[0]));	 /* Connection */
+	assert_true(proxy_route_hop_by_hop(&h, &h.headers[1]));	 /* listed in Connection */
+	assert_false(proxy_route_hop_by_hop(&h, &h.headers[2])); /* X-Kept */
+	for (int i = 3; i < 9; i++)
+		assert_true(proxy_route_hop_by_hop(&h, &h.headers[i]));
+	assert_false(proxy_route_hop_by_hop(&h, &h.headers[9])); /* Authorization */
+}
+
+static void
+test_invalid_token(void **state)
+{
+	const char *yes = "Bearer realm=\"x\", error=\"invalid_token\"";
+	const char *yes2 = "bearer ERROR=\"INVALID_TOKEN\"";
+	const char *no1 = "Bearer error=\"insufficient_scope\"";
+	const char *no2 = "Basic error=\"invalid_token\"";
+
+	assert_true(proxy_route_invalid_token(yes, strlen(yes)));
+	assert_true(proxy_route_invalid_token(yes2, strlen(yes2)));
+	assert_false(proxy_route_invalid_token(no1, strlen(no1)));
+	assert_false(proxy_route_invalid_token(no2, strlen(no2)));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_hostport),	  cmocka_unit_test(test_absolute),
+	    cmocka_unit_test(test_match),	  cmocka_unit_test(test_host_agrees),
+	    cmocka_unit_test(test_path_unsafe),	  cmocka_unit_test(test_hop_by_hop),
+	    cmocka_unit_test(test_invalid_token),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
