@@ -54,10 +54,15 @@ text_add(struct text *t, const char *s, size_t n)
 	if (t->len + n + 1 > t->cap) {
 		for (cap = t->cap ? t->cap : 256; cap < t->len + n + 1; cap *= 2)
 			;
-		b = realloc(t->buf, cap);
+		b = malloc(cap); /* not realloc: the old block is wiped */
 		if (b == NULL) {
 			t->oom = true;
 			return;
+		}
+		if (t->buf != NULL) {
+			memcpy(b, t->buf, t->len);
+			OPENSSL_cleanse(t->buf, t->cap);
+			free(t->buf);
 		}
 		t->buf = b;
 		t->cap = cap;
@@ -118,6 +123,15 @@ b64url(const unsigned char *in, size_t len, char **out)
 	}
 	*out = s;
 	return 0;
+}
+
+static void
+wipe_free(void *p, size_t len)
+{
+	if (p != NULL) {
+		OPENSSL_cleanse(p, len);
+		free(p);
+	}
 }
 
 struct assertion_key *
@@ -231,14 +245,21 @@ load_cert(struct assertion_key *k, const char *path, bool entra, char *msg, size
 	unsigned int md_len = 0;
 	bool sha1 = entra && k->alg == CONFIG_ALG_RS256;
 	X509 *cert = NULL;
+	char *pem = NULL;
+	size_t pem_len = 0;
 	BIO *bio;
 	int der_len, r;
 
-	bio = BIO_new_file(path, "r");
+	/* a regular file of bounded size: this runs on the loop when the file changes */
+	r = secret_read_public(path, &pem, &pem_len, msg, size);
+	if (r < 0)
+		return r;
+	bio = BIO_new_mem_buf(pem, (int)pem_len);
 	if (bio != NULL) {
 		cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
 		BIO_free(bio);
 	}
+	free(pem);
 	ERR_clear_error();
 	if (cert == NULL) {
 		snprintf(msg, size, "'%.200s' holds no PEM certificate", path);
@@ -423,7 +444,7 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	EVP_PKEY_CTX *pctx = NULL;
 	unsigned char *buf = NULL;
-	size_t n = 0;
+	size_t n = 0, cap = 0;
 	int r = -EIO;
 
 	if (ctx == NULL)
@@ -440,7 +461,8 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 	}
 	if (EVP_DigestSign(ctx, NULL, &n, (const unsigned char *)input, len) != 1)
 		goto out;
-	buf = malloc(n > 64 ? n : 64);
+	cap = n > 64 ? n : 64;
+	buf = malloc(cap);
 	if (buf == NULL) {
 		r = -ENOMEM;
 		goto out;
@@ -453,6 +475,8 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 		if (ecdsa_raw(buf, n, raw) < 0)
 			goto out;
 		memcpy(buf, raw, sizeof(raw));
+		OPENSSL_cleanse(raw, sizeof(raw));
+		OPENSSL_cleanse(buf + sizeof(raw), cap - sizeof(raw)); /* the rest of the DER */
 		n = sizeof(raw);
 	}
 	*sig = buf;
@@ -462,7 +486,10 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 out:
 	if (r < 0)
 		ERR_clear_error();
-	free(buf);
+	if (buf != NULL) {
+		OPENSSL_cleanse(buf, cap);
+		free(buf);
+	}
 	EVP_MD_CTX_free(ctx);
 	return r;
 }
@@ -507,12 +534,13 @@ assertion_sign(const struct assertion_key *k, const char *client_id, const char 
 	*out = jws;
 	r = 0;
 out:
-	free(head.buf);
-	free(claims.buf);
-	free(h);
-	free(c);
-	free(sig64);
-	free(sig);
-	free(input);
+	/* the signing input and signature are the assertion, valid for minutes: wiped */
+	wipe_free(head.buf, head.cap);
+	wipe_free(claims.buf, claims.cap);
+	wipe_free(h, h != NULL ? strlen(h) : 0);
+	wipe_free(c, c != NULL ? strlen(c) : 0);
+	wipe_free(sig64, sig64 != NULL ? strlen(sig64) : 0);
+	wipe_free(sig, sig_len);
+	wipe_free(input, input != NULL ? strlen(input) : 0);
 	return r;
 }

@@ -1,7 +1,8 @@
 /*
  * Secret files (see secret.h).  The rule follows OpenSMTPD and ssh: a secret
  * that another user can read, or that a user other than ours or root could
- * have written, is refused rather than used, with a message saying why.
+ * have written (as owner, through the group or as anyone), is refused rather
+ * than used, with a message saying why.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,8 +45,15 @@ secret_path_expand(const char *value, char **out)
 	return 0;
 }
 
+/* What a file must satisfy besides being a regular file. */
+enum file_rule {
+	RULE_SECRET, /* ours or root's; others can neither read nor write, nor can the group */
+	RULE_SECRET_SHARED, /* the same, but others may read it (a projected token) */
+	RULE_PUBLIC,	    /* not a secret (a certificate): only regular and bounded */
+};
+
 static int
-check_stat(const struct stat *st, const char *path, bool others_may_read, char *msg, size_t size)
+check_stat(const struct stat *st, const char *path, enum file_rule rule, char *msg, size_t size)
 {
 	uid_t me = geteuid();
 
@@ -53,16 +61,24 @@ check_stat(const struct stat *st, const char *path, bool others_may_read, char *
 		snprintf(msg, size, "'%.200s' is not a regular file", path);
 		return -EINVAL;
 	}
+	if (rule == RULE_PUBLIC)
+		return 0;
 	if (st->st_uid != me && st->st_uid != 0) {
 		snprintf(msg, size,
 			 "'%.200s' is owned by uid %u, not by bearerd's user (uid %u) or root",
 			 path, (unsigned)st->st_uid, (unsigned)me);
 		return -EPERM;
 	}
-	if ((st->st_mode & S_IWOTH) || (!others_may_read && (st->st_mode & S_IROTH))) {
+	if ((st->st_mode & S_IWOTH) || (rule == RULE_SECRET && (st->st_mode & S_IROTH))) {
 		snprintf(msg, size, "'%.200s' is %s by other users (mode %04o): chmod o-rwx it",
 			 path, (st->st_mode & S_IWOTH) ? "writable" : "readable",
 			 (unsigned)(st->st_mode & 07777));
+		return -EPERM;
+	}
+	/* another user in the group could have put their own secret (or token) there */
+	if (st->st_mode & S_IWGRP) {
+		snprintf(msg, size, "'%.200s' is writable by its group (mode %04o): chmod g-w it",
+			 path, (unsigned)(st->st_mode & 07777));
 		return -EPERM;
 	}
 	return 0;
@@ -79,7 +95,7 @@ secret_check_path(const char *path, bool others_may_read, char *msg, size_t size
 		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
 		return r;
 	}
-	r = check_stat(&st, path, others_may_read, msg, size);
+	r = check_stat(&st, path, others_may_read ? RULE_SECRET_SHARED : RULE_SECRET, msg, size);
 	if (r < 0)
 		return r;
 	if (access(path, R_OK) < 0) {
@@ -100,8 +116,9 @@ secret_free(char *s, size_t len)
 	return NULL;
 }
 
-int
-secret_read(const char *path, bool others_may_read, char **out, size_t *len, char *msg, size_t size)
+/* Reads a whole file of at most SECRET_MAX_SIZE bytes after checking it against rule. */
+static int
+read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *msg, size_t size)
 {
 	struct stat st;
 	char *buf = NULL, *copy;
@@ -120,7 +137,7 @@ secret_read(const char *path, bool others_may_read, char **out, size_t *len, cha
 		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
 		goto out;
 	}
-	r = check_stat(&st, path, others_may_read, msg, size);
+	r = check_stat(&st, path, rule, msg, size);
 	if (r < 0)
 		goto out;
 	/* the cap is the buffer: a file larger than SECRET_MAX_SIZE fails below */
@@ -178,4 +195,196 @@ out:
 	secret_free(buf, SECRET_MAX_SIZE + 1);
 	close(fd);
 	return r;
+}
+
+int
+secret_read(const char *path, bool others_may_read, char **out, size_t *len, char *msg, size_t size)
+{
+	return read_file(path, others_may_read ? RULE_SECRET_SHARED : RULE_SECRET, out, len, msg,
+			 size);
+}
+
+int
+secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t size)
+{
+	return read_file(path, RULE_PUBLIC, out, len, msg, size);
+}
+
+/* s percent-encoded as a form or query carries it: hex in upper or lower case, or '+' for ' '. */
+static char *
+percent_encode(const char *s, size_t len, bool lower, bool plus)
+{
+	const char *hex = lower ? "0123456789abcdef" : "0123456789ABCDEF";
+	char *out = malloc(3 * len + 1), *o = out;
+
+	if (out == NULL)
+		return NULL;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '.' || c == '_' || c == '~') {
+			*o++ = (char)c;
+		} else if (c == ' ' && plus) {
+			*o++ = '+';
+		} else {
+			*o++ = '%';
+			*o++ = hex[c >> 4];
+			*o++ = hex[c & 15];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Four hex digits at p (which has at least 4 bytes), or -1. */
+static long
+hex4(const char *p)
+{
+	long v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		int h = hex_value(p[i]);
+
+		if (h < 0)
+			return -1;
+		v = v * 16 + h;
+	}
+	return v;
+}
+
+static size_t
+put_utf8(char *o, unsigned long cp)
+{
+	if (cp < 0x80) {
+		o[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (char)(0xc0 | (cp >> 6));
+		o[1] = (char)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (char)(0xe0 | (cp >> 12));
+		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		o[2] = (char)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (char)(0xf0 | (cp >> 18));
+	o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+	o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+	o[3] = (char)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+/*
+ * text with every JSON escape sequence replaced by what it stands for, the
+ * rest as is: each JSON string of the text appears decoded.  Never longer
+ * than text (an escape is at least as long as its UTF-8).
+ */
+static char *
+json_unescape_all(const char *text, size_t len, size_t *out_len)
+{
+	char *out = malloc(len + 1), *o = out;
+	size_t i = 0;
+
+	if (out == NULL)
+		return NULL;
+	while (i < len) {
+		long cp, lo;
+
+		if (text[i] != '\\' || i + 1 >= len) {
+			*o++ = text[i++];
+			continue;
+		}
+		switch (text[i + 1]) {
+		case 'b':
+			*o++ = '\b';
+			break;
+		case 'f':
+			*o++ = '\f';
+			break;
+		case 'n':
+			*o++ = '\n';
+			break;
+		case 'r':
+			*o++ = '\r';
+			break;
+		case 't':
+			*o++ = '\t';
+			break;
+		case 'u':
+			cp = i + 6 <= len ? hex4(text + i + 2) : -1;
+			if (cp < 0) {
+				*o++ = text[i++];
+				continue;
+			}
+			if (cp >= 0xd800 && cp < 0xdc00 && i + 12 <= len && text[i + 6] == '\\' &&
+			    text[i + 7] == 'u' && (lo = hex4(text + i + 8)) >= 0xdc00 &&
+			    lo < 0xe000) {
+				o += put_utf8(o, 0x10000 + (((unsigned long)cp - 0xd800) << 10) +
+						     ((unsigned long)lo - 0xdc00));
+				i += 12;
+				continue;
+			}
+			o += put_utf8(o, (unsigned long)cp);
+			i += 6;
+			continue;
+		default:
+			*o++ = text[i + 1];
+			break; /* \" \\ \/ and anything else */
+		}
+		i += 2;
+	}
+	*out_len = (size_t)(o - out);
+	return out;
+}
+
+bool
+secret_in_text(const char *text, size_t len, const char *secret, size_t secret_len)
+{
+	char *forms[4] = {NULL}, *plain = NULL;
+	size_t plain_len = 0, n = 0;
+	bool found = false, oom = false;
+
+	if (text == NULL || len == 0 || secret == NULL || secret_len == 0)
+		return false;
+	forms[n++] = (char *)secret;
+	for (int v = 0; v < 3; v++) {
+		char *f = percent_encode(secret, secret_len, v == 1, v == 2);
+
+		if (f == NULL)
+			oom = true;
+		else if (memcmp(f, secret, secret_len) == 0 && f[secret_len] == '\0')
+			secret_free(f, secret_len);
+		else
+			forms[n++] = f;
+	}
+	if (memchr(text, '\\', len) != NULL) {
+		plain = json_unescape_all(text, len, &plain_len);
+		oom |= plain == NULL;
+	}
+	for (size_t i = 0; i < n && !found; i++) {
+		size_t flen = i == 0 ? secret_len : strlen(forms[i]);
+
+		found = memmem(text, len, forms[i], flen) != NULL ||
+			(plain != NULL && memmem(plain, plain_len, forms[i], flen) != NULL);
+	}
+	for (size_t i = 1; i < n; i++)
+		secret_free(forms[i], strlen(forms[i]));
+	secret_free(plain, plain_len);
+	return found || oom; /* out of memory: assume the worst */
 }

@@ -21,8 +21,9 @@ int secret_path_expand(const char *value, char **out);
 
 /*
  * Checks that path is a regular file owned by our effective uid or root that
- * other users can neither write nor (unless others_may_read) read.  Group
- * access is allowed: Kubernetes and systemd credentials are 0440/0640 root:group.
+ * other users can neither write nor (unless others_may_read) read, and that
+ * its group cannot write.  Group read access is allowed: Kubernetes and
+ * systemd credentials are 0440/0640 root:group.
  * Returns 0, or -errno with a one-line reason in msg (never the content).
  */
 int secret_check_path(const char *path, bool others_may_read, char *msg, size_t size);
@@ -35,6 +36,20 @@ int secret_check_path(const char *path, bool others_may_read, char *msg, size_t 
  */
 int secret_read(const char *path, bool others_may_read, char **out, size_t *len, char *msg,
 		size_t size);
+
+/*
+ * secret_read for a file that is not secret (a certificate): the same bounds
+ * (a regular file, opened without blocking, at most SECRET_MAX_SIZE bytes),
+ * without the ownership and permission rules.
+ */
+int secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t size);
+
+/*
+ * True when an upstream's text (an error answer) holds secret: as is,
+ * percent-encoded as a form or query carries it, or JSON-escaped inside a
+ * string.  True as well when it runs out of memory: the caller withholds.
+ */
+bool secret_in_text(const char *text, size_t len, const char *secret, size_t secret_len);
 
 /* Wipes and frees a secret from secret_read; returns NULL. */
 char *secret_free(char *s, size_t len);

@@ -20,6 +20,7 @@
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
+#include "secret.h"
 #include "source_azure.h"
 #include "token.h"
 
@@ -54,6 +55,7 @@ struct azure_req {
 	int attempt;	    /* 410 retries so far */
 	int64_t first_ms;   /* first dispatch */
 	struct event *wake; /* 410 retry timer, created on the first 410 */
+	char *secret_line;  /* the secret header sent last ("Name: value"), wiped on free */
 };
 
 TAILQ_HEAD(azure_reqs, azure_req);
@@ -326,8 +328,48 @@ req_free(struct azure_req *q)
 {
 	if (q->wake != NULL)
 		event_free(q->wake);
+	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
 	free(q->resource);
 	free(q);
+}
+
+/*
+ * Whether the answer holds the secret header's value (raw, encoded or
+ * JSON-escaped): looked for in the whole body before anything is parsed or
+ * truncated, since a message cut to fit would hold most of it and no longer
+ * match.
+ */
+static bool
+answer_echoes_secret(const struct azure_req *q, const struct fetch_response *resp)
+{
+	const char *value;
+
+	if (q->secret_line == NULL || resp->error != 0 || resp->body == NULL)
+		return false;
+	value = strchr(q->secret_line, ':');
+	value = value != NULL ? value + 1 : q->secret_line;
+	value += strspn(value, " \t");
+	return secret_in_text(resp->body, resp->body_len, value, strlen(value));
+}
+
+/* An error code of the usual shape: lower case and underscores (invalid_request). */
+static bool
+plain_code(const char *code)
+{
+	size_t n = strspn(code, "abcdefghijklmnopqrstuvwxyz_");
+
+	return n > 0 && n <= 40 && code[n] == '\0';
+}
+
+/* The answer echoed the secret: nothing the upstream wrote is kept but a plain error code. */
+static void
+withhold(struct token_result *r)
+{
+	if (!plain_code(r->error_code))
+		snprintf(r->error_code, sizeof(r->error_code), "upstream_error");
+	snprintf(r->message, sizeof(r->message),
+		 "the managed-identity endpoint's error message is withheld: it contained the "
+		 "secret header sent with the request");
 }
 
 /* Takes q off the client's lists; it is then only the caller's. */
@@ -408,6 +450,10 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 	if (q->attempt == 0)
 		q->first_ms = now_ms();
 	q->state = REQ_IN_FLIGHT;
+	/* kept until the answer, to keep an echo of it out of messages */
+	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
+	q->secret_line = secret;
+	secret = NULL;
 
 out:
 	if (secret != NULL) {
@@ -531,6 +577,8 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 	req_unlink(m, q);
 	token_result_init(&r);
 	azure_result_from_response(resp, &r);
+	if (r.error != 0 && answer_echoes_secret(q, resp))
+		withhold(&r);
 	if (resp->error == 0 && resp->status == 410 && q->attempt > 0) {
 		char more[96];
 

@@ -91,7 +91,8 @@ int azure_selector(char **out, const char *const *names, const char *const *valu
 /*
  * Produces the secret header line of one request ("X-IDENTITY-HEADER: ...")
  * into *line (freed by the caller after wiping), or fills msg and returns a
- * negative errno.
+ * negative errno.  The request keeps the line until its answer, whose error
+ * message is withheld when it holds the value after the ':'.
  */
 typedef int azure_secret_fn(void *ctx, char **line, char *msg, size_t msg_size);
 

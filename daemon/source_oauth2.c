@@ -11,7 +11,9 @@
  *   entra-federated     the federated token file's content as the assertion,
  *                       re-read every 5 minutes and after an error answer;
  *   oauth2              client_secret_basic, client_secret_post or private_key_jwt.
- * Secrets are read when needed and wiped after use; none is ever logged.
+ * Secrets are read when needed and wiped after use; none is ever logged.  A
+ * request keeps what it sent until the answer: an error answer that echoes
+ * it anywhere has its description withheld.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -98,8 +100,12 @@ struct oauth2_request {
 	source_done_fn *done;
 	void *arg;
 	struct token_result early; /* a failure found before sending, reported from the loop */
-	char *secret;		   /* the client secret sent, to keep it out of error messages */
+	struct event *early_ev;	   /* reports early; freed with the source if still pending */
+	/* the credentials sent, to keep them out of error messages; wiped on free */
+	char *secret; /* client secret */
 	size_t secret_len;
+	char *assertion; /* client assertion or federated token */
+	size_t assertion_len;
 };
 
 /* RFC 3986 percent-encoding of everything but unreserved characters. */
@@ -260,32 +266,75 @@ result_from_transport(const struct fetch_response *resp, struct token_result *r)
 static void
 request_free(struct oauth2_request *q)
 {
+	if (q->early_ev != NULL)
+		event_free(q->early_ev);
 	token_result_clear(&q->early);
 	secret_free(q->secret, q->secret_len);
+	secret_free(q->assertion, q->assertion_len);
 	free(q);
 }
 
+static int basic_header(const char *id, const char *secret, char **out);
+
 /*
- * An upstream that echoes the client secret in its error would put it in
- * logs, status and 503 bodies: such a description is withheld.
+ * Which credential of q the upstream's answer holds (raw, form-encoded,
+ * JSON-escaped, or as the Basic credentials), or NULL.  Looked for in the
+ * whole body before anything is parsed, truncated or cleaned up: a message
+ * cut to fit would hold most of a secret and no longer match it.
+ */
+static const char *
+answer_credential(const struct oauth2_request *q, const struct fetch_response *resp)
+{
+	const char *what = NULL;
+	char *basic = NULL;
+	size_t skip = strlen("Authorization: Basic ");
+
+	if (resp->body == NULL || resp->body_len == 0)
+		return NULL;
+	if (q->secret != NULL &&
+	    secret_in_text(resp->body, resp->body_len, q->secret, q->secret_len))
+		what = "client secret";
+	if (what == NULL && q->secret != NULL && q->src->auth == AUTH_SECRET_BASIC) {
+		if (basic_header(q->src->client_id, q->secret, &basic) < 0 ||
+		    secret_in_text(resp->body, resp->body_len, basic + skip, strlen(basic) - skip))
+			what = "client secret";
+		secret_free(basic, basic != NULL ? strlen(basic) : 0);
+	}
+	if (what == NULL && q->assertion != NULL &&
+	    secret_in_text(resp->body, resp->body_len, q->assertion, q->assertion_len))
+		what = q->src->auth == AUTH_FEDERATED ? "federated token" : "client assertion";
+	return what;
+}
+
+/* An OAuth2 error code as RFC 6749 registers them: lower case and underscores. */
+static bool
+plain_code(const char *code)
+{
+	size_t n = strspn(code, "abcdefghijklmnopqrstuvwxyz_");
+
+	return n > 0 && n <= 40 && code[n] == '\0';
+}
+
+/*
+ * The answer echoed a credential: nothing the upstream wrote goes into logs,
+ * status or 503 bodies but an error code of the usual shape.
  */
 static void
-redact(const struct oauth2_request *q, struct token_result *r)
+withhold(const char *what, struct token_result *r)
 {
-	if (q->secret == NULL || q->secret_len == 0)
-		return;
-	if (strstr(r->message, q->secret) != NULL)
-		snprintf(r->message, sizeof(r->message),
-			 "(the token endpoint's error description is withheld: it contains the "
-			 "client secret)");
-	if (strstr(r->error_code, q->secret) != NULL)
+	if (!plain_code(r->error_code))
 		snprintf(r->error_code, sizeof(r->error_code), "upstream_error");
+	snprintf(r->message, sizeof(r->message),
+		 "the token endpoint's error description is withheld: it contained the %s sent "
+		 "with the request",
+		 what);
 }
 
 static void
 on_fetch_done(void *arg, const struct fetch_response *resp)
 {
 	struct oauth2_request *q = arg;
+	const char *echoed = NULL;
 	struct token_result r;
 
 	if (q->src == NULL) {
@@ -294,11 +343,12 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 	}
 	request_unlink(q);
 	token_result_init(&r);
+	if (resp->error == 0)
+		echoed = answer_credential(q, resp);
 	if (resp->error != 0) {
 		result_from_transport(resp, &r);
 	} else if (resp->status < 200 || resp->status > 299) {
 		result_from_http_error(resp, &r);
-		redact(q, &r);
 		/* maybe the projected token rotated since: read it again before the retry */
 		if (q->src->auth == AUTH_FEDERATED && resp->status >= 400 && resp->status < 500)
 			q->src->fed_stale = true;
@@ -307,6 +357,9 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 		r.http_status = resp->status;
 		r.retry_after = resp->retry_after;
 	}
+	/* an error document may come with any status */
+	if (r.error != 0 && echoed != NULL)
+		withhold(echoed, &r);
 	q->done(q->arg, &r);
 	token_result_clear(&r);
 	request_free(q);
@@ -528,12 +581,23 @@ add_client_auth(struct oauth2_source *src, struct form *form, char **auth_header
 	}
 	if (r < 0 && res->message[0] == '\0')
 		snprintf(res->message, sizeof(res->message), "%s", strerror(-r));
-	assertion_free(assertion);
-	if (r == 0 && secret != NULL) {
-		q->secret = secret; /* kept until the answer, for redact() */
+	if (r == 0 && src->auth == AUTH_FEDERATED) {
+		/* a copy: the source may read the file again before the answer */
+		assertion = malloc(src->fed_len + 1);
+		if (assertion == NULL)
+			r = -ENOMEM;
+		else
+			memcpy(assertion, src->fed_token, src->fed_len + 1);
+	}
+	if (r == 0) {
+		/* kept until the answer, for answer_credential() */
+		q->secret = secret;
 		q->secret_len = len;
+		q->assertion = assertion;
+		q->assertion_len = assertion != NULL ? strlen(assertion) : 0;
 	} else {
 		secret_free(secret, len);
+		assertion_free(assertion);
 	}
 	return r;
 }
@@ -562,6 +626,7 @@ build_form(struct oauth2_source *src, const char *resource, char **body, size_t 
 	return 0;
 }
 
+/* Reports err from the loop; a source freed first frees q without a word. */
 static int
 report_early(struct oauth2_source *src, struct oauth2_request *q, int err)
 {
@@ -570,7 +635,8 @@ report_early(struct oauth2_source *src, struct oauth2_request *q, int err)
 	q->early.error = err;
 	q->early.permanent = true;
 	snprintf(q->early.error_code, sizeof(q->early.error_code), "credential_error");
-	if (event_base_once(src->base, -1, EV_TIMEOUT, on_early, q, &now) < 0)
+	q->early_ev = evtimer_new(src->base, on_early, q);
+	if (q->early_ev == NULL || evtimer_add(q->early_ev, &now) < 0)
 		return -ENOMEM;
 	request_link(src, q);
 	return 0;
@@ -640,11 +706,16 @@ oauth2_free(struct source *s)
 	struct oauth2_source *src = (struct oauth2_source *)s;
 	struct oauth2_request *q, *next;
 
-	/* requests in flight are orphaned: fetch_free or their callback frees them */
+	/*
+	 * Requests in flight are orphaned: fetch_free or their callback frees
+	 * them.  Early reports not yet run are ours to free: nothing else would.
+	 */
 	for (q = src->reqs; q != NULL; q = next) {
 		next = q->next;
 		q->src = NULL;
 		q->prev = q->next = NULL;
+		if (q->early_ev != NULL)
+			request_free(q);
 	}
 	free(src->token_url);
 	free(src->client_id);

@@ -12,7 +12,8 @@ script its behaviour through a control API on the same port:
     POST /_fake/config  {"lifetime": 3600, "status": 200, "error_body": null,
                          "retry_after": null, "delay": 0, "same_token": false,
                          "body": null, "sequence": null,
-                         "identity_header": "fake-identity-header"}
+                         "identity_header": "fake-identity-header",
+                         "error_message": null}
         replaces the behaviour (omitted keys take these defaults).  sequence
         scripts the next answers: a list whose items (a status, or
         {"status", "retry_after", "error_body"}) are used one per token
@@ -32,6 +33,9 @@ section 2.1, 2019-08-01 protocol):
         (else 401); answers {access_token, expires_on, not_before, resource,
         token_type, client_id} with string values and no expires_in; errors
         in App Service's {"statusCode", "message", "correlationId"} shape.
+        error_message, when set, replaces every such error's message, with
+        "{header}" in it replaced by the X-IDENTITY-HEADER value presented
+        (an upstream that echoes the secret, for the redaction tests).
 
 Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
 The chosen port is written to PATH once the socket listens.
@@ -66,6 +70,7 @@ DEFAULT_CONFIG = {
     "body": None,
     "sequence": None,
     "identity_header": "fake-identity-header",
+    "error_message": None,
 }
 
 CONFIG_TYPES = {
@@ -78,6 +83,7 @@ CONFIG_TYPES = {
     "body": (str, type(None)),
     "sequence": (list, type(None)),
     "identity_header": (str,),
+    "error_message": (str, type(None)),
 }
 
 ERROR_NAMES = {
@@ -349,11 +355,14 @@ class Handler(BaseHTTPRequestHandler):
         if cfg["retry_after"] is not None:
             extra["Retry-After"] = str(cfg["retry_after"])
 
+        presented = self.headers.get("X-IDENTITY-HEADER")
+
         def error(status, message):
+            if cfg["error_message"] is not None:
+                message = cfg["error_message"].replace("{header}", presented or "")
             return status, json.dumps({"statusCode": status, "message": message,
                                        "correlationId": "fake-corr-%d" % STATE.requests}), extra
 
-        presented = self.headers.get("X-IDENTITY-HEADER")
         if presented is None or not secrets.compare_digest(
                 presented.encode(), cfg["identity_header"].encode()):
             return error(401, "Unauthorized: the X-IDENTITY-HEADER is missing or wrong")

@@ -3,6 +3,7 @@ fetch, 429/5xx backoff with Retry-After, no retry on other 4xx, the 5-concurrent
 20-per-second limits under a burst, and App Service's protocol with each selector."""
 
 import json
+import secrets
 import subprocess
 import threading
 import time
@@ -262,6 +263,46 @@ def test_appservice_wrong_identity_header(fake, start_daemon, tmp_path):
     assert "not-the-platform-secret" not in st.stdout
     assert status_of(d)["last_status"] == 401
     assert "not-the-platform-secret" not in d.logs()
+
+
+def windows(secret, n=8):
+    """Every n-byte piece of secret: none may appear anywhere a message goes."""
+    return {secret[i:i + n] for i in range(len(secret) - n + 1)}
+
+
+def leaks(text, secret):
+    return any(w in text for w in windows(secret))
+
+
+def test_appservice_echoed_identity_header_is_withheld(fake, start_daemon, tmp_path):
+    """An upstream that echoes X-IDENTITY-HEADER in its error message: no piece of the
+    value may reach the 503 body, the status or the log, even where bearerd cuts the
+    message to length (the value straddles the cut at 400 bytes).  Nothing that may
+    hold the value is ever handed to assert (pytest prints it)."""
+    header = remember_token("echoed-" + secrets.token_hex(16))
+    secret = appservice_secret_file(tmp_path, header)  # not the platform's: a 401
+    prefix = "Unauthorized: X-IDENTITY-HEADER "
+    fake.configure(error_message=prefix + "x" * (385 - len(prefix)) + "{header} is wrong")
+    d = start_daemon(appservice_config(fake, secret_file=secret))
+    r = d.get("/v1/token/api")
+    assert r.status == 503
+    assert fake.stats()["by_status"] == {"401": 1}  # the fake did echo it
+    leaked = leaks(r.body.decode(), header)
+    assert not leaked, "the identity header leaked into the 503 body"
+    withheld = "withheld" in r.json()["error_description"]
+    assert withheld, "the echoing message was not withheld"
+    entry = status_of(d)
+    assert entry["last_status"] == 401
+    withheld = "withheld" in entry["last_error"]
+    assert withheld, "last_error does not say the message was withheld"
+    leaked = leaks(json.dumps(d.get("/v1/status").json()), header)
+    assert not leaked, "the identity header leaked into /v1/status"
+    ctl = d.ctl("status")
+    leaked = leaks(ctl.stdout, header)
+    assert ctl.returncode == 0
+    assert not leaked, "the identity header leaked into bearerctl status"
+    leaked = leaks(d.logs(), header)
+    assert not leaked, "the identity header leaked into the log"
 
 
 def test_appservice_example_config_validates(tmp_path):

@@ -184,6 +184,70 @@ def test_wrong_secret_is_permanent_surfaced_and_not_hammered(fe, start_daemon, t
     assert not leaked, "a client secret appeared in the status"
 
 
+def windows(secret, n=8):
+    """Every n-byte piece of a credential: none may appear anywhere a message goes."""
+    return {secret[i:i + n] for i in range(len(secret) - n + 1)}
+
+
+def leaks(text, secret):
+    return any(w in text for w in windows(secret))
+
+
+def echoing_error_body(credential, filler, escape=False):
+    """An Entra-style 401 whose description ends with the credential, after filler that
+    puts it across the point where bearerd cuts the description (511 bytes less room
+    for " error_codes=7000215")."""
+    desc = json.dumps("x" * filler + credential)
+    if escape:
+        # what PHP's json_encode and .NET's encoder send: "\\/" and "\\u002B"
+        desc = desc.replace("/", "\\/").replace("+", "\\u002B")
+    return '{"error":"invalid_client","error_description":%s,"error_codes":[7000215]}' % desc
+
+
+@pytest.mark.parametrize("kind", ["secret", "secret-json-escaped", "federated"])
+def test_echoed_credential_is_withheld(fe, start_daemon, tmp_path, testca, kind):
+    """An upstream error that echoes the credential after a long description: no 8-byte
+    piece of it may reach the 503 body, /v1/status or the log (the description is cut
+    to length, so looking for the whole credential after the cut would miss it).
+    Nothing that may hold the credential is ever handed to assert (pytest prints it)."""
+    if kind == "federated":
+        cred = federated_jwt("echoed")
+        path = secret_file(tmp_path, "azure-identity-token", cred)
+        fe.configure(tenant=TENANT, clients={CLIENT_ID: {"federated": cred}}, status=401,
+                     error_body=echoing_error_body(cred, 511 - len(cred) // 2))
+        ident = {"source": "entra-federated", "authority": fe.authority, "tenant": TENANT,
+                 "client_id": CLIENT_ID, "federated_token_file": path}
+    else:
+        cred = new_secret()
+        path = secret_file(tmp_path, "client-secret", cred)
+        fe.configure(tenant=TENANT, clients={CLIENT_ID: {"secret": cred}}, status=401,
+                     error_body=echoing_error_body(cred, 475, escape=kind != "secret"))
+        ident = secret_identity(fe, path)
+    d = start_daemon(identity_config(ident, {"api": "api://test-app"},
+                                     ca_file=testca.ca.cert))
+    r = token(d)
+    assert r.status == 503
+    assert fe.stats()["by_status"] == {"401": 1}  # the fake did echo it
+    leaked = leaks(r.body.decode(), cred)
+    assert not leaked, "a piece of the credential is in the 503 body"
+    desc = r.json()["error_description"]
+    kept = desc.startswith("invalid_client: ")
+    assert kept, "the error code was not kept"
+    withheld = "withheld" in desc
+    assert withheld, "the description was not withheld"
+    status = json.dumps(d.get("/v1/status").json())
+    leaked = leaks(status, cred)
+    assert not leaked, "a piece of the credential is in /v1/status"
+    withheld = "withheld" in status_of(d)["last_error"]
+    assert withheld, "last_error does not say the description was withheld"
+    ctl = d.ctl("status")
+    leaked = leaks(ctl.stdout, cred)
+    assert ctl.returncode == 0
+    assert not leaked, "a piece of the credential is in bearerctl status"
+    leaked = leaks(d.logs(), cred)
+    assert not leaked, "a piece of the credential is in the log"
+
+
 def test_429_retry_after_is_honoured(fe, start_daemon, tmp_path, testca):
     secret = new_secret()
     wait = 4

@@ -492,13 +492,57 @@ test_refused_keys(void **state)
 	free(missing);
 }
 
+/*
+ * A certificate file that is not a regular file (a FIFO nobody writes to
+ * would block the loop for good) or too large is refused at once, saying why.
+ */
+static void
+test_certificate_file_bounds(void **state)
+{
+	char *key = write_key("rsa.pem", rsa_key, PKCS8, 0600);
+	char *cert = write_cert("rsa.crt", rsa_cert);
+	char *fifo = path_of("cert.fifo");
+	char *big = path_of("big.crt");
+	struct assertion_key *k;
+	FILE *f;
+
+	assert_int_equal(mkfifo(fifo, 0644), 0);
+	alarm(10); /* a blocking open ends the test instead of hanging it */
+	expect_load_error(key, fifo, CONFIG_ALG_DEFAULT, true, "is not a regular file");
+	alarm(0);
+	f = fopen(big, "w");
+	assert_non_null(f);
+	for (int i = 0; i < 1100; i++)
+		fputs("-----BEGIN "
+		      "CERTIFICATE-----\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+		      f);
+	fclose(f);
+	expect_load_error(key, big, CONFIG_ALG_DEFAULT, true, "larger than 65536 bytes");
+	/* a certificate is no secret: others may read it, and it need not be ours */
+	assert_int_equal(chmod(cert, 0666), 0);
+	k = load_ok(key, cert, CONFIG_ALG_DEFAULT, true);
+	assertion_key_free(k);
+	unlink(fifo);
+	unlink(big);
+	unlink(cert);
+	unlink(key);
+	free(fifo);
+	free(big);
+	free(cert);
+	free(key);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_entra_default_ps256), cmocka_unit_test(test_entra_rs256_x5t_x5c),
-	    cmocka_unit_test(test_oauth2_rs256_kid),	cmocka_unit_test(test_es256),
-	    cmocka_unit_test(test_unique_jti),		cmocka_unit_test(test_refused_keys),
+	    cmocka_unit_test(test_entra_default_ps256),
+	    cmocka_unit_test(test_entra_rs256_x5t_x5c),
+	    cmocka_unit_test(test_oauth2_rs256_kid),
+	    cmocka_unit_test(test_es256),
+	    cmocka_unit_test(test_unique_jti),
+	    cmocka_unit_test(test_refused_keys),
+	    cmocka_unit_test(test_certificate_file_bounds),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -554,6 +554,8 @@ test_appservice_new(void **state)
 	assert_true(source_new(&s, &id, l->base, l->fetch) < 0); /* empty */
 	write_secret(path, "s3cret\n", 0644);
 	assert_true(source_new(&s, &id, l->base, l->fetch) < 0); /* others may read it */
+	write_secret(path, "s3cret\n", 0620);
+	assert_true(source_new(&s, &id, l->base, l->fetch) < 0); /* its group may write it */
 	write_secret(path, "s3cret\n", 0600);
 	assert_int_equal(source_new(&s, &id, l->base, l->fetch), 0);
 	source_free(s);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -113,6 +114,25 @@ test_permissions(void **state)
 	assert_int_equal(chmod(p, 0666), 0);
 	assert_int_equal(read_it(p, true, &s, &len, msg), -EPERM);
 	assert_non_null(strstr(msg, "writable by other users"));
+	/* nor writable by the group: another member could have put their own secret there */
+	for (int i = 0; i < 2; i++) {
+		mode_t mode = i == 0 ? 0620 : 0664;
+		char want[300];
+
+		assert_int_equal(chmod(p, mode), 0);
+		snprintf(want, sizeof(want),
+			 "'%s' is writable by its group (mode %04o): chmod g-w it", p,
+			 (unsigned)mode);
+		assert_int_equal(read_it(p, i == 1, &s, &len, msg), -EPERM);
+		assert_null(s);
+		assert_string_equal(msg, want);
+		assert_int_equal(secret_check_path(p, i == 1, msg, sizeof(msg)), -EPERM);
+		assert_string_equal(msg, want);
+	}
+	/* group read is fine (systemd and Kubernetes credentials are 0440/0640) */
+	assert_int_equal(chmod(p, 0440), 0);
+	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
+	secret_free(s, len);
 	if (geteuid() == 0) {
 		assert_int_equal(chmod(p, 0600), 0);
 		assert_int_equal(chown(p, 4242, 0), 0);
@@ -125,6 +145,64 @@ test_permissions(void **state)
 	assert_int_equal(secret_check_path(dir, false, msg, sizeof(msg)), -EINVAL);
 	assert_non_null(strstr(msg, "not a regular file"));
 	free(p);
+}
+
+/* A file that is not secret: regular and bounded, whoever may read or write it. */
+static void
+test_read_public(void **state)
+{
+	char *p = put("cert", "PEM\n", 4, 0666), *s = NULL, msg[256] = "", *fifo = NULL;
+	size_t len = 0;
+	time_t t0;
+
+	assert_int_equal(secret_read_public(p, &s, &len, msg, sizeof(msg)), 0);
+	assert_string_equal(s, "PEM");
+	secret_free(s, len);
+	unlink(p);
+	free(p);
+	/* a FIFO is refused at once, without waiting for a writer */
+	assert_true(asprintf(&fifo, "%s/fifo", dir) > 0);
+	assert_int_equal(mkfifo(fifo, 0644), 0);
+	t0 = time(NULL);
+	s = NULL;
+	assert_int_equal(secret_read_public(fifo, &s, &len, msg, sizeof(msg)), -EINVAL);
+	assert_true(time(NULL) - t0 < 2);
+	assert_null(s);
+	assert_non_null(strstr(msg, "is not a regular file"));
+	unlink(fifo);
+	free(fifo);
+}
+
+static void
+expect_in(const char *text, const char *secret, bool want)
+{
+	bool got = secret_in_text(text, strlen(text), secret, strlen(secret));
+
+	if (got != want)
+		print_error("secret_in_text on '%s': %d\n", text, got);
+	assert_true(got == want);
+}
+
+/* Finding a secret in an upstream's answer, in the forms an echo takes. */
+static void
+test_in_text(void **state)
+{
+	const char *sec = "a b+c/d~\xc3\xa9";
+
+	expect_in("{\"e\":\"x a b+c/d~\xc3\xa9 y\"}", sec, true);     /* as is */
+	expect_in("client_secret=a%20b%2Bc%2Fd~%C3%A9&x", sec, true); /* a form */
+	expect_in("client_secret=a%20b%2bc%2fd~%c3%a9&x", sec, true); /* lower case */
+	expect_in("client_secret=a+b%2Bc%2Fd~%C3%A9&x", sec, true);   /* '+' for ' ' */
+	expect_in("{\"e\":\"a b\\u002Bc\\/d~\\u00e9\"}", sec, true);  /* JSON-escaped */
+	expect_in("{\"e\":\"a\\u0020b\\u002bc\\/d\\u007E\xc3\xa9\"}", sec, true);
+	expect_in("{\"e\":\"a b+c/d~\"}", sec, false); /* a part only */
+	expect_in("{\"e\":\"a b+c/d~\\u00e8\"}", sec, false);
+	expect_in("\\u12", sec, false); /* a cut escape is not read past the end */
+	expect_in("x\\", sec, false);
+	/* beyond the BMP: a surrogate pair */
+	expect_in("\"k\\ud83d\\ude00\"", "k\xf0\x9f\x98\x80", true);
+	assert_false(secret_in_text("", 0, "s", 1));
+	assert_false(secret_in_text("s", 1, "", 0));
 }
 
 static void
@@ -173,10 +251,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_read),
-	    cmocka_unit_test(test_bounds),
-	    cmocka_unit_test(test_permissions),
-	    cmocka_unit_test(test_expand),
+	    cmocka_unit_test(test_read),	cmocka_unit_test(test_bounds),
+	    cmocka_unit_test(test_permissions), cmocka_unit_test(test_expand),
+	    cmocka_unit_test(test_read_public), cmocka_unit_test(test_in_text),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

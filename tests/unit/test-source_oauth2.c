@@ -19,6 +19,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "config.h"
 #include "fetch.h"
@@ -35,7 +37,7 @@ struct server {
 	char auth[512];
 	char ctype[128];
 	int status;
-	const char *answer;
+	const char *answer; /* NULL: an error whose description is the request body */
 	const char *retry_after;
 };
 
@@ -71,7 +73,13 @@ on_request(struct evhttp_request *req, void *arg)
 	snprintf(s->auth, sizeof(s->auth), "%s", v != NULL ? v : "");
 	v = evhttp_find_header(h, "Content-Type");
 	snprintf(s->ctype, sizeof(s->ctype), "%s", v != NULL ? v : "");
-	evbuffer_add_printf(out, "%s", s->answer);
+	if (s->answer != NULL)
+		evbuffer_add_printf(out, "%s", s->answer);
+	else /* an upstream that echoes the request (the form needs no JSON escaping here) */
+		evbuffer_add_printf(out,
+				    "{\"error\":\"invalid_client\",\"error_description\":"
+				    "\"cannot use %s\"}",
+				    s->body);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "application/json");
 	if (s->retry_after != NULL)
@@ -329,6 +337,191 @@ test_errors(void **state)
 	free(secret);
 }
 
+/* A message may hold no run of 8 bytes of the credential. */
+static bool
+holds_piece(const char *msg, const char *cred)
+{
+	size_t n = strlen(cred);
+
+	for (size_t i = 0; i + 8 <= n; i++)
+		if (memmem(msg, strlen(msg), cred + i, 8) != NULL)
+			return true;
+	return false;
+}
+
+static void
+expect_withheld(const struct outcome *o, const char *cred, const char *code, const char *what)
+{
+	assert_int_not_equal(o->r.error, 0);
+	assert_false(holds_piece(o->r.message, cred));
+	assert_false(holds_piece(o->r.error_code, cred));
+	assert_string_equal(o->r.error_code, code);
+	assert_non_null(strstr(o->r.message, "withheld"));
+	assert_non_null(strstr(o->r.message, what));
+}
+
+/*
+ * An answer that echoes the credential, in any form and wherever token.c would
+ * cut it: the description is withheld, the error code kept when it is plain.
+ */
+static void
+test_echoed_credential_withheld(void **state)
+{
+	struct env *e = *state;
+	struct config_identity id = identity(CONFIG_SOURCE_OAUTH2);
+	const char *secret = "Top Secret+Value/42";
+	char *path = write_file(e, "secret", "Top Secret+Value/42\n", 0600);
+	char url[200], answer[1024], pad[491];
+	struct source *s = NULL;
+	struct outcome o;
+
+	snprintf(url, sizeof(url), "%s/token", e->url);
+	id.token_url = url;
+	id.client_secret_file = path;
+	id.auth_method = CONFIG_AUTH_SECRET_POST;
+	assert_int_equal(source_new(&s, &id, e->base, e->fetch), 0);
+	memset(pad, 'x', sizeof(pad) - 1);
+	pad[sizeof(pad) - 1] = '\0';
+	e->srv.status = 401;
+
+	/* raw, where the 511-byte description and the ids cut it */
+	snprintf(answer, sizeof(answer),
+		 "{\"error\":\"invalid_client\",\"error_description\":\"%s%s\","
+		 "\"error_codes\":[7000215]}",
+		 pad + 5, secret);
+	e->srv.answer = answer;
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, secret, "invalid_client", "client secret");
+	assert_true(o.r.permanent);
+
+	/* form-encoded, as the upstream received it */
+	e->srv.answer = "{\"error\":\"invalid_client\",\"error_description\":\"bad: "
+			"client_secret=Top%20Secret%2BValue%2F42\"}";
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, secret, "invalid_client", "client secret");
+
+	/* JSON-escaped as PHP and .NET write it */
+	e->srv.answer = "{\"error\":\"invalid_client\",\"error_description\":\"bad: "
+			"Top Secret\\u002BValue\\/42\"}";
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, secret, "invalid_client", "client secret");
+
+	/* in the error code itself, cut to 63 bytes: the code goes too */
+	snprintf(answer, sizeof(answer), "{\"error\":\"%s%s\"}", pad + 440, secret);
+	e->srv.answer = answer;
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, secret, "upstream_error", "client secret");
+
+	/* an error document with 200 */
+	e->srv.status = 200;
+	e->srv.answer = "{\"error\":\"x\",\"error_description\":\"Top Secret+Value/42\"}";
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, secret, "x", "client secret");
+
+	/* an echo of something else is kept as it is */
+	e->srv.status = 401;
+	e->srv.answer = "{\"error\":\"invalid_client\",\"error_description\":\"Top Secret "
+			"is not the secret\"}";
+	fetch_one(e, s, "api://app", &o);
+	assert_string_equal(o.r.message, "Top Secret is not the secret");
+	token_result_clear(&o.r);
+	source_free(s);
+
+	/* client_secret_basic: the Authorization header's credentials echoed */
+	id.auth_method = CONFIG_AUTH_SECRET_BASIC;
+	assert_int_equal(source_new(&s, &id, e->base, e->fetch), 0);
+	/* base64("cid:Top%20Secret%2BValue%2F42") */
+	e->srv.answer = "{\"error\":\"invalid_client\",\"error_description\":\"Basic "
+			"Y2lkOlRvcCUyMFNlY3JldCUyQlZhbHVlJTJGNDI=\"}";
+	fetch_one(e, s, "api://app", &o);
+	assert_string_equal(e->srv.auth, "Basic Y2lkOlRvcCUyMFNlY3JldCUyQlZhbHVlJTJGNDI=");
+	expect_withheld(&o, "Y2lkOlRvcCUyMFNlY3JldCUyQlZhbHVlJTJGNDI=", "invalid_client",
+			"client secret");
+	token_result_clear(&o.r);
+	source_free(s);
+	free(path);
+}
+
+/* A client assertion or federated token echoed back is withheld too. */
+static void
+test_echoed_assertion_withheld(void **state)
+{
+	struct env *e = *state;
+	struct config_identity id = identity(CONFIG_SOURCE_OAUTH2);
+	EVP_PKEY *k = EVP_EC_gen("P-256");
+	char *key = NULL, *tok, *a;
+	char url[200], assertion[2048];
+	struct source *s = NULL;
+	struct outcome o;
+	FILE *f;
+
+	assert_non_null(k);
+	assert_true(asprintf(&key, "%s/key.pem", e->dir) > 0);
+	f = fopen(key, "w");
+	assert_non_null(f);
+	assert_int_equal(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+	fclose(f);
+	assert_int_equal(chmod(key, 0600), 0);
+	EVP_PKEY_free(k);
+	snprintf(url, sizeof(url), "%s/token", e->url);
+	id.token_url = url;
+	id.auth_method = CONFIG_AUTH_PRIVATE_KEY_JWT;
+	id.private_key_file = key;
+	assert_int_equal(source_new(&s, &id, e->base, e->fetch), 0);
+	e->srv.status = 401;
+	e->srv.answer = NULL; /* echoes the form, assertion and all */
+	fetch_one(e, s, "api://app", &o);
+	a = strstr(e->srv.body, "client_assertion=");
+	assert_non_null(a);
+	snprintf(assertion, sizeof(assertion), "%s", a + strlen("client_assertion="));
+	expect_withheld(&o, assertion, "invalid_client", "client assertion");
+	token_result_clear(&o.r);
+	source_free(s);
+	free(key);
+
+	id = identity(CONFIG_SOURCE_ENTRA_FEDERATED);
+	id.authority = e->url;
+	tok = write_file(e, "token", "fed.eyJzdWIiOiJzeXN0ZW0.signature-of-it", 0644);
+	id.federated_token_file = tok;
+	assert_int_equal(source_new(&s, &id, e->base, e->fetch), 0);
+	fetch_one(e, s, "api://app", &o);
+	expect_withheld(&o, "fed.eyJzdWIiOiJzeXN0ZW0.signature-of-it", "invalid_client",
+			"federated token");
+	token_result_clear(&o.r);
+	source_free(s);
+	free(tok);
+}
+
+/*
+ * A source freed before the loop reported a credential error: the pending
+ * report goes with it (nothing left on the loop, nothing leaked, never called).
+ */
+static void
+test_free_with_early_report_pending(void **state)
+{
+	struct env *e = *state;
+	struct config_identity id = identity(CONFIG_SOURCE_ENTRA_SECRET);
+	struct source *s = NULL;
+	struct outcome o = {0};
+	char *missing = NULL;
+	int before;
+
+	assert_true(asprintf(&missing, "%s/missing", e->dir) > 0);
+	id.authority = e->url;
+	id.client_secret_file = missing;
+	assert_int_equal(source_new(&s, &id, e->base, e->fetch), 0);
+	token_result_init(&o.r);
+	before = event_base_get_num_events(e->base, EVENT_BASE_COUNT_ADDED);
+	assert_int_equal(source_fetch(s, "api://app", on_done, &o), 0);
+	assert_int_equal(event_base_get_num_events(e->base, EVENT_BASE_COUNT_ADDED), before + 1);
+	source_free(s);
+	assert_int_equal(event_base_get_num_events(e->base, EVENT_BASE_COUNT_ADDED), before);
+	event_base_loop(e->base, EVLOOP_NONBLOCK);
+	assert_int_equal(o.calls, 0);
+	assert_int_equal(e->srv.requests, 0);
+	free(missing);
+}
+
 /* The federated token is cached, and read again after an error answer. */
 static void
 test_federated_reread(void **state)
@@ -406,6 +599,9 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_federated_reread, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_echoed_credential_withheld, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_echoed_assertion_withheld, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_free_with_early_report_pending, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
