@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 
 #include "secret.h"
+#include "urlencode.h"
 
 #define CRED_VAR "CREDENTIALS_DIRECTORY"
 
@@ -210,33 +211,6 @@ secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t 
 	return read_file(path, RULE_PUBLIC, out, len, msg, size);
 }
 
-/* s percent-encoded as a form or query carries it: hex in upper or lower case, or '+' for ' '. */
-static char *
-percent_encode(const char *s, size_t len, bool lower, bool plus)
-{
-	const char *hex = lower ? "0123456789abcdef" : "0123456789ABCDEF";
-	char *out = malloc(3 * len + 1), *o = out;
-
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		    c == '-' || c == '.' || c == '_' || c == '~') {
-			*o++ = (char)c;
-		} else if (c == ' ' && plus) {
-			*o++ = '+';
-		} else {
-			*o++ = '%';
-			*o++ = hex[c >> 4];
-			*o++ = hex[c & 15];
-		}
-	}
-	*o = '\0';
-	return out;
-}
-
 static int
 hex_value(char c)
 {
@@ -364,7 +338,10 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 		return false;
 	forms[n++] = (char *)secret;
 	for (int v = 0; v < 3; v++) {
-		char *f = percent_encode(secret, secret_len, v == 1, v == 2);
+		char *f = url_encode(secret, secret_len,
+				     v == 1   ? URLENC_LOWER
+				     : v == 2 ? URLENC_PLUS
+					      : 0);
 
 		if (f == NULL)
 			oom = true;

@@ -23,6 +23,7 @@
 #include "secret.h"
 #include "source_azure.h"
 #include "token.h"
+#include "urlencode.h"
 
 #define AZURE_MAX_BODY	      (64 * 1024) /* a token answer is a few KiB */
 #define AZURE_GONE_FIRST_MS   1000	  /* first 410 retry */
@@ -163,31 +164,6 @@ azure_gone_delay(int attempt, int64_t elapsed_ms, int64_t retry_after_s)
 
 /* URLs */
 
-char *
-azure_url_encode(const char *s, size_t len)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	char *out = malloc(3 * len + 1);
-	char *o = out;
-
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		    c == '-' || c == '.' || c == '_' || c == '~') {
-			*o++ = (char)c;
-		} else {
-			*o++ = '%';
-			*o++ = hex[c >> 4];
-			*o++ = hex[c & 15];
-		}
-	}
-	*o = '\0';
-	return out;
-}
-
 int
 azure_selector(char **out, const char *const *names, const char *const *values, size_t n)
 {
@@ -214,7 +190,7 @@ azure_selector(char **out, const char *const *names, const char *const *values, 
 	}
 	if (value[0] == '\0' || strlen(value) > AZURE_MAX_RESOURCE)
 		return -EINVAL;
-	enc = azure_url_encode(value, strlen(value));
+	enc = url_encode(value, strlen(value), 0);
 	if (enc == NULL)
 		return -ENOMEM;
 	r = asprintf(&sel, "&%s=%s", name, enc);
@@ -416,7 +392,7 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 	int rc;
 
 	snprintf(msg, msg_size, "out of memory");
-	enc = azure_url_encode(q->resource, strlen(q->resource));
+	enc = url_encode(q->resource, strlen(q->resource), 0);
 	if (enc == NULL)
 		return -ENOMEM;
 	if (asprintf(&url, "%s%capi-version=%s&resource=%s%s", m->endpoint,

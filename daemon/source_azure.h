@@ -79,9 +79,6 @@ struct token_result;
  */
 void azure_result_from_response(const struct fetch_response *resp, struct token_result *r);
 
-/* RFC 3986 percent-encoding of everything but unreserved characters; NULL on ENOMEM. */
-char *azure_url_encode(const char *s, size_t len);
-
 /*
  * "&name=<encoded value>" for the one of n selectors whose value is not NULL,
  * or "" when none is; -EINVAL when several are, or a value is empty or too long.

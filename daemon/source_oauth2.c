@@ -36,6 +36,7 @@
 #include "secret.h"
 #include "source.h"
 #include "token.h"
+#include "urlencode.h"
 
 #define OAUTH2_MAX_RESOURCE    2048
 #define OAUTH2_MAX_BODY	       (64 * 1024) /* a token answer is a few KiB */
@@ -110,29 +111,9 @@ struct oauth2_request {
 
 /* RFC 3986 percent-encoding of everything but unreserved characters. */
 static char *
-url_encode(const char *s)
+form_encode(const char *s)
 {
-	static const char hex[] = "0123456789ABCDEF";
-	size_t len = strlen(s);
-	char *out = malloc(3 * len + 1);
-	char *o = out;
-
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		    c == '-' || c == '.' || c == '_' || c == '~') {
-			*o++ = (char)c;
-		} else {
-			*o++ = '%';
-			*o++ = hex[c >> 4];
-			*o++ = hex[c & 15];
-		}
-	}
-	*o = '\0';
-	return out;
+	return url_encode(s, strlen(s), 0);
 }
 
 /* A request body being built: it may hold a secret, so every copy is wiped. */
@@ -170,7 +151,7 @@ form_append(struct form *f, const char *s, size_t n)
 static int
 form_add(struct form *f, const char *name, const char *value)
 {
-	char *enc = url_encode(value);
+	char *enc = form_encode(value);
 	int r;
 
 	if (enc == NULL)
@@ -504,7 +485,7 @@ current_key(struct oauth2_source *src, char *msg, size_t size)
 static int
 basic_header(const char *id, const char *secret, char **out)
 {
-	char *eid = url_encode(id), *esec = url_encode(secret), *pair = NULL, *b64 = NULL;
+	char *eid = form_encode(id), *esec = form_encode(secret), *pair = NULL, *b64 = NULL;
 	size_t plen = 0, blen;
 	int r = -ENOMEM;
 
@@ -814,8 +795,8 @@ encode_extra(char *const *params, char **out)
 	for (size_t i = 0; params != NULL && params[i] != NULL && r == 0; i++) {
 		const char *eq = strchr(params[i], '=');
 		char *name = eq != NULL ? strndup(params[i], (size_t)(eq - params[i])) : NULL;
-		char *en = name != NULL ? url_encode(name) : NULL;
-		char *ev = eq != NULL ? url_encode(eq + 1) : NULL;
+		char *en = name != NULL ? form_encode(name) : NULL;
+		char *ev = eq != NULL ? form_encode(eq + 1) : NULL;
 
 		if (en == NULL || ev == NULL || evbuffer_add_printf(b, "&%s=%s", en, ev) < 0)
 			r = -ENOMEM;

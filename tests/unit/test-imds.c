@@ -24,6 +24,7 @@
 #include "fetch.h"
 #include "source.h"
 #include "source_azure.h"
+#include "urlencode.h"
 #include "token.h"
 
 /* Limiter */
@@ -185,11 +186,14 @@ test_url_encode(void **state)
 	char *s;
 
 	(void)state;
-	s = azure_url_encode("api://a b/c?d=e&f~._-", strlen("api://a b/c?d=e&f~._-"));
+	s = url_encode("api://a b/c?d=e&f~._-", strlen("api://a b/c?d=e&f~._-"), 0);
 	assert_string_equal(s, "api%3A%2F%2Fa%20b%2Fc%3Fd%3De%26f~._-");
 	free(s);
-	s = azure_url_encode("\xff\n", 2);
+	s = url_encode("\xff\n", 2, 0);
 	assert_string_equal(s, "%FF%0A");
+	free(s);
+	s = url_encode("a b\xff", 4, URLENC_LOWER | URLENC_PLUS);
+	assert_string_equal(s, "a+b%ff");
 	free(s);
 }
 
