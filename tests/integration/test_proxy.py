@@ -225,8 +225,7 @@ def test_python_urllib_through_http_proxy(proxied):
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_fetch_through_base_url(proxied):
-    """Node 20's fetch ignores HTTP_PROXY and undici's ProxyAgent is not installed: the
-    base-URL listener is how a Node program uses bearerd."""
+    """Node 20's built-in fetch ignores HTTP_PROXY: the base-URL listener needs nothing."""
     p = proxied()
     script = f"""
 const base = "http://127.0.0.1:{p.base_port}";
@@ -731,6 +730,23 @@ def test_intercept_with_curl_trusting_bearerds_ca(start_daemon, api, tmp_path):
     r = subprocess.run(["curl", "-sS", *proxy, "https://other.example.com/"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "403" in r.stderr
+
+
+def test_node_fetch_through_https_proxy_intercept(start_daemon, api, tmp_path):
+    """Node's fetch with undici's EnvHttpProxyAgent, which honours HTTPS_PROXY but always
+    tunnels with CONNECT: in intercept mode, trusting bearerd's CA through
+    NODE_EXTRA_CA_CERTS, the program's calls get their token as curl's do."""
+    pp = free_port()
+    Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(HTTPS_PROXY=f"http://127.0.0.1:{pp}",
+               NODE_EXTRA_CA_CERTS=str(tmp_path / "ca" / "ca.pem"))
+    r = subprocess.run(["node", "--no-warnings", "fetch-via-proxy.mjs", f"https://{API_HOST}"],
+                       cwd=ROOT / "tests" / "clients", capture_output=True, text=True,
+                       env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    g, iat, post, delete = json.loads(r.stdout)
+    assert (g, post, delete) == (200, 200, 401) and iat > 0
 
 
 def test_intercept_host_header_must_agree(start_daemon, api, tmp_path):

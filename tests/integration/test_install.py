@@ -1,0 +1,77 @@
+"""meson install into a temporary DESTDIR: every file a package needs, and the installed
+header, library and pkg-config file build a client."""
+
+import json
+import os
+import subprocess
+
+from conftest import BUILD
+
+EXPECTED = [
+    "usr/sbin/bearerd",
+    "usr/bin/bearerctl",
+    "usr/include/bearer.h",
+    "usr/share/doc/bearerd/bearerd.conf",
+    "usr/share/doc/bearerd/examples/vm-imds.conf",
+    "usr/share/doc/bearerd/examples/proxy.conf",
+    "usr/share/doc/bearerd/examples/aks-workload-identity.conf",
+]
+WITH_SYSTEMD = [
+    "lib/systemd/system/bearerd.service",
+    "lib/systemd/system/bearerd.socket",
+    "usr/lib/sysusers.d/bearerd.conf",
+    "usr/lib/tmpfiles.d/bearerd.conf",
+]
+MAN = [
+    "usr/share/man/man8/bearerd.8",
+    "usr/share/man/man1/bearerctl.1",
+    "usr/share/man/man5/bearerd.conf.5",
+]
+
+
+def build_option(name):
+    r = subprocess.run(["meson", "introspect", "--buildoptions", str(BUILD)],
+                       capture_output=True, text=True, check=True)
+    return next(o["value"] for o in json.loads(r.stdout) if o["name"] == name)
+
+
+def installed(root):
+    out = set()
+    for d, _, files in os.walk(root):
+        for f in files:
+            out.add(os.path.relpath(os.path.join(d, f), root))
+    return out
+
+
+def test_install_into_destdir(tmp_path):
+    dest = tmp_path / "dest"
+    r = subprocess.run(["meson", "install", "-C", str(BUILD), "--destdir", str(dest),
+                        "--no-rebuild", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = installed(dest)
+    want = list(EXPECTED) + WITH_SYSTEMD
+    if build_option("man") != "disabled":
+        want += MAN
+    missing = [f for f in want if f not in files]
+    assert not missing, f"not installed: {missing}; installed: {sorted(files)}"
+    libs = [f for f in files if os.path.basename(f).startswith("libbearer.so")]
+    pcs = [f for f in files if f.endswith("pkgconfig/bearer.pc")]
+    assert libs and len(pcs) == 1, sorted(files)
+    assert os.access(dest / "usr/sbin/bearerd", os.X_OK)
+
+    # a client built only from what was installed
+    src = tmp_path / "client.c"
+    src.write_text("#include <bearer.h>\n"
+                   "int main(void) { struct bearer_token t;\n"
+                   "  return bearer_get_token(\"/nonexistent.sock\", \"demo\", 0, &t) == 0; }\n")
+    env = dict(os.environ, PKG_CONFIG_SYSROOT_DIR=str(dest),
+               PKG_CONFIG_LIBDIR=str(dest / os.path.dirname(pcs[0])))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "bearer"], capture_output=True,
+                           text=True, env=env, check=True).stdout.split()
+    libdir = str(dest / os.path.dirname(libs[0]))
+    exe = tmp_path / "client"
+    r = subprocess.run(["cc", str(src), "-o", str(exe), *flags, f"-Wl,-rpath,{libdir}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # it runs against the installed library and fails cleanly: no daemon on that socket
+    assert subprocess.run([str(exe)], timeout=10).returncode == 0
