@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 
-from conftest import BUILD
+from conftest import BUILD, ROOT
 
 EXPECTED = [
     "usr/sbin/bearerd",
@@ -75,3 +75,48 @@ def test_install_into_destdir(tmp_path):
     assert r.returncode == 0, r.stderr
     # it runs against the installed library and fails cleanly: no daemon on that socket
     assert subprocess.run([str(exe)], timeout=10).returncode == 0
+
+
+def containerfile_runtime_packages():
+    """The packages the runtime stage of deploy/Containerfile installs."""
+    text = (BUILD.parent if (BUILD.parent / "deploy").exists() else ROOT).joinpath(
+        "deploy", "Containerfile").read_text()
+    runtime = text.split("bookworm-slim", 1)[1]
+    block = runtime.split("apt-get install", 1)[1].split("&& rm", 1)[0]
+    return [w for w in block.replace("\\", " ").split() if not w.startswith("-")]
+
+
+def test_container_runtime_has_every_shared_library():
+    """Each library bearerd and bearerctl load comes from a package the slim runtime stage
+    installs, or from one of their dependencies: a new dependency cannot be forgotten there."""
+    if build_option("b_sanitize") != "none":
+        return  # the sanitizer runtimes are not part of the image; the plain build checks it
+    pkgs = containerfile_runtime_packages()
+    deps = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends",
+                           "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
+                           "--no-enhances", *pkgs], capture_output=True, text=True, check=True)
+    have = {line.strip() for line in deps.stdout.splitlines() if not line.startswith(" ")}
+    missing = []
+    for binary in ("daemon/bearerd", "client/bearerctl"):
+        ldd = subprocess.run(["ldd", str(BUILD / binary)], capture_output=True, text=True,
+                             check=True).stdout
+        for line in ldd.splitlines():
+            parts = line.split("=>")
+            if len(parts) != 2 or not parts[1].strip().startswith("/"):
+                continue
+            path = parts[1].split()[0]
+            if path.startswith(str(BUILD)):
+                continue  # our own libbearer
+            real = os.path.realpath(path)
+            # merged /usr: dpkg knows each file by the name its package ships
+            names = [path, real, real.removeprefix("/usr"), "/usr" + path]
+            owner = None
+            for name in names:
+                owner = subprocess.run(["dpkg", "-S", name], capture_output=True, text=True)
+                if owner.returncode == 0:
+                    break
+            assert owner.returncode == 0, f"no package owns {path}"
+            pkg = owner.stdout.split(":", 1)[0]
+            if pkg not in have:
+                missing.append(f"{binary}: {path} ({pkg})")
+    assert not missing, f"add to the runtime stage of deploy/Containerfile: {missing}"
