@@ -924,3 +924,19 @@ api_handle(struct http_request *req, void *arg)
 		route_jwks(a, req);
 	}
 }
+
+void
+api_handle_metrics(struct http_request *req, void *arg)
+{
+	struct api *a = arg;
+	const char *path, *query;
+	size_t path_len, query_len;
+
+	http_request_path(req, &path, &path_len, &query, &query_len);
+	if (!path_is(path, path_len, "/metrics"))
+		reply_json_error(req, 404, "not_found", "this listener serves /metrics only", 0);
+	else if (!http_request_method_is(req, "GET") && !http_request_method_is(req, "HEAD"))
+		reply_method_not_allowed(req, "GET, HEAD");
+	else
+		route_metrics(a, req);
+}

@@ -43,6 +43,8 @@ void api_set_compat(struct api *a, struct compat *compat);
 
 /* The http_handler_fn of the Unix-socket server. */
 void api_handle(struct http_request *req, void *arg);
+/* The handler of [bearerd] metrics_listen: GET /metrics and nothing else (never a token). */
+void api_handle_metrics(struct http_request *req, void *arg);
 
 /* Frees the per-token rendering the api keeps in cache entries (cache_ops.user_free). */
 void api_user_free(void *user);

@@ -682,25 +682,6 @@ have:
 	return 0;
 }
 
-static int
-listen_tcp(const struct config_listen *cl, struct sockaddr_storage *bound)
-{
-	socklen_t blen = sizeof(*bound);
-	int fd, one = 1, r;
-
-	fd = socket(cl->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    bind(fd, (const struct sockaddr *)&cl->addr, cl->addr_len) < 0 || listen(fd, 512) < 0 ||
-	    getsockname(fd, (struct sockaddr *)bound, &blen) < 0) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
-	return fd;
-}
-
 static unsigned
 port_of(const struct sockaddr_storage *a)
 {
@@ -739,7 +720,7 @@ listener_bind(struct compat_listener *l, struct event_base *base, const struct c
 			    l->kind == COMPAT_IMDS ? imds_handle : appservice_handle, l);
 	if (r < 0)
 		return r;
-	fd = listen_tcp(cl, bound);
+	fd = http_listen_tcp(&cl->addr, cl->addr_len, bound);
 	if (fd < 0) {
 		log_error("cannot listen", "listener=%s address=%s error=\"%s\"", l->name, cl->text,
 			  strerror(-fd));

@@ -72,7 +72,7 @@ static const char *const bkey_names[BK__N] = {
     "socket",	      "socket_mode",	   "socket_group",    "log_level",
     "min_validity",   "refresh_margin",	   "max_entries",     "idle_timeout",
     "wait_timeout",   "ca_file",	   "max_connections", "max_connections_per_uid",
-    "header_timeout", "keepalive_timeout",
+    "header_timeout", "keepalive_timeout", "metrics_listen",  "metrics_allow_non_loopback",
 };
 
 static const char *const ikey_names[IK__N] = {
@@ -781,6 +781,12 @@ bearerd_key(struct parser *p, int k, const char *v)
 	case BK_KEEPALIVE_TIMEOUT:
 		if (parse_int(p, key, v, 1, 3600, &n) == 0)
 			c->keepalive_timeout = (unsigned)n;
+		break;
+	case BK_METRICS_LISTEN:
+		parse_listen(p, key, v, &c->metrics_listen);
+		break;
+	case BK_METRICS_ALLOW_NON_LOOPBACK:
+		parse_bool(p, key, v, &c->metrics_allow_non_loopback);
 		break;
 	case BK__N:
 		break;
@@ -2037,6 +2043,12 @@ load(struct config **out, struct parser *p, FILE *errs)
 		if (c->socket == NULL)
 			p->oom = true;
 	}
+	if (c->metrics_listen != NULL && !c->metrics_allow_non_loopback &&
+	    !config_addr_is_loopback(&c->metrics_listen->addr))
+		perr_at(p, p->bearerd_lines[BK_METRICS_LISTEN],
+			"metrics_listen: %s is not a loopback address (set "
+			"metrics_allow_non_loopback = yes to listen there)",
+			c->metrics_listen->text);
 	if (!p->stop && !p->oom && compat_finish(p) < 0)
 		p->oom = true;
 	if (!p->stop && !p->oom && config_proxy_finish(p) < 0)
@@ -2296,6 +2308,7 @@ config_free(struct config *c)
 	free(c->identities);
 	free(c->audiences);
 	free(c->compat.identity_name);
+	config_listen_free(c->metrics_listen);
 	config_listen_free(c->compat.imds_listen);
 	config_listen_free(c->compat.appservice_listen);
 	free(c->compat.appservice_secret_file);

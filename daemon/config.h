@@ -143,6 +143,8 @@ struct config {
 	unsigned max_connections_per_uid; /* Unix socket, per peer uid; default 0 = no limit */
 	unsigned header_timeout;	  /* s to receive a request head, default 10 */
 	unsigned keepalive_timeout;	  /* s an idle client connection stays open, default 60 */
+	struct config_listen *metrics_listen; /* TCP listener serving only /metrics, or NULL */
+	bool metrics_allow_non_loopback;      /* metrics_listen may be a non-loopback address */
 	struct config_identity *identities;
 	size_t n_identities;
 	struct config_audience *audiences;

@@ -1465,3 +1465,23 @@ http_status_text(int status)
 		return "Unknown";
 	}
 }
+
+int
+http_listen_tcp(const struct sockaddr_storage *addr, socklen_t addr_len,
+		struct sockaddr_storage *bound)
+{
+	socklen_t blen = sizeof(*bound);
+	int fd, one = 1, r;
+
+	fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)addr, addr_len) < 0 || listen(fd, 512) < 0 ||
+	    getsockname(fd, (struct sockaddr *)bound, &blen) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}

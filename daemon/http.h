@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "http_parse.h"
@@ -53,6 +54,10 @@ struct http_server *http_server_free(struct http_server *s);
  * here, its backlog left alone); takes ownership, also on failure.
  */
 int http_server_add_listener(struct http_server *s, int fd);
+/* A listening TCP socket (SO_REUSEADDR, CLOEXEC, non-blocking) bound to addr; its address, with
+ * the port chosen when addr's is 0, in *bound.  Returns the fd or -errno. */
+int http_listen_tcp(const struct sockaddr_storage *addr, socklen_t addr_len,
+		    struct sockaddr_storage *bound);
 /* Stops accepting; open connections finish their current request then close. */
 void http_server_stop_accepting(struct http_server *s);
 /* Number of requests waiting for their reply. */

@@ -5,6 +5,7 @@
  * compat.c for the Azure-compatible listeners), tokens live in
  * cache.c, and upstream calls leave through source_*.c and fetch.c.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -96,6 +97,7 @@ struct daemon {
 	struct compat *compat;
 	struct proxy *proxy; /* proxy.c: [proxy] and [route] listeners */
 	struct http_server *http;
+	struct http_server *metrics_http; /* [bearerd] metrics_listen, or NULL */
 	struct event *cache_timer;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *drain_timer;
@@ -454,6 +456,8 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	if (d->ready_timer != NULL)
 		event_del(d->ready_timer); /* no READY=1 after STOPPING=1 */
 	http_server_stop_accepting(d->http);
+	if (d->metrics_http != NULL)
+		http_server_stop_accepting(d->metrics_http);
 	compat_stop_accepting(d->compat);
 	proxy_stop_accepting(d->proxy);
 	if (d->unlink_path != NULL)
@@ -607,6 +611,10 @@ reload_warn_fixed(const struct config *o, const struct config *n)
 	    (o->socket_group != NULL && strcmp(o->socket_group, n->socket_group) != 0))
 		log_warnx("socket, socket_mode and socket_group take effect at the next restart",
 			  "socket=%s", o->socket);
+	if ((o->metrics_listen == NULL) != (n->metrics_listen == NULL) ||
+	    (o->metrics_listen != NULL &&
+	     strcmp(o->metrics_listen->text, n->metrics_listen->text) != 0))
+		log_warnx("metrics_listen takes effect at the next restart", "");
 	api_limits_from(o, &a);
 	api_limits_from(n, &b);
 	if (memcmp(&a, &b, sizeof(a)) != 0)
@@ -819,6 +827,36 @@ usage(FILE *f)
 		   "  -V        print the version and exit\n");
 }
 
+/* [bearerd] metrics_listen: /metrics for scrapers over TCP, nothing else (no token). */
+static int
+metrics_listen(struct daemon *d, const struct http_limits *api_limits)
+{
+	const struct config_listen *cl = d->cfg->metrics_listen;
+	struct http_limits limits = *api_limits;
+	struct sockaddr_storage bound;
+	int fd, r;
+
+	if (cl == NULL)
+		return 0;
+	limits.max_conns_per_uid = 0; /* TCP peers have no uid */
+	r = http_server_new(&d->metrics_http, d->base, &limits, api_handle_metrics, d->api);
+	if (r < 0)
+		return r;
+	fd = http_listen_tcp(&cl->addr, cl->addr_len, &bound);
+	if (fd < 0) {
+		log_error("cannot listen", "listener=metrics address=%s error=\"%s\"", cl->text,
+			  strerror(-fd));
+		return fd;
+	}
+	r = http_server_add_listener(d->metrics_http, fd);
+	if (r < 0)
+		return r;
+	log_info("metrics listening", "address=%s port=%u", cl->text,
+		 ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+						   : ((struct sockaddr_in *)&bound)->sin_port));
+	return 0;
+}
+
 /* Open connections per listener, set just before /metrics is rendered. */
 static void
 daemon_collect(void *arg, struct metrics *m)
@@ -827,6 +865,9 @@ daemon_collect(void *arg, struct metrics *m)
 
 	metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "api",
 			  (double)http_server_connections(d->http));
+	if (d->metrics_http != NULL)
+		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "metrics",
+				  (double)http_server_connections(d->metrics_http));
 	compat_collect(d->compat, m);
 	proxy_collect(d->proxy, m); /* proxy */
 }
@@ -921,6 +962,9 @@ daemon_setup(struct daemon *d)
 	r = http_server_add_listener(d->http, fd);
 	if (r < 0)
 		return r;
+	r = metrics_listen(d, &limits);
+	if (r < 0)
+		return r;
 	d->sig_term = evsignal_new(d->base, SIGTERM, on_stop_signal, d);
 	d->sig_int = evsignal_new(d->base, SIGINT, on_stop_signal, d);
 	d->sig_hup = evsignal_new(d->base, SIGHUP, on_hup, d);
@@ -988,6 +1032,7 @@ daemon_teardown(struct daemon *d)
 	if (d->sig_term != NULL)
 		event_free(d->sig_term);
 	d->http = http_server_free(d->http);
+	d->metrics_http = http_server_free(d->metrics_http);
 	if (d->api != NULL)
 		api_set_compat(d->api, NULL);
 	d->compat = compat_free(d->compat);

@@ -258,3 +258,49 @@ def test_fetch_events_logged_once(fake, start_daemon):
     assert burst("/v1/token?resource=api://cold&identity=vm") == [503] * 20
     failed = [l for l in d.logs().splitlines() if 'msg="token fetch failed"' in l]
     assert len(failed) == d2_lines + 1
+
+
+def test_metrics_listen_serves_metrics_only(fake, start_daemon):
+    """[bearerd] metrics_listen: a TCP listener for scrapers with /metrics and nothing else;
+    the API's token routes are not reachable there."""
+    import http.client
+    cfg = imds_config(fake).replace("[bearerd]\n", "[bearerd]\nmetrics_listen = 127.0.0.1:0\n")
+    d = start_daemon(cfg)
+    port = int(re.search(r'msg="metrics listening" address=\S+ port=(\d+)', d.logs()).group(1))
+    tok = d.get("/v1/token/api").json()["access_token"]
+    remember_token(tok)
+
+    def get(method, path):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request(method, path)
+        r = c.getresponse()
+        out = r.status, r.read().decode()
+        c.close()
+        return out
+
+    status, text = get("GET", "/metrics")
+    assert status == 200 and tok not in text
+    fams = parse(text)
+    assert value(fams, "bearerd_token_requests_total", audience="api", result="ok") == 1
+    assert value(fams, "bearerd_connections_open", listener="metrics") == 1
+    for path in ("/v1/token/api", "/v1/token?resource=api%3A%2F%2Ftest-app", "/v1/status",
+                 "/v1/dev/jwks.json", "/healthz"):
+        status, body = get("GET", path)
+        assert status == 404 and tok not in body, (path, status)
+    assert get("POST", "/metrics")[0] == 405
+    assert fake.stats()["requests"] == 1  # nothing on the TCP listener fetched a token
+
+
+def test_metrics_listen_loopback_unless_allowed(fake, start_daemon, tmp_path):
+    import subprocess
+    from conftest import BEARERD
+    conf = tmp_path / "m.conf"
+    text = imds_config(fake).replace("@SOCKET@", str(tmp_path / "s.sock"))
+    conf.write_text(text.replace("[bearerd]\n", "[bearerd]\nmetrics_listen = 0.0.0.0:9464\n"))
+    r = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 1 and f"{conf}:2: metrics_listen: 0.0.0.0:9464 is not a loopback" \
+        in r.stderr, r.stderr
+    conf.write_text(text.replace("[bearerd]\n", "[bearerd]\nmetrics_listen = 0.0.0.0:9464\n"
+                                 "metrics_allow_non_loopback = yes\n"))
+    r = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
