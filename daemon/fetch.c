@@ -609,6 +609,9 @@ fetch_new(struct fetch **out, struct event_base *base)
 	mc |= curl_multi_setopt(f->multi, CURLMOPT_SOCKETDATA, f);
 	mc |= curl_multi_setopt(f->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
 	mc |= curl_multi_setopt(f->multi, CURLMOPT_TIMERDATA, f);
+	/* a burst of dynamic resources must not open thousands of connections at once */
+	mc |= curl_multi_setopt(f->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+				(long)FETCH_MAX_CONNECTIONS);
 	if (mc != CURLM_OK) {
 		rc = -EINVAL;
 		goto fail;

@@ -9,6 +9,8 @@ struct event_base;
 struct fetch;
 
 #define FETCH_MAX_BODY (1024 * 1024) /* default bound on an upstream answer */
+/* Upstream connections open at once; libcurl queues transfers beyond it. */
+#define FETCH_MAX_CONNECTIONS 32
 
 struct fetch_request {
 	const char *method; /* "GET" or "POST" */

@@ -216,10 +216,14 @@ class State:
         self.federated_matches = []
         self.assertion_signatures = []
         self.serial = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def stats(self):
         return {
             "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
             "by_path": dict(self.by_path),
             "by_status": dict(self.by_status),
             "times": list(self.times),
@@ -679,6 +683,16 @@ class Handler(BaseHTTPRequestHandler):
         return ""
 
     def token(self, path, body):
+        with STATE.lock:
+            STATE.in_flight += 1
+            STATE.max_in_flight = max(STATE.max_in_flight, STATE.in_flight)
+        try:
+            self.token_counted(path, body)
+        finally:
+            with STATE.lock:
+                STATE.in_flight -= 1
+
+    def token_counted(self, path, body):
         cn = self.client_cert_cn()
         with STATE.lock:
             STATE.requests += 1

@@ -295,3 +295,33 @@ def test_plain_http_token_url_refused_for_non_loopback(tmp_path):
                        timeout=30)
     assert r.returncode == 1 and f"{conf}:" in r.stderr, r.stderr
     assert "token_url" in r.stderr, r.stderr
+
+
+def test_burst_of_resources_is_bounded_in_flight(fe, start_daemon, tmp_path, testca):
+    """80 distinct dynamic resources at once: libcurl queues beyond FETCH_MAX_CONNECTIONS (32)
+    upstream connections instead of opening one per resource; every caller still gets a token."""
+    import threading
+    import urllib.parse
+    secret = new_secret()
+    fe.configure(clients={CLIENT: {"secret": secret}}, delay=0.3)
+    ident = generic_identity(fe, tmp_path, secret, dynamic_resources="yes")
+    d = start_daemon(identity_config(ident, {"api": RESOURCE}, ca_file=testca.ca.cert,
+                                     wait_timeout=30))
+    statuses = []
+
+    def ask(i):
+        res = urllib.parse.quote(f"https://api{i}.example.test", safe="")
+        r = d.get(f"/v1/token?resource={res}&identity=app", timeout=60)
+        if r.status == 200:
+            remember_token(r.json()["access_token"])
+        statuses.append(r.status)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(80)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st = fe.stats()
+    assert statuses == [200] * 80
+    assert st["requests"] == 80
+    assert 8 <= st["max_in_flight"] <= 32, st["max_in_flight"]
