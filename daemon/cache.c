@@ -20,11 +20,12 @@
 #include "cache.h"
 #include "log.h"
 
-#define BACKOFF_MIN_MS	    250
-#define BACKOFF_BASE_MS	    1000
-#define BACKOFF_CAP_MS	    60000
-#define LONG_LIFETIME_S	    7200 /* half-life refresh from here on, as MSAL does */
-#define SAME_TOKEN_FLOOR_MS 10000
+#define BACKOFF_MIN_MS	     250
+#define BACKOFF_BASE_MS	     1000
+#define BACKOFF_CAP_MS	     60000
+#define BACKOFF_PERMANENT_MS 30000 /* a caller/config error: asking again soon will not help */
+#define LONG_LIFETIME_S	     7200  /* half-life refresh from here on, as MSAL does */
+#define SAME_TOKEN_FLOOR_MS  10000
 
 struct cache_waiter {
 	TAILQ_ENTRY(cache_waiter) link;
@@ -611,6 +612,9 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 
 	if (res->retry_after > 0 && res->retry_after * 1000 > delay)
 		delay = res->retry_after * 1000;
+	if (res->permanent && delay < BACKOFF_PERMANENT_MS)
+		delay =
+		    BACKOFF_PERMANENT_MS; /* a wrong secret: a few requests a minute, no storm */
 	e->backoff_attempt++;
 	e->failed = true;
 	e->failures++;

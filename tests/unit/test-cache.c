@@ -387,6 +387,34 @@ test_retry_after_honoured(void **state)
 }
 
 static void
+test_permanent_error_waits_30s(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	struct token_result r;
+
+	(void)state;
+	F.rnd = 0; /* the shortest backoff the jitter could pick */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	token_result_init(&r);
+	r.error = -EIO;
+	r.http_status = 401;
+	r.permanent = true;
+	snprintf(r.error_code, sizeof(r.error_code), "invalid_client");
+	F.npending--;
+	F.pending[0].done(F.pending[0].arg, &r);
+	token_result_clear(&r);
+	assert_int_equal(F.last.status, 503);
+	advance_to(c, 29999);
+	assert_int_equal(request(c, e, 0, NULL), 503);
+	assert_int_equal(F.fetches, 1);
+	advance_to(c, 30000);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+}
+
+static void
 test_same_token_does_not_loop(void **state)
 {
 	struct cache *c = new_cache(300, 900, 10);
@@ -658,6 +686,7 @@ main(void)
 	    cmocka_unit_test(test_outage_serves_last_good_then_503),
 	    cmocka_unit_test(test_backoff_sequence_and_fail_fast),
 	    cmocka_unit_test(test_retry_after_honoured),
+	    cmocka_unit_test(test_permanent_error_waits_30s),
 	    cmocka_unit_test(test_same_token_does_not_loop),
 	    cmocka_unit_test(test_wait_timeout_504),
 	    cmocka_unit_test(test_cancelled_waiter_not_called),
