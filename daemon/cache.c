@@ -612,9 +612,9 @@ entry_record_failure(struct cache *c, struct cache_entry *e, int64_t now,
 
 	if (res->retry_after > 0 && res->retry_after * 1000 > delay)
 		delay = res->retry_after * 1000;
+	/* a wrong secret: a few requests a minute, no storm */
 	if (res->permanent && delay < BACKOFF_PERMANENT_MS)
-		delay =
-		    BACKOFF_PERMANENT_MS; /* a wrong secret: a few requests a minute, no storm */
+		delay = BACKOFF_PERMANENT_MS;
 	e->backoff_attempt++;
 	e->failed = true;
 	e->failures++;
