@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -816,6 +817,33 @@ dev_socket_path(void)
 	return "./bearerd.sock";
 }
 
+/*
+ * Every connection costs a descriptor (two through the proxy): the soft limit
+ * (often 1024) is raised to the hard one, so that the configured connection
+ * caps, not the kernel, decide who is turned away; a cap the limit cannot
+ * honour is said at start.
+ */
+static void
+raise_fd_limit(const struct config *cfg)
+{
+	struct rlimit rl;
+	uint64_t want;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	want = (uint64_t)cfg->max_connections + 64; /* the API socket, plus upstreams and files */
+	if (rl.rlim_cur != RLIM_INFINITY && want > rl.rlim_cur)
+		log_warnx("the open-files limit is below max_connections: connections beyond it "
+			  "fail to be accepted",
+			  "limit=%llu max_connections=%u", (unsigned long long)rl.rlim_cur,
+			  cfg->max_connections);
+}
+
 static void
 usage(FILE *f)
 {
@@ -1114,6 +1142,7 @@ main(int argc, char **argv)
 	/* tokens live in this process's memory: no core dumps, no ptrace by peers */
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		log_warn("cannot disable core dumps", "");
+	raise_fd_limit(d.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		fatalx("cannot initialise libcurl", "");

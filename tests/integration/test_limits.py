@@ -167,3 +167,28 @@ def test_keepalive_timeout_closes_idle(daemon):
     assert healthz(s) == 200
     assert read_all(s) == b""  # closed by bearerd while idle, well before the 60 s default
     s.close()
+
+
+def test_soft_fd_limit_raised_to_hard(tmp_path):
+    """Started with the usual soft limit of 1024 under a higher hard one, bearerd raises
+    its soft limit, so max_connections (not the kernel) decides who is turned away; a cap
+    above the hard limit is said in the log."""
+    from conftest import BEARERD, wait_for
+    conf = tmp_path / "b.conf"
+    sock = tmp_path / "b.sock"
+    conf.write_text(f'[bearerd]\nsocket = {sock}\nmax_connections = 20000\n'
+                    '[identity "dev"]\nsource = dev\n')
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        p = subprocess.Popen(["prlimit", "--nofile=1024:4096", str(BEARERD), "-c", str(conf)],
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: sock.exists() or p.poll() is not None, what="bearerd to listen")
+        assert p.poll() is None, log.read_text()
+        limits = Path(f"/proc/{p.pid}/limits").read_text()
+        line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+        assert "open-files limit is below max_connections" in log.read_text()
+    finally:
+        p.terminate()
+        p.wait(10)
