@@ -426,3 +426,27 @@ def oidc_http(tmp_path, testca):
     p = OIDCProvider(tmp_path, testca, tls=False)
     yield p
     p.stop()
+
+
+def remember_fake(fake):
+    """Everything secret the fake Entra saw goes to the log scan of start_daemon's teardown."""
+    st = fake.stats()
+    for tok in st["issued"]:
+        remember_token(tok)
+    for sig in st["assertion_signatures"]:
+        remember_secret(sig)
+
+
+@pytest.fixture
+def fe(fake_entra, start_daemon):
+    """fake_entra, set up after start_daemon so that it is torn down (and what it saw
+    remembered) before the daemon's log scan."""
+    yield fake_entra
+    remember_fake(fake_entra)
+
+
+def remember_key(path):
+    """The base64 lines of a PEM private key: none may appear in a log."""
+    for line in path.read_text().splitlines():
+        if len(line) >= 40 and not line.startswith("-----"):
+            remember_secret(line)

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from conftest import BEARERD, ROOT, UnixHTTPConnection, remember_token, wait_for

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import threading
-import time
 
 from conftest import remember_token, wait_for
 from test_metrics import get_metrics, value

@@ -12,35 +12,12 @@ import time
 
 import pytest
 
-from conftest import (BEARERD, identity_config, remember_secret, remember_token, secret_file,
-                      wait_for)
+from conftest import (BEARERD, identity_config, remember_key,
+                      remember_secret, remember_token, secret_file, wait_for)
 
 TENANT = "0a1b2c3d-tenant"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def remember_fake(fake):
-    """Everything secret the fake saw goes to the log scan of start_daemon's teardown."""
-    st = fake.stats()
-    for tok in st["issued"]:
-        remember_token(tok)
-    for sig in st["assertion_signatures"]:
-        remember_secret(sig)
-
-
-@pytest.fixture
-def fe(fake_entra, start_daemon):
-    # set up after start_daemon, so torn down (and remembered) before its log scan
-    yield fake_entra
-    remember_fake(fake_entra)
-
-
-def remember_key(path):
-    """The base64 lines of a PEM private key: none may appear in a log."""
-    for line in path.read_text().splitlines():
-        if len(line) >= 40 and not line.startswith("-----"):
-            remember_secret(line)
 
 
 def new_secret():

@@ -10,31 +10,11 @@ import time
 import jwt
 import pytest
 
-from conftest import identity_config, remember_secret, remember_token, secret_file, wait_for
+from conftest import (identity_config, remember_key,
+                      remember_secret, remember_token, secret_file, wait_for)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESOURCE = "https://api.example.test"
-
-
-def remember_fake(fake):
-    st = fake.stats()
-    for tok in st["issued"]:
-        remember_token(tok)
-    for sig in st["assertion_signatures"]:
-        remember_secret(sig)
-
-
-@pytest.fixture
-def fe(fake_entra, start_daemon):
-    # set up after start_daemon, so torn down (and remembered) before its log scan
-    yield fake_entra
-    remember_fake(fake_entra)
-
-
-def remember_key(path):
-    for line in path.read_text().splitlines():
-        if len(line) >= 40 and not line.startswith("-----"):
-            remember_secret(line)
 
 
 def token(d, aud="api"):
