@@ -70,6 +70,9 @@ def test_install_into_destdir(tmp_path):
                            text=True, env=env, check=True).stdout.split()
     libdir = str(dest / os.path.dirname(libs[0]))
     exe = tmp_path / "client"
+    sanitize = build_option("b_sanitize")
+    if sanitize != "none":  # a sanitized libbearer needs its runtime in the program too
+        flags.append(f"-fsanitize={sanitize}")
     r = subprocess.run(["cc", str(src), "-o", str(exe), *flags, f"-Wl,-rpath,{libdir}"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
