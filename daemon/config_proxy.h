@@ -47,7 +47,7 @@ struct config_proxy {
 	char **tunnel_hosts; /* "host:port" (port default 443), NULL-terminated, or NULL */
 	char *ca_file;
 	char *intercept_ca_dir;	  /* connect = intercept: ca.key and ca.pem, created at start */
-	unsigned max_connections; /* per listener, default 1024 */
+	unsigned max_connections; /* over all proxy listeners, default 1024 */
 	unsigned connect_timeout; /* s, default 10 */
 	unsigned idle_timeout;	  /* s without progress on a request or keep-alive, default 60 */
 	unsigned header_timeout;  /* s to receive a request head, default 10 */

@@ -100,9 +100,8 @@ struct proxy_listener {
 	struct proxy *p;
 	struct evconnlistener *ev;
 	struct proxy_upstream *u; /* base-URL listener's route; NULL: the forward proxy */
-	const char *name;
+	char *name;		  /* own copy: outlives a reloaded configuration */
 	unsigned n_conns;
-	bool paused;	    /* at max_connections */
 	bool starved;	    /* out of descriptors was logged; cleared by the next accept */
 	struct event *rest; /* out of descriptors: accepting again a little later */
 };
@@ -129,7 +128,9 @@ struct pconn {
 	unsigned iport;
 	int64_t started_ms, refresh_deadline_ms, up_started_ms, up_ms;
 	int status;
-	bool tls; /* bev is our TLS server side (intercept): no direct writes */
+	bool tls;	 /* bev is our TLS server side (intercept): no direct writes */
+	bool client_eof; /* the client shut its sending side (plain connections only) */
+	bool far_shut;	 /* tunnel: the far side's sending side was shut after client_eof */
 	bool head_started, stamp, retryable, retried, fresh_conn, req_done, resp_head, resp_close,
 	    keep_alive, read_paused, up_paused;
 };
@@ -147,6 +148,8 @@ struct proxy {
 	struct proxy_listener *ls;
 	size_t n_ls;
 	struct pconn_list conns;
+	unsigned n_conns;	  /* over all listeners, bounded by max_connections */
+	bool paused;		  /* at max_connections: no listener accepts */
 	struct evbuffer *scratch; /* one outgoing message being put together */
 	struct proxy_ca *ca;	  /* connect = intercept */
 	struct metrics *metrics;  /* or NULL */
@@ -299,6 +302,29 @@ upstream_bev(struct proxy_upstream *u)
 	return bev;
 }
 
+/*
+ * True when an idle connection has something waiting (bytes or EOF) that
+ * the loop has not seen yet: the upstream said what no request asked for, and
+ * it would be read as the next request's response.
+ */
+static bool
+upconn_stale(struct upconn *up)
+{
+	int fd = bufferevent_getfd(up->bev);
+	SSL *ssl;
+	char b;
+
+	if (evbuffer_get_length(bufferevent_get_input(up->bev)) > 0 || fd < 0)
+		return true;
+	if (up->u->r->upstream_tls && (ssl = bufferevent_openssl_get_ssl(up->bev)) != NULL &&
+	    SSL_pending(ssl) > 0)
+		return true;
+	/* TLS: any record (data, close_notify) is as bad */
+	if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0)
+		return true;
+	return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
 /* An idle pooled connection (fresh = false) or a new one. */
 static struct upconn *
 upconn_get(struct proxy_upstream *u, bool fresh)
@@ -306,9 +332,14 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 	struct proxy *p = u->p;
 	struct upconn *up;
 
-	if (!fresh && (up = TAILQ_LAST(&u->idle, upconn_list)) != NULL) {
+	while (!fresh && (up = TAILQ_LAST(&u->idle, upconn_list)) != NULL) {
 		TAILQ_REMOVE(&u->idle, up, link);
 		u->n_idle--;
+		if (upconn_stale(up)) {
+			up->u = NULL; /* not in the idle list any more */
+			upconn_free(up);
+			continue;
+		}
 		up->uses++;
 		return up;
 	}
@@ -458,7 +489,8 @@ request_reset(struct pconn *c)
 	c->state = CS_HEAD;
 	set_timeouts(c->bev, cp->idle_timeout, cp->idle_timeout);
 	bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_LOW_WATER, 0);
-	bufferevent_enable(c->bev, EV_READ);
+	if (!c->client_eof)
+		bufferevent_enable(c->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
 		process_head(c);
 }
@@ -578,6 +610,14 @@ pump_request(struct pconn *c)
 		c->req_done = true; /* a pipelined request waits in the input */
 		arm_timeouts(c);
 		return true;
+	}
+	if (c->client_eof) { /* the rest of the body will never come */
+		if (c->resp_head) {
+			conn_free(c);
+			return false;
+		}
+		reply_error(c, 400, "invalid_request", "the request body ended early", 0);
+		return false;
 	}
 	if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) > PROXY_HIGH_WATER) {
 		bufferevent_disable(c->bev, EV_READ);
@@ -742,12 +782,30 @@ tun_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* After the client's half-close: once its last bytes are out, the far side sees EOF too. */
+static void
+tunnel_shut_far(struct pconn *c)
+{
+	if (c->far_shut || c->tun == NULL)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->tun)) > 0) {
+		bufferevent_setwatermark(c->tun, EV_WRITE, 0, 0); /* tun_write_cb when empty */
+		return;
+	}
+	c->far_shut = true;
+	shutdown(bufferevent_getfd(c->tun), SHUT_WR);
+}
+
 static void
 tun_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct pconn *c = arg;
 
 	(void)bev;
+	if (c->client_eof) {
+		tunnel_shut_far(c);
+		return;
+	}
 	if (c->read_paused) {
 		c->read_paused = false;
 		bufferevent_enable(c->bev, EV_READ);
@@ -781,6 +839,11 @@ tun_event_cb(struct bufferevent *bev, short what, void *arg)
 		set_timeouts(bev, cp->idle_timeout, cp->idle_timeout);
 		set_timeouts(c->bev, cp->idle_timeout, cp->idle_timeout);
 		bufferevent_setwatermark(bev, EV_WRITE, PROXY_LOW_WATER, 0);
+		if (c->client_eof) {
+			tunnel_from_client(c);
+			tunnel_shut_far(c);
+			return;
+		}
 		bufferevent_enable(c->bev, EV_READ);
 		tunnel_from_client(c);
 		return;
@@ -850,6 +913,15 @@ intercept(struct pconn *c, char *host, unsigned port)
 		conn_free(c);
 		return;
 	}
+	/*
+	 * The socket below keeps no read timeout once TLS is up (the filter has
+	 * them, per request): one left from the CONNECT would cut a response
+	 * that streams longer than idle_timeout.  Until then both bound the
+	 * handshake; its write timeout stays (a client that reads nothing).
+	 */
+	set_timeouts(c->bev, pcfg(c->p)->header_timeout, pcfg(c->p)->header_timeout);
+	/* the filter stops encrypting at the high mark, so a slow client slows the upstream */
+	bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_LOW_WATER, PROXY_HIGH_WATER);
 	c->bev = tls;
 	c->tls = true;
 	c->ihost = host;
@@ -955,6 +1027,37 @@ route_intercepted(struct pconn *c, const char **path, size_t *path_len)
 	return true;
 }
 
+/*
+ * A base-URL listener is an ordinary http:// origin to a browser: a page from
+ * anywhere could send it requests (cross-site, or reading the answers after
+ * DNS rebinding) and have them stamped with the route's token.  So the Host
+ * must be the listener itself and nothing may look like a page's request.
+ * False after replying.
+ */
+static bool
+base_url_caller_ok(struct pconn *c)
+{
+	const struct config_listen *l = c->u->r->listen;
+	const struct http_header *hf = http_head_find(&c->h, "host");
+	char desc[200];
+
+	if (hf == NULL || !proxy_route_host_is_listener(hf->value, hf->value_len, l)) {
+		snprintf(desc, sizeof(desc),
+			 "the Host header must name this listener (%s, or localhost with its port)",
+			 l->text);
+		reply_error(c, 400, "invalid_request", desc, 0);
+		return false;
+	}
+	if (proxy_route_from_web_page(&c->h)) {
+		log_info("proxy request from a web page refused", "route=%s", route_name(c));
+		reply_error(c, 403, "forbidden",
+			    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded",
+			    0);
+		return false;
+	}
+	return true;
+}
+
 /* Finds the route and the path to send; false after replying. */
 static bool
 route_request(struct pconn *c, const char **path, size_t *path_len)
@@ -974,6 +1077,8 @@ route_request(struct pconn *c, const char **path, size_t *path_len)
 				    0);
 			return false;
 		}
+		if (!base_url_caller_ok(c))
+			return false;
 		*path = h->target;
 		*path_len = h->target_len;
 		return true;
@@ -1157,16 +1262,35 @@ invalid_token_challenge(const struct http_head *rh)
 	return false;
 }
 
+/*
+ * Whether the upstream connection may serve another request.  Not when bytes
+ * beyond the response arrived (they would be read as the next one's head), nor
+ * when more may come: a broken upstream may send a body after a HEAD, 204 or
+ * 304 answer, and one that refused a request early may still read its body as
+ * a request and answer that.
+ */
+static bool
+upconn_reusable(const struct pconn *c)
+{
+	if (!c->req_done || c->resp_close ||
+	    evbuffer_get_length(bufferevent_get_input(c->up->bev)) > 0)
+		return false;
+	if (method_is(&c->h, "HEAD") || c->status == 204 || c->status == 304)
+		return false;
+	return c->status < 400 || c->req_body.mode == PROXY_BODY_NONE;
+}
+
 static void
 response_done(struct pconn *c)
 {
 	log_debug("proxy request", "route=%s status=%d ms=%" PRId64, route_name(c), c->status,
 		  now_ms() - c->started_ms);
 	count_request(c, c->status);
-	/* bytes beyond the response would be read as the next one's head: never reuse then */
-	upconn_release(c, c->req_done && !c->resp_close &&
-			      evbuffer_get_length(bufferevent_get_input(c->up->bev)) == 0);
+	upconn_release(c, upconn_reusable(c));
 	if (!c->req_done || c->p->stopping)
+		c->keep_alive = false;
+	/* a client that is done sending gets the answers to what it sent, then the close */
+	if (c->client_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
 		c->keep_alive = false;
 	if (!c->keep_alive) {
 		conn_close_after_flush(c);
@@ -1413,17 +1537,69 @@ conn_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Bytes not yet handed to the kernel. */
+static size_t
+conn_output_pending(struct pconn *c)
+{
+	struct bufferevent *under = c->tls ? bufferevent_get_underlying(c->bev) : NULL;
+
+	return evbuffer_get_length(bufferevent_get_output(c->bev)) +
+	       (under != NULL ? evbuffer_get_length(bufferevent_get_output(under)) : 0);
+}
+
+/*
+ * The client shut its sending side (a half-close; all it sent is in the
+ * input now).  A request already complete is still answered, and a tunnel
+ * passes the rest on, shuts the far side's sending side and relays its answer;
+ * anything else ends here.
+ */
+static void
+client_done_sending(struct pconn *c)
+{
+	c->client_eof = true;
+	switch (c->state) {
+	case CS_TUNNEL_CONNECTING:
+		return; /* tun_event_cb passes it on */
+	case CS_TUNNEL:
+		tunnel_from_client(c);
+		tunnel_shut_far(c);
+		return;
+	case CS_TOKEN:
+	case CS_REFRESH:
+		return; /* request_send sends what there is and finds out if it is complete */
+	case CS_FORWARD:
+		if (c->req_done)
+			return;
+		if (c->up != NULL)
+			pump_request(c); /* answers or frees c when the body is cut short */
+		else
+			conn_free(c);
+		return;
+	case CS_CLOSING:
+		if (conn_output_pending(c) > 0)
+			return; /* conn_write_cb lingers when it is out */
+		conn_free(c);
+		return;
+	default:
+		conn_free(c); /* no request or an incomplete one */
+		return;
+	}
+}
+
 static void
 conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct pconn *c = arg;
 
-	(void)bev;
-	if (what & BEV_EVENT_CONNECTED)
-		return; /* the TLS handshake of an intercepted CONNECT is done */
-	if (c->state == CS_TUNNEL && c->tun != NULL && (what & BEV_EVENT_EOF)) {
-		/* the client is done sending: pass what it sent, then close */
-		tunnel_from_client(c);
+	if (what & BEV_EVENT_CONNECTED) {
+		/* the TLS handshake of an intercepted CONNECT is done: see intercept() */
+		if (bufferevent_get_underlying(bev) != NULL)
+			set_timeouts(bufferevent_get_underlying(bev), 0, pcfg(c->p)->idle_timeout);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) && !c->tls) {
+		client_done_sending(c);
+		return;
 	}
 	conn_free(c);
 }
@@ -1432,6 +1608,7 @@ static void
 conn_free(struct pconn *c)
 {
 	struct proxy_listener *l = c->l;
+	struct proxy *p = c->p;
 
 	if (c->waiter != NULL)
 		cache_waiter_cancel(c->p->cache, c->waiter);
@@ -1451,9 +1628,11 @@ conn_free(struct pconn *c)
 		evbuffer_free(c->body);
 	TAILQ_REMOVE(&c->p->conns, c, link);
 	l->n_conns--;
-	if (l->paused && !c->p->stopping && l->n_conns < pcfg(c->p)->max_connections) {
-		l->paused = false;
-		evconnlistener_enable(l->ev);
+	p->n_conns--;
+	if (p->paused && !p->stopping && p->n_conns < pcfg(p)->max_connections) {
+		p->paused = false;
+		for (size_t i = 0; i < p->n_ls; i++)
+			evconnlistener_enable(p->ls[i].ev);
 	}
 	free(c);
 }
@@ -1469,6 +1648,7 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 
 	(void)sa;
 	(void)socklen;
+	(void)ev;
 	l->starved = false;
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
@@ -1488,9 +1668,11 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_HIGH_WATER);
 	bufferevent_enable(c->bev, EV_WRITE);
-	if (++l->n_conns >= pcfg(p)->max_connections) {
-		l->paused = true;
-		evconnlistener_disable(ev);
+	l->n_conns++;
+	if (++p->n_conns >= pcfg(p)->max_connections) {
+		p->paused = true;
+		for (size_t i = 0; i < p->n_ls; i++)
+			evconnlistener_disable(p->ls[i].ev);
 	}
 	request_reset(c);
 }
@@ -1502,7 +1684,7 @@ on_accept_rest(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!l->paused && !l->p->stopping)
+	if (!l->p->paused && !l->p->stopping)
 		evconnlistener_enable(l->ev);
 }
 
@@ -1560,9 +1742,13 @@ listener_start(struct proxy *p, struct proxy_upstream *u, const struct config_li
 	}
 	l->p = p;
 	l->u = u;
-	l->name = u != NULL ? u->r->name : "forward";
-	l->ev = evconnlistener_new(p->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, 0, fd);
+	l->name = strdup(u != NULL ? u->r->name : "forward");
+	l->ev = l->name != NULL
+		    ? evconnlistener_new(p->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, 0, fd)
+		    : NULL;
 	if (l->ev == NULL) {
+		free(l->name);
+		l->name = NULL;
 		close(fd);
 		return -ENOMEM;
 	}
@@ -1575,16 +1761,18 @@ listener_start(struct proxy *p, struct proxy_upstream *u, const struct config_li
 	return 0;
 }
 
+/* The cache entry route r of cfg stamps with (NULL for passthrough). */
 static int
-upstream_entry(struct proxy *p, struct proxy_upstream *u)
+route_entry(struct proxy *p, const struct config *cfg, struct source **sources,
+	    const struct config_route *r, struct cache_entry **out)
 {
-	const struct config_audience *a = u->r->audience;
+	const struct config_audience *a = r->audience;
 
-	u->entry = NULL;
-	if (u->r->passthrough || a == NULL)
+	*out = NULL;
+	if (r->passthrough || a == NULL)
 		return 0;
-	return cache_entry_get(p->cache, p->sources[config_identity_index(p->cfg, a->identity)],
-			       a->identity->name, a->resource, true, &u->entry);
+	return cache_entry_get(p->cache, sources[config_identity_index(cfg, a->identity)],
+			       a->identity->name, a->resource, true, out);
 }
 
 static int
@@ -1623,7 +1811,7 @@ upstream_init(struct proxy *p, struct proxy_upstream *u, const struct config_rou
 			return -EINVAL;
 		}
 	}
-	return upstream_entry(p, u);
+	return route_entry(p, p->cfg, p->sources, r, &u->entry);
 }
 
 static void
@@ -1756,6 +1944,7 @@ proxy_free(struct proxy *p)
 		evconnlistener_free(p->ls[i].ev);
 		if (p->ls[i].rest != NULL)
 			event_free(p->ls[i].rest);
+		free(p->ls[i].name);
 	}
 	for (size_t i = 0; i < p->n_ups; i++)
 		upstream_fini(&p->ups[i]);
@@ -1839,22 +2028,36 @@ proxy_collect(const struct proxy *p, struct metrics *m)
 	}
 }
 
+/*
+ * All or nothing: on failure the proxy keeps the old configuration, which the
+ * caller keeps alive.  The pointers into the configuration are p->cfg,
+ * p->sources and each upstream's route (listener names are copies; the
+ * connections reach the configuration only through these), all replaced
+ * together.
+ */
 int
 proxy_reconfigure(struct proxy *p, const struct config *cfg, struct source **sources)
 {
-	int r;
+	struct cache_entry **entries;
+	int r = 0;
 
 	if (p == NULL)
 		return has_listener(cfg->proxy) ? -ENOTSUP : 0;
 	if (!proxy_cfg_eq(p->cfg->proxy, cfg->proxy))
 		return -ENOTSUP;
-	p->cfg = cfg;
-	p->sources = sources;
-	for (size_t i = 0; i < p->n_ups; i++) {
-		p->ups[i].r = &cfg->proxy->routes[i];
-		r = upstream_entry(p, &p->ups[i]);
-		if (r < 0)
-			return r;
+	entries = calloc(p->n_ups + 1, sizeof(*entries));
+	if (entries == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->n_ups && r == 0; i++)
+		r = route_entry(p, cfg, sources, &cfg->proxy->routes[i], &entries[i]);
+	if (r == 0) {
+		p->cfg = cfg;
+		p->sources = sources;
+		for (size_t i = 0; i < p->n_ups; i++) {
+			p->ups[i].r = &cfg->proxy->routes[i];
+			p->ups[i].entry = entries[i];
+		}
 	}
-	return 0;
+	free(entries);
+	return r;
 }

@@ -129,6 +129,7 @@ path_in(char *buf, size_t size, const char *dir, const char *name)
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
+/* Loads both; -ENOENT for a missing ca.key, -ESRCH for a good ca.key without ca.pem. */
 static int
 load(struct proxy_ca *ca, const char *key_path, const char *pem_path)
 {
@@ -145,6 +146,8 @@ load(struct proxy_ca *ca, const char *key_path, const char *pem_path)
 	ca->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
 	fclose(f);
 	f = fopen(pem_path, "re");
+	if (f == NULL && errno == ENOENT && ca->key != NULL)
+		return -ESRCH;
 	if (f == NULL)
 		return -errno;
 	ca->cert = PEM_read_X509(f, NULL, NULL, NULL);
@@ -156,28 +159,40 @@ load(struct proxy_ca *ca, const char *key_path, const char *pem_path)
 	return 0;
 }
 
-/* Writes with O_EXCL at mode, so a file is never briefly wider than it ends. */
+/*
+ * Writes path.tmp with O_EXCL at mode (never briefly wider than it ends),
+ * syncs it, then links it to path, which must not exist: a crash leaves path
+ * whole or absent, never half written, and an existing file is never replaced.
+ */
 static int
 write_new(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	char tmp[4200];
 	FILE *f;
-	int ok;
+	int fd, ok, r = 0;
 
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	unlink(tmp); /* left by a crash */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	if (fd < 0)
 		return -errno;
 	f = fdopen(fd, "w");
 	if (f == NULL) {
 		close(fd);
+		unlink(tmp);
 		return -ENOMEM;
 	}
 	ok = key != NULL ? PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL)
 			 : PEM_write_X509(f, cert);
-	if (fclose(f) != 0 || ok != 1) {
-		unlink(path);
-		return -EIO;
-	}
-	return 0;
+	if (fflush(f) != 0 || fsync(fd) < 0)
+		ok = 0;
+	if (fclose(f) != 0 || ok != 1)
+		r = -EIO;
+	else if (link(tmp, path) < 0)
+		r = -errno;
+	unlink(tmp);
+	return r;
 }
 
 static int
@@ -205,6 +220,23 @@ create(struct proxy_ca *ca, const char *dir, const char *key_path, const char *p
 	return r;
 }
 
+/* ca.key was written but not ca.pem (a crash in between): no client trusts it yet. */
+static int
+complete(struct proxy_ca *ca, const char *pem_path)
+{
+	int r;
+
+	ca->cert = make_cert(ca->key, CA_SUBJECT, NULL, ca->key, CA_DAYS);
+	if (ca->cert == NULL)
+		return -ENOMEM;
+	r = write_new(pem_path, 0644, NULL, ca->cert);
+	if (r == 0)
+		log_info(
+		    "completed the interception CA (ca.pem was missing): clients must trust it",
+		    "certificate=%s", pem_path);
+	return r;
+}
+
 int
 proxy_ca_new(struct proxy_ca **out, const char *dir)
 {
@@ -220,6 +252,8 @@ proxy_ca_new(struct proxy_ca **out, const char *dir)
 	r = load(ca, key_path, pem_path);
 	if (r == -ENOENT)
 		r = create(ca, dir, key_path, pem_path);
+	else if (r == -ESRCH)
+		r = complete(ca, pem_path);
 	if (r < 0) {
 		log_error("cannot use the interception CA", "dir=%s error=\"%s\"%s", dir,
 			  strerror(-r),

@@ -1,5 +1,7 @@
 /* Route matching and header rules of the proxy (see proxy_route.h). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -129,6 +131,54 @@ proxy_route_host_agrees(const char *value, size_t len, const char *host, unsigne
 	ok = strcmp(h, host) == 0 && (p == port || (p == 0 && port == default_port));
 	free(h);
 	return ok;
+}
+
+bool
+proxy_route_host_is_listener(const char *value, size_t len, const struct config_listen *l)
+{
+	const struct sockaddr_in *in4 = (const struct sockaddr_in *)&l->addr;
+	const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&l->addr;
+	bool v4 = l->addr.ss_family == AF_INET;
+	unsigned want = ntohs(v4 ? in4->sin_port : in6->sin6_port);
+	bool any = v4 ? in4->sin_addr.s_addr == htonl(INADDR_ANY)
+		      : IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
+	bool loopback =
+	    v4 ? (ntohl(in4->sin_addr.s_addr) >> 24) == 127 : IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+	struct in_addr a4;
+	struct in6_addr a6;
+	char *h = NULL;
+	unsigned port;
+	bool ok;
+
+	if (config_proxy_hostport(value, len, &h, &port) < 0)
+		return false;
+	if (port != want && !(port == 0 && want == 80))
+		ok = false;
+	else if (strcmp(h, "localhost") == 0)
+		ok = loopback || any;
+	else if (v4)
+		ok = inet_pton(AF_INET, h, &a4) == 1 && (any || a4.s_addr == in4->sin_addr.s_addr);
+	else
+		ok = (inet_pton(AF_INET6, h, &a6) == 1 &&
+		      (any || memcmp(&a6, &in6->sin6_addr, sizeof(a6)) == 0)) ||
+		     (any && inet_pton(AF_INET, h, &a4) == 1);
+	free(h);
+	return ok;
+}
+
+bool
+proxy_route_from_web_page(const struct http_head *h)
+{
+	for (int i = 0; i < h->nheaders; i++) {
+		const struct http_header *f = &h->headers[i];
+
+		if (eq_nocase(f->name, f->name_len, "origin"))
+			return true;
+		if (eq_nocase(f->name, f->name_len, "sec-fetch-site") &&
+		    !eq_nocase(f->value, f->value_len, "none"))
+			return true;
+	}
+	return false;
 }
 
 /* True when the Connection field(s) of h list name (name_len bytes). */

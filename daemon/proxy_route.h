@@ -52,6 +52,22 @@ bool proxy_route_host_agrees(const char *value, size_t len, const char *host, un
  */
 bool proxy_route_hop_by_hop(const struct http_head *h, const struct http_header *f);
 
+/*
+ * True when a Host field value names the base-URL listener l itself:
+ * "localhost" (when l is on loopback) or l's address as a literal (any
+ * literal of its family when l is a wildcard address), with l's port, which
+ * may be omitted only when it is 80.  A page that reaches the listener through
+ * a name of its own (DNS rebinding) sends that name, so it is refused.
+ */
+bool proxy_route_host_is_listener(const char *value, size_t len, const struct config_listen *l);
+
+/*
+ * True when h bears the marks of a request that a web page made: an Origin
+ * field, or Sec-Fetch-Site other than "none" (what a browser sends when the
+ * user typed the URL).  Programs send neither.
+ */
+bool proxy_route_from_web_page(const struct http_head *h);
+
 /* True when a WWW-Authenticate value is a Bearer challenge with error="invalid_token". */
 bool proxy_route_invalid_token(const char *value, size_t len);
 

@@ -17,6 +17,10 @@ below) it has test hooks, never protected:
   GET  /_open/slow              never answers (for gateway timeouts)
   GET  /_open/redirect          302 to another host
   GET  /_open/extra             a response followed by bytes that look like a second one
+  GET  /_open/late?s=S          a 204, then S seconds later bytes that look like a response
+  POST /_open/early?s=S         a 400 at once, the body left unread for S seconds (then it
+                                is read as the next request on the connection)
+  GET  /_open/drip?n=N&every=S  a chunked body of N small chunks, one every S seconds
 Run: protected_api.py --port 0 --port-file F --jwks-socket S [--tls-cert C --tls-key K]
 """
 
@@ -200,6 +204,29 @@ class Handler(BaseHTTPRequestHandler):
             # a broken upstream: bytes after the response that look like another one
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                              b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle")
+            return
+        if url.path == "/_open/late":
+            # a broken upstream: a body after a 204, arriving a moment later
+            self.wfile.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            time.sleep(float(q.get("s", ["0.3"])[0]))
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsmuggle")
+            except OSError:
+                self.close_connection = True
+            return
+        if url.path == "/_open/early":
+            # refuses before reading the body, which stays on the connection
+            self.send_json(400, {"error": "refused_early"})
+            time.sleep(float(q.get("s", ["0.3"])[0]))
+            return
+        if url.path == "/_open/drip":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(int(q.get("n", ["5"])[0])):
+                self.wfile.write(b"2\r\nab\r\n")
+                time.sleep(float(q.get("every", ["0.5"])[0]))
+            self.wfile.write(b"0\r\n\r\n")
             return
         if url.path == "/_open/redirect":
             self.send_response(302)

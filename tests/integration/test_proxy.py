@@ -241,6 +241,41 @@ console.log(JSON.stringify([g.status, (await g.json()).iat, p.status, d.status])
     assert (g, post, delete) == (200, 200, 401) and iat > 0
 
 
+def test_base_url_refuses_web_pages_and_foreign_hosts(proxied, api):
+    """A page in a browser can reach http://127.0.0.1:PORT too: cross-site requests carry
+    Origin or Sec-Fetch-Site, and after DNS rebinding the Host is the page's own name.
+    Neither gets the route's token; what programs send does."""
+    p = proxied()
+    bp = p.base_port
+
+    def get(fields):
+        out = raw(bp, f"GET /api/items HTTP/1.1\r\n{fields}Connection: close\r\n\r\n"
+                  .encode())
+        head, _, body = out.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), body
+
+    before = api.stats()["requests"]
+    for fields in (f"Host: rebound.example:{bp}\r\n", "Host: rebound.example\r\n",
+                   f"Host: 127.0.0.1:{bp + 1}\r\n", "Host: 127.0.0.1\r\n",
+                   f"Host: 10.0.0.1:{bp}\r\n", ""):
+        st, body = get(fields)
+        assert st == 400 and json.loads(body)["error"] == "invalid_request", fields
+        assert "Host" in json.loads(body)["error_description"]
+    for fields in ("Origin: https://evil.example\r\n", "Origin: null\r\n",
+                   f"Origin: http://127.0.0.1:{bp}\r\n", "Sec-Fetch-Site: cross-site\r\n",
+                   "Sec-Fetch-Site: same-origin\r\n", "Sec-Fetch-Site: same-site\r\n"):
+        st, body = get(f"Host: 127.0.0.1:{bp}\r\n" + fields)
+        assert st == 403 and json.loads(body)["error"] == "forbidden", fields
+    assert api.stats()["requests"] == before + 1  # nothing forwarded: only the stats call
+    for fields in (f"Host: 127.0.0.1:{bp}\r\n", f"Host: localhost:{bp}\r\n",
+                   f"Host: LocalHost:{bp}\r\n",
+                   f"Host: 127.0.0.1:{bp}\r\nSec-Fetch-Site: none\r\nSec-Fetch-Mode: cors\r\n"):
+        st, body = get(fields)
+        assert st == 200 and json.loads(body)["path"] == "/api/items", fields
+    # the forward proxy names the API in Host, as it should
+    assert p.request("GET", f"http://{API_HOST}/api/items")[0] == 200
+
+
 # Only the hosts that should get a token
 
 
@@ -358,6 +393,37 @@ def test_reload_keeps_the_proxy_and_refuses_proxy_changes(proxied):
     assert p.request("GET", "http://changed.example.com/api/items")[0] == 403
 
 
+def test_reload_then_metrics_reads_no_freed_configuration(start_daemon, api):
+    """The listeners' names outlive the configuration they came from: after a reload has
+    retired the old one (wait_timeout + 1 s later), /metrics still names them.  Under
+    AddressSanitizer a dangling name is a heap-use-after-free."""
+    import signal
+    pp, bp = free_port(), free_port()
+    conf = proxy_config(api, pp, bp).replace("log_level = debug",
+                                             "log_level = debug\nwait_timeout = 1")
+    p = Proxied(start_daemon(conf), pp, bp)
+    if p.d.get("/metrics").status == 404:
+        pytest.skip("this daemon has no /metrics (main.c without the metrics wiring)")
+    seen = len(p.d.logs())
+    p.d.config.write_text(p.d.config.read_text().replace(
+        "roles = Sample.Read Sample.Write", "roles = Sample.Read Sample.Write Sample.Delete"))
+    p.d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(m in p.d.logs()[seen:] for m in
+                         ("configuration reloaded", "reload failed", "not implemented")),
+             what="the reload")
+    if "reload is not implemented" in p.d.logs()[seen:]:
+        pytest.skip("this daemon does not reload (main.c without the reload wiring)")
+    assert "configuration reloaded" in p.d.logs()[seen:]
+    time.sleep(3.5)  # the old configuration is freed 2 s after the reload
+    for _ in range(3):  # allocations that may reuse the freed memory
+        assert p.request("GET", f"http://{API_HOST}/api/items")[0] == 200
+        assert curl(f"http://127.0.0.1:{bp}/api/items")[0] == 200
+    text = p.d.get("/metrics").body.decode()
+    assert 'bearerd_connections_open{listener="proxy-demo"} 0' in text
+    assert 'bearerd_connections_open{listener="proxy-forward"} 0' in text
+    assert p.request("DELETE", f"http://{API_HOST}/api/items/1")[0] == 200  # the new roles
+
+
 # Keep-alive and upstream reuse
 
 
@@ -390,6 +456,38 @@ def test_upstream_bytes_after_a_response_are_not_the_next_response(proxied):
     c.close()
 
 
+def test_no_reuse_after_a_204_that_the_upstream_follows_with_bytes(proxied):
+    """A 204 has no body, but a broken upstream may send one late: the connection is not
+    pooled, or those bytes would be the answer to the next caller's request."""
+    p = proxied()
+    c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    c.request("GET", f"http://{API_HOST}/_open/late?s=0.5")
+    r = c.getresponse()
+    assert r.status == 204 and r.read() == b""
+    c.request("GET", f"http://{API_HOST}/api/items")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200 and b"smuggle" not in body, body
+    assert json.loads(body)["path"] == "/api/items"
+    c.close()
+
+
+def test_no_reuse_after_an_early_error_to_a_request_with_a_body(proxied):
+    """An upstream that refused a request before reading its body may read that body as a
+    request next: the connection is not pooled."""
+    p = proxied()
+    c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    c.request("POST", f"http://{API_HOST}/_open/early?s=0.5",
+              body=b"GET /_open/redirect HTTP/1.1\r\nHost: x\r\n\r\n")
+    r = c.getresponse()
+    assert r.status == 400 and json.loads(r.read())["error"] == "refused_early"
+    c.request("GET", f"http://{API_HOST}/api/items")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200 and json.loads(body)["path"] == "/api/items", (r.status, body)
+    c.close()
+
+
 def test_chunked_request_body_streams(proxied):
     p = proxied()
     out = raw(p.port, b"POST http://api.example.com/api/items HTTP/1.1\r\n"
@@ -407,6 +505,52 @@ def test_pipelined_requests_answered_in_order(proxied):
                       b"Connection: close\r\n\r\n")
     assert out.count(b"HTTP/1.1 200 ") == 2
     assert out.index(b'"/api/one"') < out.index(b'"/api/two"')
+
+
+def read_until_close(s, limit=5.0):
+    """Everything until the peer closes, and whether it closed within limit seconds."""
+    s.settimeout(limit)
+    out, start = b"", time.monotonic()
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out, time.monotonic() - start < limit
+            out += b
+    except socket.timeout:
+        return out, False
+
+
+def test_client_half_close_still_gets_the_answers(proxied):
+    """A client may shut its sending side once its request is out: the request was
+    forwarded, so the answer goes back (to each pipelined request), then the close."""
+    p = proxied()
+    for port, target in ((p.port, f"http://{API_HOST}"), (p.base_port, "")):
+        host = API_HOST if target else f"127.0.0.1:{port}"
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"GET {target}/_open/slow?s=0.3 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                  f"POST {target}/api/items HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Content-Length: 3\r\n\r\nabc".encode())
+        s.shutdown(socket.SHUT_WR)
+        out, closed = read_until_close(s)
+        s.close()
+        assert closed and out.count(b"HTTP/1.1 200 ") == 2, out
+        assert b'"slept": true' in out and b'"body_len": 3' in out
+    # HTTP/1.0, the reviewer's case
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.sendall(f"GET http://{API_HOST}/_open/slow?s=0.3 HTTP/1.0\r\n\r\n".encode())
+    s.shutdown(socket.SHUT_WR)
+    out, closed = read_until_close(s)
+    s.close()
+    assert closed and out.startswith(b"HTTP/1.1 200 ") and b'"slept": true' in out
+    # a body cut short by the half-close is not a request: 400, nothing more
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.sendall(f"POST http://{API_HOST}/_open/upload HTTP/1.1\r\nHost: {API_HOST}\r\n"
+              f"Content-Length: 10\r\n\r\nabc".encode())
+    s.shutdown(socket.SHUT_WR)
+    out, closed = read_until_close(s)
+    s.close()
+    assert closed and out.startswith(b"HTTP/1.1 400 "), out
 
 
 def test_http10_client_gets_a_dechunked_body(proxied):
@@ -443,6 +587,23 @@ def test_header_timeout_closes_a_slow_client(start_daemon, api):
     assert s.recv(100) == b""  # closed, not waiting for ever
     assert time.monotonic() - start < 9
     s.close()
+
+
+def test_max_connections_is_a_total_over_all_listeners(start_daemon, api):
+    pp, bp = free_port(), free_port()
+    Proxied(start_daemon(proxy_config(api, pp, bp, proxy_extra="max_connections = 2")), pp, bp)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (pp, bp)]
+    time.sleep(0.2)  # both accepted
+    third = socket.create_connection(("127.0.0.1", bp), timeout=1)  # queued in the backlog
+    third.sendall(f"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:{bp}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+    with pytest.raises(socket.timeout):
+        third.recv(100)
+    held[0].close()  # a slot of the other listener frees: the third is served
+    third.settimeout(10)
+    assert third.recv(100).startswith(b"HTTP/1.1 200 ")
+    third.close()
+    held[1].close()
 
 
 def test_max_connections_bounds_the_listener(start_daemon, api):
@@ -700,6 +861,25 @@ def test_connect_tunnel_allow_list(start_daemon, api):
     assert out.startswith(b"HTTP/1.1 403 ")
 
 
+def test_connect_tunnel_half_close(start_daemon, api):
+    """The client shuts its sending side inside a tunnel: its last bytes still reach the
+    far side, which then sees EOF too (so it closes), and its answer comes back."""
+    pp = free_port()
+    conf = proxy_config(api, pp, proxy_extra=f"connect = tunnel\ntunnel_hosts = 127.0.0.1:{api.port}")
+    Proxied(start_daemon(conf), pp)
+    s = socket.create_connection(("127.0.0.1", pp), timeout=10)
+    s.sendall(f"CONNECT 127.0.0.1:{api.port} HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\n\r\n"
+              .encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    # keep-alive: the fake closes only when it sees EOF
+    s.sendall(b"GET /_open/slow?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    out, closed = read_until_close(s)
+    s.close()
+    assert out.startswith(b"HTTP/1.1 200 ") and b'"slept": true' in out, out
+    assert closed
+
+
 # CONNECT intercept: TLS terminated with a leaf from bearerd's own CA
 
 
@@ -749,6 +929,52 @@ def test_node_fetch_through_https_proxy_intercept(start_daemon, api, tmp_path):
     assert (g, post, delete) == (200, 200, 401) and iat > 0
 
 
+def test_intercept_streams_longer_than_idle_timeout(start_daemon, api, tmp_path):
+    """idle_timeout is silence, not length: an intercepted response that keeps flowing for
+    longer is not cut (the socket under TLS keeps no timeout of its own)."""
+    pp = free_port()
+    conf = intercept_config(api, pp, tmp_path).replace("[proxy]", "[proxy]\nidle_timeout = 1")
+    Proxied(start_daemon(conf), pp)
+    code, body = curl("-x", f"http://127.0.0.1:{pp}", "--cacert", str(tmp_path / "ca" / "ca.pem"),
+                      f"https://{API_HOST}/_open/drip?n=8&every=0.35")
+    assert code == 200 and body == "ab" * 8
+
+
+def test_intercept_slow_client_holds_the_upstream_back(start_daemon, api, tmp_path):
+    """Back-pressure through TLS: a client that reads nothing gets a few buffers, not the
+    body; then the whole body arrives."""
+    import ssl
+    size = 64 << 20
+    pp = free_port()
+    env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0"}
+    d = start_daemon(intercept_config(api, pp, tmp_path), env=env)
+    Proxied(d, pp)
+    s = socket.create_connection(("127.0.0.1", pp), timeout=30)
+    s.sendall(f"CONNECT {API_HOST}:443 HTTP/1.1\r\nHost: {API_HOST}:443\r\n\r\n".encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+    ts = ctx.wrap_socket(s, server_hostname=API_HOST)
+    start = vmrss_kb(d.proc.pid)
+    ts.sendall(f"GET /_open/download?n={size} HTTP/1.1\r\nHost: {API_HOST}\r\n"
+               "Connection: close\r\n\r\n".encode())
+    time.sleep(1.5)  # reading nothing
+    grown = vmrss_kb(d.proc.pid) - start
+    n = 0
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += ts.recv(65536)
+    head, _, rest = head.partition(b"\r\n\r\n")
+    n = len(rest)
+    while True:
+        b = ts.recv(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    ts.close()
+    assert head.startswith(b"HTTP/1.1 200 ") and n == size
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB while the client read nothing"
+
+
 def test_intercept_host_header_must_agree(start_daemon, api, tmp_path):
     pp = free_port()
     Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
@@ -766,6 +992,25 @@ def test_intercept_ca_kept_across_restarts(start_daemon, api, tmp_path):
     start_daemon(intercept_config(api, pp, tmp_path))
     assert (tmp_path / "ca" / "ca.pem").read_bytes() == first
     assert b"BEGIN CERTIFICATE" in first
+
+
+def test_intercept_ca_completed_after_a_crash_between_its_files(start_daemon, api, tmp_path):
+    """A crash after ca.key was written but before ca.pem: the next start completes the CA
+    from the key (no client can trust a ca.pem that never existed) instead of failing."""
+    pp = free_port()
+    d = start_daemon(intercept_config(api, pp, tmp_path))
+    assert d.stop() == 0
+    ca = tmp_path / "ca"
+    key = (ca / "ca.key").read_bytes()
+    (ca / "ca.pem").unlink()
+    (ca / "ca.pem.tmp").write_text("half a certif")  # what the crash left behind
+    Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    assert (ca / "ca.key").read_bytes() == key
+    assert b"BEGIN CERTIFICATE" in (ca / "ca.pem").read_bytes()
+    assert not (ca / "ca.pem.tmp").exists()
+    code, body = curl("-x", f"http://127.0.0.1:{pp}", "--cacert", str(ca / "ca.pem"),
+                      f"https://{API_HOST}/api/items")
+    assert code == 200, body
 
 
 # Large bodies stream with bounded memory

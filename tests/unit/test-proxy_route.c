@@ -1,6 +1,9 @@
 /* Unit tests for proxy_route.c and the host parsing of config_proxy.c: route matching,
- * absolute-form targets, Host agreement, unsafe paths, hop-by-hop fields. */
+ * absolute-form targets, Host agreement, unsafe paths, hop-by-hop fields, the base-URL
+ * listener's guard against web pages. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -174,6 +177,89 @@ test_invalid_token(void **state)
 	assert_false(proxy_route_invalid_token(no2, strlen(no2)));
 }
 
+static struct config_listen
+listen_at(const char *addr, unsigned port)
+{
+	struct config_listen l = {.text = (char *)addr};
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&l.addr;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&l.addr;
+
+	if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+	} else {
+		assert_int_equal(inet_pton(AF_INET6, addr, &in6->sin6_addr), 1);
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+	}
+	return l;
+}
+
+static bool
+host_ok(const struct config_listen *l, const char *value)
+{
+	return proxy_route_host_is_listener(value, strlen(value), l);
+}
+
+static void
+test_host_is_listener(void **state)
+{
+	struct config_listen v4 = listen_at("127.0.0.1", 8081), v6 = listen_at("::1", 8081);
+	struct config_listen p80 = listen_at("127.0.0.1", 80), any = listen_at("0.0.0.0", 8081);
+	struct config_listen other = listen_at("10.1.2.3", 8081);
+
+	assert_true(host_ok(&v4, "127.0.0.1:8081"));
+	assert_true(host_ok(&v4, "localhost:8081"));
+	assert_true(host_ok(&v4, "LOCALHOST:8081"));
+	assert_false(host_ok(&v4, "127.0.0.1"));      /* the port is not 80 */
+	assert_false(host_ok(&v4, "127.0.0.1:8082")); /* another port */
+	assert_false(host_ok(&v4, "127.0.0.2:8081")); /* another address */
+	assert_false(host_ok(&v4, "[::1]:8081"));
+	assert_false(host_ok(&v4, "rebound.example:8081"));
+	assert_false(host_ok(&v4, "localhost.example:8081"));
+	assert_false(host_ok(&v4, ""));
+	assert_false(host_ok(&v4, "127.0.0.1:8081 "));
+	assert_true(host_ok(&v6, "[::1]:8081"));
+	assert_true(host_ok(&v6, "[0:0::1]:8081"));
+	assert_true(host_ok(&v6, "localhost:8081"));
+	assert_false(host_ok(&v6, "127.0.0.1:8081"));
+	assert_true(host_ok(&p80, "127.0.0.1"));
+	assert_true(host_ok(&p80, "localhost:80"));
+	assert_true(host_ok(&any, "192.0.2.7:8081")); /* a wildcard: any literal of it */
+	assert_true(host_ok(&any, "localhost:8081"));
+	assert_false(host_ok(&any, "rebound.example:8081"));
+	assert_true(host_ok(&other, "10.1.2.3:8081"));
+	assert_false(host_ok(&other, "localhost:8081")); /* not where localhost goes */
+}
+
+static void
+test_from_web_page(void **state)
+{
+	static const char *const pages[] = {
+	    "GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://evil.example\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\norigin: null\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: same-origin\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: none\r\nSec-Fetch-Site: "
+	    "same-site\r\n\r\n",
+	};
+	static const char *const programs[] = {
+	    "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: None\r\nSec-Fetch-Mode: cors\r\n\r\n",
+	    "GET / HTTP/1.1\r\nHost: h\r\nX-Origin: x\r\nReferer: http://a/\r\n\r\n",
+	};
+	struct http_head h;
+
+	for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++) {
+		assert_true(http_parse_request_head(pages[i], strlen(pages[i]), &h) > 0);
+		assert_true(proxy_route_from_web_page(&h));
+	}
+	for (size_t i = 0; i < sizeof(programs) / sizeof(programs[0]); i++) {
+		assert_true(http_parse_request_head(programs[i], strlen(programs[i]), &h) > 0);
+		assert_false(proxy_route_from_web_page(&h));
+	}
+}
+
 int
 main(void)
 {
@@ -181,7 +267,8 @@ main(void)
 	    cmocka_unit_test(test_hostport),	  cmocka_unit_test(test_absolute),
 	    cmocka_unit_test(test_match),	  cmocka_unit_test(test_host_agrees),
 	    cmocka_unit_test(test_path_unsafe),	  cmocka_unit_test(test_hop_by_hop),
-	    cmocka_unit_test(test_invalid_token),
+	    cmocka_unit_test(test_invalid_token), cmocka_unit_test(test_host_is_listener),
+	    cmocka_unit_test(test_from_web_page),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
