@@ -147,7 +147,8 @@ bind_audiences(struct api *a, const struct config *cfg, struct source **sources,
 			return r;
 		}
 	}
-	qsort(auds, cfg->n_audiences, sizeof(*auds), audience_cmp);
+	if (cfg->n_audiences > 1) /* auds is NULL without audiences: qsort must not see it */
+		qsort(auds, cfg->n_audiences, sizeof(*auds), audience_cmp);
 	*out = auds;
 	return 0;
 }
