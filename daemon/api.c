@@ -249,26 +249,6 @@ api_set_metrics(struct api *a, struct metrics *m, api_collect_fn *collect, void 
 	bind_counters(a);
 }
 
-static const char *
-result_name(int status)
-{
-	switch (status) {
-	case 200:
-		return "ok";
-	case 400:
-		return "bad_request";
-	case 403:
-		return "denied";
-	case 404:
-		return "not_found";
-	case 503:
-		return "error";
-	case 504:
-		return "timeout";
-	}
-	return "server_error";
-}
-
 /*
  * One answered token request.  A hit on a configured audience increments
  * the counter it keeps; anything else is looked up (label: the audience, or
@@ -282,7 +262,8 @@ count_answer(struct api *a, uint64_t *ok, const char *label, int status)
 	if (status == 200 && ok != NULL)
 		(*ok)++;
 	else
-		metrics_inc(a->metrics, METRICS_TOKEN_REQUESTS, label, result_name(status));
+		metrics_inc(a->metrics, METRICS_TOKEN_REQUESTS, label,
+			    metrics_token_result(status));
 }
 
 static const char *

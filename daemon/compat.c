@@ -125,24 +125,6 @@ add_string_field(struct evbuffer *b, const char *name, const char *v, size_t len
 	json_append_string(b, v, len);
 }
 
-static const char *
-result_name(int status)
-{
-	switch (status) {
-	case 200:
-		return "ok";
-	case 400:
-		return "bad_request";
-	case 403:
-		return "denied";
-	case 429:
-		return "throttled";
-	case 503:
-		return "error";
-	}
-	return "server_error";
-}
-
 /*
  * One answered token request, labelled with the audience the resource
  * belongs to, or the resource itself for a dynamic one (the registry's series
@@ -158,7 +140,7 @@ count_answer(struct compat *c, const struct config_identity *id, const char *res
 		return;
 	aud = id != NULL ? config_audience_for_resource(c->cfg, id, resource) : NULL;
 	metrics_inc(c->metrics, METRICS_TOKEN_REQUESTS, aud != NULL ? aud->name : resource,
-		    timed_out ? "timeout" : result_name(status));
+		    timed_out ? "timeout" : metrics_token_result(status));
 }
 
 /* The IMDS shape: every value a string, expires_* as decimal seconds, no refresh_in. */

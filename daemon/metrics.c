@@ -548,3 +548,25 @@ metrics_render(struct metrics *m, struct evbuffer *out)
 	}
 	return 0;
 }
+
+const char *
+metrics_token_result(int status)
+{
+	switch (status) {
+	case 200:
+		return "ok";
+	case 400:
+		return "bad_request";
+	case 403:
+		return "denied";
+	case 404:
+		return "not_found";
+	case 429:
+		return "throttled";
+	case 503:
+		return "error";
+	case 504:
+		return "timeout";
+	}
+	return "server_error";
+}

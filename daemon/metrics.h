@@ -47,6 +47,8 @@ struct metrics *metrics_free(struct metrics *m);
 uint64_t *metrics_counter(struct metrics *m, enum metrics_family f, const char *l1, const char *l2);
 /* Looks up and increments; for paths that are not hot. */
 void metrics_inc(struct metrics *m, enum metrics_family f, const char *l1, const char *l2);
+/* The result label of METRICS_TOKEN_REQUESTS for an answer's HTTP status (API and compat). */
+const char *metrics_token_result(int status);
 
 /* Records one observation (seconds) in a histogram family. */
 void metrics_observe(struct metrics *m, enum metrics_family f, const char *l1, double seconds);
