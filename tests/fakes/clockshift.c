@@ -6,10 +6,12 @@
  * FAKETIME_DONT_FAKE_MONOTONIC=1 it leaves CLOCK_BOOTTIME with the monotonic
  * clock, and without it it moves the monotonic clock as well.
  *
- * CLOCKSHIFT_FILE names a file of 8 bytes, the offset in milliseconds as a
- * little-endian int64.  It is mapped shared, so a test that rewrites it in
- * place moves the clocks of the running process at once.  Test plumbing only:
- * built by the test that uses it (tests/integration/test_clock.py).
+ * CLOCKSHIFT_FILE names a file of 16 bytes, two little-endian int64 offsets in
+ * milliseconds: the boot clock's and the wall clock's (the same for a plain
+ * suspend; a different wall offset is a suspend after which the wall clock was
+ * set otherwise).  It is mapped shared, so a test that rewrites it in place
+ * moves the clocks of the running process at once.  Test plumbing only: built
+ * by the test that uses it (tests/integration/test_clock.py).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -24,7 +26,7 @@
 typedef int clock_gettime_fn(clockid_t, struct timespec *);
 
 static clock_gettime_fn *real_clock_gettime;
-static const int64_t *offset_ms;
+static const int64_t *offset_ms; /* [0] boot clock, [1] wall clock */
 
 __attribute__((constructor)) static void
 clockshift_init(void)
@@ -36,30 +38,26 @@ clockshift_init(void)
 	real_clock_gettime = (clock_gettime_fn *)dlsym(RTLD_NEXT, "clock_gettime");
 	if (path == NULL || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		return;
-	p = mmap(NULL, sizeof(int64_t), PROT_READ, MAP_SHARED, fd, 0);
+	p = mmap(NULL, 2 * sizeof(int64_t), PROT_READ, MAP_SHARED, fd, 0);
 	close(fd);
 	if (p != MAP_FAILED)
 		offset_ms = p;
 }
 
-static int64_t
-shift_ms(void)
-{
-	return offset_ms != NULL ? __atomic_load_n(offset_ms, __ATOMIC_RELAXED) : 0;
-}
-
+/* The offset of clock id: -1 for a clock left alone. */
 static int
-shifted(clockid_t id)
+which_offset(clockid_t id)
 {
 	switch (id) {
+	case CLOCK_BOOTTIME:
+	case CLOCK_BOOTTIME_ALARM:
+		return 0;
 	case CLOCK_REALTIME:
 	case CLOCK_REALTIME_COARSE:
 	case CLOCK_REALTIME_ALARM:
-	case CLOCK_BOOTTIME:
-	case CLOCK_BOOTTIME_ALARM:
 		return 1;
 	default:
-		return 0;
+		return -1;
 	}
 }
 
@@ -72,9 +70,9 @@ clock_gettime(clockid_t id, struct timespec *ts)
 	if (real_clock_gettime == NULL)
 		real_clock_gettime = (clock_gettime_fn *)dlsym(RTLD_NEXT, "clock_gettime");
 	r = real_clock_gettime(id, ts);
-	if (r != 0 || !shifted(id))
+	if (r != 0 || which_offset(id) < 0 || offset_ms == NULL)
 		return r;
-	shift = shift_ms();
+	shift = __atomic_load_n(&offset_ms[which_offset(id)], __ATOMIC_RELAXED);
 	ns = (int64_t)ts->tv_nsec + shift % 1000 * 1000000;
 	ts->tv_sec += (time_t)(shift / 1000 + ns / 1000000000);
 	ts->tv_nsec = (long)(ns % 1000000000);

@@ -206,7 +206,7 @@ def faketime_lib():
 
 @pytest.fixture
 def faketime(tmp_path):
-    """(env for the daemon, set(offset_seconds)) moving its wall clock only."""
+    """(env for the daemon, shift(seconds)) moving its wall clock only."""
     stamp = tmp_path / "faketime"
     stamp.write_text("+0\n")
 
@@ -223,18 +223,21 @@ def faketime(tmp_path):
 
 @pytest.fixture
 def clockshift(tmp_path):
-    """(env for the daemon, set(offset_seconds)): a suspend of that long, as the daemon
+    """(env for the daemon, shift(seconds[, wall])): a suspend of that long, as the daemon
     sees it (boot and wall clock ahead, monotonic clock not)."""
     lib = tmp_path / "clockshift.so"
     subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
                     str(lib), str(CLOCKSHIFT_SRC), "-ldl"], check=True)
     offset = tmp_path / "clockshift"
-    offset.write_bytes((0).to_bytes(8, "little", signed=True))
+    offset.write_bytes(bytes(16))
 
-    def shift(seconds):
+    def shift(seconds, wall=None):
+        """Asleep for seconds; the wall clock ahead by as much, or by wall seconds."""
+        data = b"".join((s * 1000).to_bytes(8, "little", signed=True)
+                        for s in (seconds, seconds if wall is None else wall))
         fd = os.open(offset, os.O_WRONLY)
         try:
-            os.pwrite(fd, (seconds * 1000).to_bytes(8, "little", signed=True), 0)
+            os.pwrite(fd, data, 0)
         finally:
             os.close(fd)
 
@@ -345,6 +348,23 @@ def test_wall_clock_step_back_does_not_stretch_expires_on(faketime, start_daemon
     r = d.get("/v1/token/apim").json()
     assert r["expires_in"] <= HOUR
     assert abs(r["expires_on"] - daemon_now() - r["expires_in"]) <= 2
+
+
+def test_suspend_with_wall_clock_set_back_never_serves_old_token(clockshift, start_daemon,
+                                                                 upstream):
+    """Two hours asleep, and the wall clock shows no time passed (set back after the
+    resume, or never told): only the boot clock knows the token has expired."""
+    env, shift = clockshift
+    d, paths = start_with_clock(start_daemon, upstream, env)
+    old = paths.api()[0]
+    shift(2 * HOUR, wall=0)
+    got = paths.all()
+    for path, (tok, _) in got.items():
+        same = tok == old
+        assert not same, f"{path} handed out the token from before the suspend"
+    r = d.get("/v1/token/apim").json()
+    assert HOUR - 30 < r["expires_in"] <= HOUR
+    assert abs(r["expires_on"] - time.time() - r["expires_in"]) <= 2
 
 
 def test_short_suspend_keeps_valid_token_and_its_expiry(clockshift, start_daemon, upstream):
