@@ -830,7 +830,7 @@ static void
 on_ready_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	bool ready = api_ready(d->api, NULL);
+	bool ready = api_ready(d->api, false, NULL);
 
 	(void)fd;
 	(void)what;
