@@ -759,6 +759,7 @@ daemon_reload(struct daemon *d)
 	if (r < 0)
 		goto fail;
 	/* committed: nothing below fails but for memory */
+	(void)api_ready(d->api, false, NULL); /* latch on the old entries before any is dropped */
 	reload_drop_entries(d, nslots, n);
 	if (api_reconfigure(d->api, ncfg, nsrc) < 0)
 		fatalx("out of memory during reload", "");

@@ -119,3 +119,25 @@ def test_readyz_strict_parameter_is_checked(fake, start_daemon):
     assert d.get("/healthz").status == 200  # and the daemon goes on
     r = d.ctl("token", "api", "--strict")
     assert r.returncode == 2 and "takes no option --strict" in r.stderr
+
+
+def test_latch_survives_a_reload_that_replaces_the_identity(fake, start_daemon):
+    """The first token came only after start-up had stopped waiting for it (30 s) and
+    nobody asked /readyz since: a reload that replaces the identity drops that token, and
+    readiness still counts it as held (it latched before the entry was dropped)."""
+    fake.configure(**OUTAGE)
+    d = start_daemon(imds_config(fake, prefetch="yes"))
+    wait_for(lambda: "reporting ready before every prefetch audience" in d.logs(), timeout=40,
+             what="start-up to stop waiting")
+    fake.configure(lifetime=3600)
+    assert d.ctl("refresh", "api").returncode == 0
+    wait_for(lambda: "token fetch recovered" in d.logs(), what="the first token")
+    fake.configure(**OUTAGE)
+    other = "client_id = 00000000-0000-0000-0000-0000000000aa\n"  # another identity
+    d.config.write_text(d.config.read_text().replace("source = azure-imds\n",
+                                                     "source = azure-imds\n" + other))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.logs(), what="the reload")
+    assert "kept_identities=0" in d.logs()
+    assert ready(d)[0] == 200 and health(d)[0] == 0
+    assert_not_ready(d, True, "audience api: ")
