@@ -20,7 +20,6 @@ import glob
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -38,10 +37,16 @@ API_HOST = "api.example.com"
 CLOCKSHIFT_SRC = ROOT / "tests" / "fakes" / "clockshift.c"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct loopback ports that were free (all held while choosing)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def jwt_claims(tok):
@@ -93,7 +98,7 @@ def upstream():
     r.stop()
 
 
-def clock_config(upstream, proxy_port):
+def clock_config(upstream, proxy_port, imds_port):
     return f"""[bearerd]
 socket = @SOCKET@
 min_validity = {MIN_VALIDITY}
@@ -116,7 +121,7 @@ prefetch = yes
 
 [compat]
 identity = dev
-imds_listen = 127.0.0.1:0
+imds_listen = 127.0.0.1:{imds_port}
 
 [proxy]
 listen = 127.0.0.1:{proxy_port}
@@ -131,12 +136,11 @@ upstream = http://127.0.0.1:{upstream.port}
 class Paths:
     """The three ways a token leaves bearerd; each returns (token, expires_on)."""
 
-    def __init__(self, d, upstream, proxy_port):
+    def __init__(self, d, upstream, proxy_port, imds_port):
         self.d = d
         self.upstream = upstream
         self.proxy_port = proxy_port
-        self.imds_port = int(re.search(r"listener=imds address=\S+ port=(\d+)",
-                                       d.logs()).group(1))
+        self.imds_port = imds_port
 
     def api(self):
         r = self.d.get("/v1/token/apim")
@@ -245,10 +249,10 @@ def clockshift(tmp_path):
 
 
 def start_with_clock(start_daemon, upstream, env):
-    pp = free_port()
-    d = start_daemon(clock_config(upstream, pp), env=env)
+    pp, ip = free_ports(2)
+    d = start_daemon(clock_config(upstream, pp, ip), env=env)
     wait_for(lambda: d.get("/readyz").status == 200, what="readiness")
-    return d, Paths(d, upstream, pp)
+    return d, Paths(d, upstream, pp, ip)
 
 
 def test_shim_moves_boot_and_wall_clock_only(clockshift, tmp_path):
