@@ -266,13 +266,18 @@ query_check(const char *query, size_t len)
 	return 0;
 }
 
-/* The decoded value of name: 0, -ENOENT absent, other negative errno malformed. */
+/*
+ * The decoded value of name: 0, -ENOENT absent, other negative errno malformed.
+ * A '+' in a value is a plus (RFC 3986), not a form-encoded space: MSAL.NET
+ * sends the values unencoded (resource=api://a+b, mi_res_id=/subscriptions/...),
+ * and the other SDKs encode a plus as %2B; no resource or ARM id has a space.
+ */
 static int
 query_value(const char *query, size_t len, const char *name, char *out, size_t size)
 {
 	int count = 0;
 
-	return http_query_get(query, len, name, out, size, &count);
+	return http_query_get_rfc3986(query, len, name, out, size, &count);
 }
 
 static const struct config_identity *

@@ -295,6 +295,28 @@ def raw(port, path, headers=None):
 
 # -- the wire as MSAL.NET and Azure.Identity write it, replayed (no .NET needed) ------------
 
+def test_plus_in_an_unencoded_query_value_is_a_plus(bearerd, jfake):
+    """MSAL.NET sends resource=api://bearerd+plus as is; the '+' is not a space."""
+    d = bearerd()
+    st, body = raw(d.app_port, f"/msi/token?api-version=2019-08-01&resource={PLUS}",
+                   {"X-IDENTITY-HEADER": d.secret})
+    assert st == 200, body
+    doc = json.loads(body)
+    remember_token(doc["access_token"])
+    assert doc["resource"] == PLUS
+    assert jfake.stats()["by_resource"] == {PLUS: 1}
+    # the same entry as the configured audience "plus" on the socket
+    assert d.get("/v1/token/plus").json()["access_token"] == doc["access_token"]
+    # an encoded plus and an encoded space keep their meaning
+    st, body = raw(d.imds_port, "/metadata/identity/oauth2/token?api-version=2018-02-01"
+                   "&resource=api%3A%2F%2Fbearerd%2Bplus", {"Metadata": "true"})
+    assert st == 200 and json.loads(body)["access_token"] == doc["access_token"]
+    st, body = raw(d.imds_port, "/metadata/identity/oauth2/token?api-version=2018-02-01"
+                   "&resource=api://a%20b", {"Metadata": "true"})
+    assert st == 200 and json.loads(body)["resource"] == "api://a b"
+    remember_token(json.loads(body)["access_token"])
+
+
 def test_expires_on_comes_last_in_the_answer(bearerd):
     """expires_in and expires_on set the same field in MSAL.NET and the last one wins:
     bearerd writes the absolute expires_on last."""
@@ -565,6 +587,18 @@ def test_the_last_of_expires_in_and_expires_on_wins(built, capture, tmp_path, or
     t = token_of(mi(env, "--credential", "mic"))
     want = now + 7000 if order == "in_then_on" else now + 1800
     assert abs(t["expires_on"] - want) <= 5, (t, want)
+
+
+@needs_dotnet
+@pytest.mark.parametrize("via", ["appservice", "imds"])
+def test_plus_resource_with_the_real_client(built, bearerd, jfake, tmp_path, via):
+    d = bearerd()
+    t = token_of(mi(dotnet_env(tmp_path, d, via), "--credential", "mic", "--scope", PLUS))
+    assert t["aud"] == PLUS
+    assert jfake.stats()["by_resource"] == {PLUS: 1}
+    import hashlib
+    tok = d.get("/v1/token/plus").json()["access_token"]
+    assert hashlib.sha256(tok.encode()).hexdigest()[:16] == t["sha"]
 
 
 @needs_dotnet
