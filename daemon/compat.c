@@ -346,8 +346,15 @@ wait_cancelled(struct http_request *req, void *arg)
 	wait_free(w);
 }
 
+/*
+ * The selectors SDKs send: IMDS's client_id, object_id, msi_res_id; App
+ * Service's client_id, principal_id/object_id, mi_res_id; and msi-res-id, with
+ * hyphens, which .NET's DefaultAzureCredential probe names a resource id by.
+ * Every name here is a selector: one the list lacked would be ignored like any
+ * unknown parameter, and the caller would get the default identity's token.
+ */
 static const char *const selector_names[] = {
-    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id",
+    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id", "msi-res-id",
 };
 
 /* Everything after the protocol's own checks: parameters, identity, resource, cache. */

@@ -317,6 +317,27 @@ def test_plus_in_an_unencoded_query_value_is_a_plus(bearerd, jfake):
     remember_token(json.loads(body)["access_token"])
 
 
+def test_the_dac_probe_selector_msi_res_id_with_hyphens(bearerd, jfake):
+    """The DefaultAzureCredential probe names a resource id msi-res-id: without Metadata it
+    gets IMDS's 400 like any probe, and with Metadata it selects that identity, never the
+    default one."""
+    d = bearerd()
+    q = f"/metadata/identity/oauth2/token?api-version=2018-02-01&resource={AUDIENCE}"
+    st, body = raw(d.imds_port, q + f"&msi-res-id={UA_RES}")
+    assert (st, json.loads(body)) == (400, {"error": "invalid_request", "error_description":
+                                            "Required metadata header not specified"})
+    st, body = raw(d.imds_port, q + f"&msi-res-id={UA_RES}", {"Metadata": "true"})
+    assert st == 200, body
+    remember_token(json.loads(body)["access_token"])
+    assert jfake.stats()["last_query"].get("msi_res_id") == UA_RES
+    st, body = raw(d.imds_port, q + "&msi-res-id=/subscriptions/x/nope", {"Metadata": "true"})
+    assert (st, json.loads(body)["error_description"]) == (400, "Identity not found")
+    st, body = raw(d.imds_port, q + f"&msi-res-id={UA_RES}&msi_res_id={UA_RES}",
+                   {"Metadata": "true"})
+    assert st == 400
+    assert jfake.stats()["requests"] == 1
+
+
 def test_expires_on_comes_last_in_the_answer(bearerd):
     """expires_in and expires_on set the same field in MSAL.NET and the last one wins:
     bearerd writes the absolute expires_on last."""
