@@ -338,6 +338,22 @@ def test_the_dac_probe_selector_msi_res_id_with_hyphens(bearerd, jfake):
     assert jfake.stats()["requests"] == 1
 
 
+def test_pop_discovery_paths_are_neither_400_nor_404(bearerd):
+    """getplatformmetadata: a 400 means "IMDSv2 is here"; a 404 is retried.  Same for
+    /metadata/instance/compute.  Both get 403, with or without Metadata."""
+    d = bearerd()
+    for path in ("/metadata/identity/getplatformmetadata?cred-api-version=2.0",
+                 "/METADATA/identity/getplatformmetadata/", "/metadata/instance",
+                 "/metadata/instance/compute?api-version=2021-02-01",
+                 "//metadata/instance/network/interface"):
+        for hdr in ({}, {"Metadata": "true"}):
+            st, body = raw(d.imds_port, path, hdr)
+            assert st == 403 and json.loads(body)["error"] == "forbidden", (path, hdr)
+    for path in ("/metadata/identity/issuecredential", "/metadata/instances",
+                 "/metadata/identity/getplatformmetadatax", "/metadata"):
+        assert raw(d.imds_port, path, {"Metadata": "true"})[0] == 404, path
+
+
 def test_expires_on_comes_last_in_the_answer(bearerd):
     """expires_in and expires_on set the same field in MSAL.NET and the last one wins:
     bearerd writes the absolute expires_on last."""
@@ -694,6 +710,34 @@ def test_a_token_the_client_would_call_expired_is_never_handed_out(built, bearer
            "--retry-delay-ms", "1")
     assert r.rc == 1 and not r.tokens
     assert {e["status"] for e in r.http} == {503}, r
+
+
+@needs_dotnet
+def test_pop_discovery_costs_one_request_per_path(built, bearerd, jfake, tmp_path):
+    """A proof-of-possession request makes Azure.Identity discover mTLS support first:
+    getplatformmetadata (IMDSv2), the IMDSv1 probe, /metadata/instance/compute.  Each is
+    asked once (a 404 would be asked six times, about 25 s each), and the client settles
+    for a bearer token."""
+    d = bearerd()
+    r = mi(dotnet_env(tmp_path, d, "imds"), "--credential", "mic", "--observe", "--pop")
+    t = token_of(r)
+    assert t["token_type"] == "Bearer" and t["aud"] == AUDIENCE
+    got = [(e["path"], e["metadata"], e["status"]) for e in r.http]
+    assert got == [("/metadata/identity/getplatformmetadata", False, 403),
+                   ("/metadata/identity/oauth2/token", False, 400),
+                   ("/metadata/instance/compute", True, 403),
+                   ("/metadata/identity/oauth2/token", True, 200)], r
+
+
+@needs_dotnet
+def test_msal_capability_discovery(built, bearerd, jfake, tmp_path):
+    """MSAL.NET alone (its own retry policies): discovery finds IMDSv1, no mTLS binding."""
+    d = bearerd()
+    r = mi(dotnet_env(tmp_path, d, "imds"), "--credential", "msal", "--observe", "--discover")
+    caps = [e for e in r.events if e["event"] == "capabilities"]
+    assert caps and (caps[0]["source"], caps[0]["max_binding"]) == ("Imds", "None"), r
+    assert [e["status"] for e in r.http] == [403, 400, 403, 200], r
+    assert token_of(r)["aud"] == AUDIENCE
 
 
 # -- item 5: ten .NET processes against a cold bearerd --------------------------------------
