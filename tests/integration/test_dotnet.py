@@ -14,6 +14,7 @@ DELETE; the fake grants the first two), and every upstream fetch is counted at t
 fake.  MiClient never prints a token, only its SHA-256 prefix and claims.
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -29,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import BEARERD, BUILD, FAKE_IMDS, ROOT, FakeIMDS, remember_token, wait_for
+from conftest import BEARERD, FAKE_IMDS, ROOT, FakeIMDS, remember_token, wait_for
 
 DOTNET_DIR = ROOT / "tests" / "clients" / "dotnet"
 PROTECTED_API = ROOT / "tests" / "fakes" / "protected_api.py"
@@ -633,7 +634,6 @@ def test_plus_resource_with_the_real_client(built, bearerd, jfake, tmp_path, via
     t = token_of(mi(dotnet_env(tmp_path, d, via), "--credential", "mic", "--scope", PLUS))
     assert t["aud"] == PLUS
     assert jfake.stats()["by_resource"] == {PLUS: 1}
-    import hashlib
     tok = d.get("/v1/token/plus").json()["access_token"]
     assert hashlib.sha256(tok.encode()).hexdigest()[:16] == t["sha"]
 
@@ -668,6 +668,18 @@ def test_what_each_bearerd_status_costs_the_client(built, bearerd, jfake, tmp_pa
     assert r.rc == 1, r
     assert [e["status"] for e in r.http] == [status] * attempts, r
     no_jwt_in_log(d)
+
+
+@needs_dotnet
+def test_an_unknown_azure_client_id_stops_default_azure_credential(built, bearerd, tmp_path):
+    """DefaultAzureCredential asks for AZURE_CLIENT_ID's user-assigned identity; bearerd's
+    400 for an unknown one fails the chain at once instead of trying developer tools."""
+    d = bearerd()
+    env = dotnet_env(tmp_path, d, "appservice",
+                     AZURE_CLIENT_ID="00000000-0000-0000-0000-000000000001")
+    r = mi(env, "--credential", "dac", "--observe")
+    assert r.rc == 1 and r.errors[0]["type"] == "Azure.Identity.AuthenticationFailedException", r
+    assert [e["status"] for e in r.http] == [400], r
 
 
 @needs_dotnet
