@@ -319,8 +319,14 @@ def test_sidecar_runs_as_its_security_context_says(kubelet):
 
 def test_probes_pass(kubelet):
     """The startup probe has passed (the app was started after it); readiness and
-    liveness, as written, pass too."""
+    liveness, as written, pass too.  Readiness is the latched `bearerctl health`, not
+    --strict: an identity provider's outage must not make every pod NotReady."""
     c = the_sidecar(kubelet)
+    commands = {k: c[k]["exec"]["command"] for k in ("startupProbe", "readinessProbe",
+                                                     "livenessProbe")}
+    assert commands == {"startupProbe": ["bearerctl", "health"],
+                        "readinessProbe": ["bearerctl", "health"],
+                        "livenessProbe": ["bearerctl", "status"]}, commands
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         r = kubelet.probe(c, kind)
         assert r.returncode == 0, (kind, r.stdout, r.stderr)
