@@ -3,7 +3,10 @@ header, library and pkg-config file build a client."""
 
 import json
 import os
+import shutil
 import subprocess
+
+import pytest
 
 from conftest import BUILD, ROOT
 
@@ -87,6 +90,58 @@ def containerfile_runtime_packages():
     runtime = text.split("bookworm-slim", 1)[1]
     block = runtime.split("apt-get install", 1)[1].split("&& rm", 1)[0]
     return [w for w in block.replace("\\", " ").split() if not w.startswith("-")]
+
+
+def path_without(tmp_path, program):
+    """A PATH with every program of this one but `program`: a machine where it is missing."""
+    bindir = tmp_path / f"bin-without-{program}"
+    bindir.mkdir()
+    for d in os.environ.get("PATH", "").split(":"):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            target = os.path.join(d, name)
+            if name != program and not (bindir / name).exists() and os.access(target, os.X_OK):
+                (bindir / name).symlink_to(target)
+    return str(bindir)
+
+
+def installs_man_pages(builddir):
+    """Whether the configured build dir installs bearerd(8), wherever its prefix is."""
+    r = subprocess.run(["meson", "introspect", "--installed", str(builddir)],
+                       capture_output=True, text=True, check=True)
+    return any(p.endswith("/share/man/man8/bearerd.8") for p in json.loads(r.stdout).values())
+
+
+def test_check_reconfigures_a_build_dir_made_before_scdoc(tmp_path):
+    """scripts/demo sets up build/ with meson's defaults, on a fresh machine before
+    scripts/check has installed scdoc; the check's build step (meson_dir in scripts/deps.sh)
+    must then reconfigure that directory, not reuse it without man pages (issue 12, part 4:
+    demo, then check, gave test_install_into_destdir "no man pages")."""
+    if build_option("b_sanitize") != "none":
+        return  # about the scripts, not this build: the plain run checks it
+    if shutil.which("scdoc") is None:
+        pytest.skip("scdoc is not installed (scripts/check installs it)")
+    builddir = tmp_path / "build"
+    # scripts/demo's setup, on a machine without scdoc
+    env = dict(os.environ, PATH=path_without(tmp_path, "scdoc"))
+    r = subprocess.run(["meson", "setup", str(builddir)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not installs_man_pages(builddir), "the simulated machine without scdoc has it"
+    # scdoc is installed now; scripts/check's build step
+    check = ". scripts/deps.sh && meson_dir \"$0\" -Dman=enabled -Dsystemd=enabled -Dtests=enabled"
+    r = subprocess.run(["bash", "-c", check, str(builddir)], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["ninja", "-C", str(builddir), "build.ninja"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert installs_man_pages(builddir), "build dir reused without the man pages"
+    # and a second check changes nothing (no reconfigure, so a second run stays fast)
+    r = subprocess.run(["bash", "-c", check, str(builddir)], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "reconfiguring" not in r.stderr, r.stderr
 
 
 def test_container_runtime_has_every_shared_library():
