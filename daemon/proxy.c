@@ -905,8 +905,14 @@ intercept(struct pconn *c, char *host, unsigned port)
 		return;
 	}
 	adds(bufferevent_get_output(c->bev), "HTTP/1.1 200 Connection Established\r\n\r\n");
+	/*
+	 * Deferred callbacks (STYLE.md rule 12): enabling the filter runs the
+	 * handshake on bytes the client sent along with CONNECT, and a failed
+	 * handshake would otherwise free c inside that call.  Every update to c
+	 * is done before the filter is enabled, in request_reset at the end.
+	 */
 	tls = bufferevent_openssl_filter_new(c->p->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					     BEV_OPT_CLOSE_ON_FREE);
+					     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (tls == NULL) {
 		SSL_free(ssl);
 		free(host);
@@ -926,13 +932,12 @@ intercept(struct pconn *c, char *host, unsigned port)
 	c->tls = true;
 	c->ihost = host;
 	c->iport = port;
-	bufferevent_setcb(tls, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_setwatermark(tls, EV_READ, 0, PROXY_HIGH_WATER);
-	bufferevent_enable(tls, EV_READ | EV_WRITE);
 	free(c->head);
 	c->head = NULL;
 	memset(&c->h, 0, sizeof(c->h));
-	request_reset(c);
+	bufferevent_setcb(tls, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(tls, EV_READ, 0, PROXY_HIGH_WATER);
+	request_reset(c); /* enables reading: the handshake starts; nothing touches c after it */
 }
 
 static void

@@ -1,0 +1,153 @@
+"""The proxy under attack: the findings of the outside security review (issue 11) that concern
+the proxy, each driven from outside as a hostile local program or web page would, and each
+showing that the daemon survives, refuses, and keeps serving everyone else."""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import remember_token, wait_for
+from test_proxy import (API_HOST, Proxied, api, curl, free_port, intercept_config,  # noqa: F401
+                        proxied, proxy_config, raw)
+
+CONNECT = f"CONNECT {API_HOST}:443 HTTP/1.1\r\nHost: {API_HOST}:443\r\n\r\n".encode()
+
+
+def client_hello(version=None):
+    """The first flight of a TLS client (a ClientHello record), made by Python's ssl module on
+    memory BIOs so that it can be sent in the same write as the CONNECT."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if version is not None:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.set_ciphers("DEFAULT@SECLEVEL=0")
+            ctx.minimum_version = version
+            ctx.maximum_version = version
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    s = ctx.wrap_bio(incoming, outgoing, server_hostname=API_HOST)
+    try:
+        s.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    assert hello[0] == 0x16, "a TLS handshake record"
+    return hello
+
+
+def intercept_get(pp, tmp_path, path="/api/items"):
+    return curl("-x", f"http://127.0.0.1:{pp}", "--cacert", str(tmp_path / "ca" / "ca.pem"),
+                f"https://{API_HOST}{path}")
+
+
+# Finding 1: one packet after CONNECT must not kill the daemon (intercept mode)
+
+
+def tls10_hello():
+    return client_hello(ssl.TLSVersion.TLSv1)
+
+
+AFTER_CONNECT = {
+    "garbage": lambda: b"XXXXXXXX",
+    "tls1.0-client-hello": tls10_hello,
+    "tls1.1-client-hello": lambda: client_hello(ssl.TLSVersion.TLSv1_1),
+    "a-plain-http-request": lambda: f"GET / HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n".encode(),
+    "one-byte": lambda: b"\x16",
+    "a-bad-record-header": lambda: b"\x16\x03\x01\xff\xff" + b"\x00" * 64,
+    "binary-junk": lambda: bytes(range(256)) * 4,
+}
+
+
+@pytest.mark.parametrize("what", sorted(AFTER_CONNECT))
+def test_intercept_survives_bytes_sent_with_connect(start_daemon, api, tmp_path, what):
+    """CONNECT and what follows in one write: the handshake runs on bytes already buffered
+    and fails at once; the connection is closed, never freed twice, and the daemon keeps
+    serving (start_daemon's teardown checks that it exits 0 on SIGTERM)."""
+    pp = free_port()
+    p = Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    for _ in range(3):
+        raw(pp, CONNECT + AFTER_CONNECT[what](), timeout=5)
+    assert p.d.proc.poll() is None, p.d.logs()
+    code, body = intercept_get(pp, tmp_path)
+    assert code == 200, body
+    assert p.request("GET", f"http://{API_HOST}/api/items")[0] == 200
+
+
+def test_intercept_survives_a_partial_client_hello_then_close(start_daemon, api, tmp_path):
+    """Half a ClientHello with the CONNECT, then the client goes away: the waiting handshake
+    ends with the connection; meanwhile, and after, other clients are served."""
+    pp = free_port()
+    p = Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    hello = client_hello()
+    held = []
+    for cut in (1, 5, 20, len(hello) // 2, len(hello) - 1):
+        s = socket.create_connection(("127.0.0.1", pp), timeout=10)
+        s.sendall(CONNECT + hello[:cut])
+        held.append(s)
+    code, body = intercept_get(pp, tmp_path)  # served while the partial handshakes wait
+    assert code == 200, body
+    for s in held:
+        s.close()
+    time.sleep(0.2)
+    assert p.d.proc.poll() is None, p.d.logs()
+    code, body = intercept_get(pp, tmp_path)
+    assert code == 200, body
+
+
+def test_intercept_client_hello_with_connect_completes(start_daemon, api, tmp_path):
+    """The legitimate case of the same path: a client that sends its (TLS 1.2+) ClientHello
+    together with the CONNECT, without waiting for the 200, gets through and is stamped."""
+    pp = free_port()
+    p = Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    t = ctx.wrap_bio(incoming, outgoing, server_hostname=API_HOST)
+    try:
+        t.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    s = socket.create_connection(("127.0.0.1", pp), timeout=10)
+    s.sendall(CONNECT + outgoing.read())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    while True:
+        try:
+            t.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pass
+        if outgoing.pending:
+            s.sendall(outgoing.read())
+        data = s.recv(65536)
+        assert data, "the proxy closed during the handshake"
+        incoming.write(data)
+    if outgoing.pending:
+        s.sendall(outgoing.read())
+    t.write(f"GET /api/items HTTP/1.1\r\nHost: {API_HOST}\r\nConnection: close\r\n\r\n"
+            .encode())
+    s.sendall(outgoing.read())
+    out = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        incoming.write(data)
+        try:
+            while True:
+                out += t.read(65536)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    s.close()
+    assert out.startswith(b"HTTP/1.1 200 "), out[:200]
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["roles"]
+    assert p.d.proc.poll() is None
