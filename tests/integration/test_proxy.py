@@ -693,12 +693,22 @@ def test_oversized_head_431(proxied):
 # Tokens: retry on invalid_token, 503 without a token
 
 
+def wait_until_newer_tokens(iat):
+    """Waits until a token minted now gets an iat above iat.  The dev source stamps
+    time(NULL), which lags the precise wall clock that time.time() reads by up to one
+    kernel tick (measured: 4.8 ms here): just after a second begins by time.time(),
+    time(NULL) still gives the old one.  Waiting only for int(time.time()) > iat let the
+    refresh mint a token with the same iat, which the fake then revoked as well (the test
+    failed about once in 20 runs, and one in two with a tight poll); 100 ms past the
+    second is well beyond any tick."""
+    wait_for(lambda: time.time() >= iat + 1.1, what="a newer second by every clock")
+
+
 def test_invalid_token_refreshes_and_retries_once(proxied, api):
     p = proxied()
     st, _, body = p.request("GET", f"http://{API_HOST}/api/items")
     iat = json.loads(body)["iat"]
-    # the dev source stamps whole seconds: make sure the next token is newer
-    wait_for(lambda: int(time.time()) > iat, what="the next second")
+    wait_until_newer_tokens(iat)
     api.call("POST", f"/_fake/revoke?iat_le={iat}")
     before = api.stats()["by_path"].get("/api/retry", 0)
     st, _, body = p.request("GET", f"http://{API_HOST}/api/retry")
@@ -713,7 +723,7 @@ def test_non_idempotent_request_not_retried(proxied, api):
     p = proxied()
     st, _, body = p.request("GET", f"http://{API_HOST}/api/items")
     iat = json.loads(body)["iat"]
-    wait_for(lambda: int(time.time()) > iat, what="the next second")
+    wait_until_newer_tokens(iat)
     api.call("POST", f"/_fake/revoke?iat_le={iat}")
     st, _, body = p.request("POST", f"http://{API_HOST}/api/once", body=b"x")
     assert st == 401 and b"invalid_token" in body
