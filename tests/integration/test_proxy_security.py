@@ -151,3 +151,138 @@ def test_intercept_client_hello_with_connect_completes(start_daemon, api, tmp_pa
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     assert json.loads(out.split(b"\r\n\r\n", 1)[1])["roles"]
     assert p.d.proc.poll() is None
+
+
+# Finding 6: header_timeout is a deadline from the first byte, and the cap answers 503
+
+
+def trickle(conns, first, rest, every=1.5, bound=12.0):
+    """Sends `first` on each connection (plain or TLS), then one byte of `rest` every `every`
+    s (pacing, not an assertion), until each is closed.  Returns (seconds to each close, what
+    each received); a connection still open after `bound` s counts as never closed."""
+    import select
+    start = time.monotonic()
+    for s in conns:
+        s.sendall(first)
+        s.setblocking(False)
+    closed = {}
+    got = {s: b"" for s in conns}
+    sent = 0
+    next_byte = start + every
+    while len(closed) < len(conns) and time.monotonic() - start < bound:
+        if time.monotonic() >= next_byte and sent < len(rest):
+            for s in conns:
+                if s not in closed:
+                    try:
+                        s.send(rest[sent:sent + 1])
+                    except (OSError, ssl.SSLError):
+                        pass
+            sent += 1
+            next_byte += every
+        readable, _, _ = select.select([s for s in conns if s not in closed], [], [], 0.05)
+        for s in readable:
+            try:
+                b = s.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except (OSError, ssl.SSLError):
+                b = b""
+            if b:
+                got[s] += b
+            else:
+                closed[s] = time.monotonic() - start
+    for s in conns:
+        s.close()
+    return [closed.get(s, float("inf")) for s in conns], [got[s] for s in conns]
+
+
+SLOW_HEAD = (f"GET http://{API_HOST}/api/items HTTP/1.1\r\nHost: {API_HOST}\r\n"
+             "X-Slow: " + "a" * 40 + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("where", ["forward", "base-url"])
+def test_header_timeout_is_a_deadline_not_an_idle_timer(start_daemon, api, where):
+    """20 clients each trickle a request head one byte every 1.5 s, with header_timeout = 2:
+    every one is cut about 2 s after its first byte (a 408), not kept open by its bytes."""
+    pp, bp = free_port(), free_port()
+    d = start_daemon(proxy_config(api, pp, bp, proxy_extra="header_timeout = 2"))
+    Proxied(d, pp, bp)
+    port = pp if where == "forward" else bp
+    head = SLOW_HEAD if where == "forward" else (
+        f"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1:{bp}\r\nX-Slow: " + "a" * 40 +
+        "\r\n\r\n").encode()
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    times, got = trickle(conns, head[:1], head[1:])
+    assert max(times) < 6, f"closed after {sorted(times)} s"
+    for g in got:
+        assert g.startswith(b"HTTP/1.1 408 "), g[:100]
+        assert json.loads(g.split(b"\r\n\r\n", 1)[1])["error"] == "invalid_request"
+    # meanwhile and after, a prompt client is served
+    assert raw(pp, SLOW_HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+               ).startswith(b"HTTP/1.1 200 ")
+
+
+def test_intercept_handshake_has_a_deadline(start_daemon, api, tmp_path):
+    """The same against the intercept TLS handshake: a ClientHello trickled after CONNECT."""
+    pp = free_port()
+    conf = intercept_config(api, pp, tmp_path).replace("[proxy]", "[proxy]\nheader_timeout = 2")
+    Proxied(start_daemon(conf), pp)
+    conns = [socket.create_connection(("127.0.0.1", pp), timeout=10) for _ in range(20)]
+    times, got = trickle(conns, CONNECT, client_hello())
+    assert max(times) < 6, f"closed after {sorted(times)} s"
+    for g in got:
+        assert g.startswith(b"HTTP/1.1 200 Connection Established\r\n\r\n"), g[:100]
+    code, body = intercept_get(pp, tmp_path)
+    assert code == 200, body
+
+
+def test_intercepted_head_has_a_deadline(start_daemon, api, tmp_path):
+    """And against a request head inside an intercepted connection, one TLS record per byte."""
+    pp = free_port()
+    conf = intercept_config(api, pp, tmp_path).replace("[proxy]", "[proxy]\nheader_timeout = 2")
+    Proxied(start_daemon(conf), pp)
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+    conns = []
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", pp), timeout=10)
+        s.sendall(CONNECT)
+        assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+        conns.append(ctx.wrap_socket(s, server_hostname=API_HOST))
+    head = f"GET /api/items HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n".encode()
+    times, got = trickle(conns, head[:1], head[1:])
+    assert max(times) < 6, f"closed after {sorted(times)} s"
+    for g in got:
+        assert g.startswith(b"HTTP/1.1 408 "), g[:100]
+
+
+@pytest.mark.parametrize("over", ["forward", "base-url"])
+def test_max_connections_answers_503(start_daemon, api, over):
+    """At max_connections (a total over all listeners) a new client gets 503 with a JSON
+    error at once, instead of waiting unanswered in the backlog; a freed slot serves again."""
+    pp, bp = free_port(), free_port()
+    p = Proxied(start_daemon(proxy_config(api, pp, bp, proxy_extra="max_connections = 2")),
+                pp, bp)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (pp, bp)]
+    time.sleep(0.3)  # both accepted
+    port = pp if over == "forward" else bp
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except ConnectionResetError:
+        pass
+    s.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), out[:200]
+    assert b"Retry-After: 1" in head and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "temporarily_unavailable",
+                                "error_description": "too many connections"}
+    held[0].close()
+    time.sleep(0.3)
+    assert p.request("GET", f"http://{API_HOST}/api/items")[0] == 200
+    held[1].close()
+
