@@ -59,6 +59,7 @@
 #define PROXY_POLL_MS	     10		  /* checks for a refreshed token */
 #define PROXY_BACKLOG	     1024
 #define PROXY_VIA	     "Via: 1.1 bearerd\r\n"
+#define PROXY_ALLOW	     "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" /* 405 to TRACE */
 
 enum conn_state {
 	CS_HEAD,	/* waiting for a request head */
@@ -523,7 +524,7 @@ static bool
 idempotent(const struct http_head *h)
 {
 	return method_is(h, "GET") || method_is(h, "HEAD") || method_is(h, "OPTIONS") ||
-	       method_is(h, "PUT") || method_is(h, "DELETE") || method_is(h, "TRACE");
+	       method_is(h, "PUT") || method_is(h, "DELETE");
 }
 
 /* The upstream request head, all but Authorization and the blank line. */
@@ -1197,6 +1198,13 @@ request_begin(struct pconn *c)
 	c->keep_alive = h->keep_alive && !c->p->stopping;
 	if (method_is(h, "CONNECT")) {
 		handle_connect(c);
+		return;
+	}
+	/* an upstream that echoes the request (as TRACE asks) would hand the token back */
+	if (method_is(h, "TRACE") || method_is(h, "TRACK")) {
+		reply_error_with(c, 405, "invalid_request",
+				 "TRACE is not forwarded: the answer would carry the token", 0,
+				 "Allow: " PROXY_ALLOW "\r\n");
 		return;
 	}
 	if (!route_request(c, &path, &path_len))

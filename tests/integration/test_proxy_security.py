@@ -286,3 +286,90 @@ def test_max_connections_answers_503(start_daemon, api, over):
     assert p.request("GET", f"http://{API_HOST}/api/items")[0] == 200
     held[1].close()
 
+
+# Finding 7: TRACE would hand the stamped token back
+
+
+class EchoUpstream:
+    """An upstream that answers every request with the request's own head as its body, as
+    TRACE asks a server to do (and as some servers do for any method)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.methods = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(c,), daemon=True).start()
+
+    def one(self, c):
+        with c:
+            f = c.makefile("rb")
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = f.readline()
+                    if not line:
+                        return
+                    head += line
+                self.methods.append(head.split(b" ", 1)[0].decode())
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(head) + head)
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def echo():
+    e = EchoUpstream()
+    yield e
+    e.stop()
+
+
+def echo_config(echo, pp, bp, tmp_path, connect=""):
+    class Up:
+        port = echo.port
+    extra = f"connect = intercept\nintercept_ca_dir = {tmp_path / 'ca'}" if connect else ""
+    return proxy_config(Up, pp, bp, proxy_extra=extra)
+
+
+def test_trace_is_refused_on_every_path(start_daemon, echo, tmp_path):
+    """TRACE gets 405 with an Allow header and a JSON error on the forward, base-URL and
+    intercepted paths; the echoing upstream never sees it, so the token never comes back."""
+    pp, bp = free_port(), free_port()
+    Proxied(start_daemon(echo_config(echo, pp, bp, tmp_path, connect="intercept")), pp, bp)
+    proxy = f"http://127.0.0.1:{pp}"
+    ca = str(tmp_path / "ca" / "ca.pem")
+    # the control: this upstream does echo what it gets, token and all
+    code, body = curl(f"http://{API_HOST}/api/items", proxy=proxy)
+    echoed = code == 200 and "Authorization: Bearer " in body
+    assert echoed, "the echo upstream did not echo the stamped request"
+    echo.methods.clear()
+    for args in ([f"http://{API_HOST}/api/items"], [f"http://127.0.0.1:{bp}/api/items"],
+                 ["--cacert", ca, f"https://{API_HOST}/api/items"]):
+        for method in ("TRACE", "TRACK"):
+            r = subprocess.run(["curl", "-sS", "-i", "-X", method, "-x", proxy, *args],
+                               capture_output=True, text=True, timeout=30,
+                               env={k: v for k, v in os.environ.items()
+                                    if "proxy" not in k.lower()})
+            assert r.returncode == 0, r.stderr
+            head, _, body = r.stdout.replace("\r\n", "\n").partition("\n\n")
+            if head.startswith("HTTP/1.1 200 Connection Established"):
+                head, _, body = body.partition("\n\n")
+            leaked = "Bearer" in r.stdout
+            assert not leaked, f"{method} {args[-1]}: the token came back"
+            assert head.startswith("HTTP/1.1 405 "), (method, args[-1], head)
+            assert "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" in head
+            assert json.loads(body)["error"] == "invalid_request"
+    assert echo.methods == []
+
