@@ -1110,8 +1110,8 @@ route_intercepted(struct pconn *c, const char **path, size_t *path_len)
  * A base-URL listener is an ordinary http:// origin to a browser: a page from
  * anywhere could send it requests (cross-site, or reading the answers after
  * DNS rebinding) and have them stamped with the route's token.  So the Host
- * must be the listener itself and nothing may look like a page's request.
- * False after replying.
+ * must be the listener itself (and, as on every path, nothing may look like a
+ * page's request: request_begin).  False after replying.
  */
 static bool
 base_url_caller_ok(struct pconn *c)
@@ -1125,13 +1125,6 @@ base_url_caller_ok(struct pconn *c)
 			 "the Host header must name this listener (%s, or localhost with its port)",
 			 l->text);
 		reply_error(c, 400, "invalid_request", desc, 0);
-		return false;
-	}
-	if (proxy_route_from_web_page(&c->h)) {
-		log_info("proxy request from a web page refused", "route=%s", route_name(c));
-		reply_error(c, 403, "forbidden",
-			    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded",
-			    0);
 		return false;
 	}
 	return true;
@@ -1209,6 +1202,18 @@ request_begin(struct pconn *c)
 	}
 	if (!route_request(c, &path, &path_len))
 		return;
+	/*
+	 * A browser whose http_proxy is bearerd, like one that reaches a
+	 * base-URL listener, would let any site make stamped calls: requests
+	 * that bear a web page's marks are refused on every path.
+	 */
+	if (proxy_route_from_web_page(h)) {
+		log_info("proxy request from a web page refused", "route=%s", route_name(c));
+		reply_error(c, 403, "forbidden",
+			    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded",
+			    0);
+		return;
+	}
 	if (proxy_route_path_unsafe(path, path_len)) {
 		reply_error(c, 400, "invalid_request",
 			    "dot segments and encoded slashes are not forwarded", 0);

@@ -373,3 +373,39 @@ def test_trace_is_refused_on_every_path(start_daemon, echo, tmp_path):
             assert json.loads(body)["error"] == "invalid_request"
     assert echo.methods == []
 
+
+# Finding 8: the web-page guard on the forward and intercept paths too
+
+
+WEB_MARKS = [{"Origin": "https://evil.example"}, {"Origin": "null"},
+             {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+             {"Sec-Fetch-Site": "same-origin"},
+             {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}]
+
+
+def header_args(fields):
+    return [a for k, v in fields.items() for a in ("-H", f"{k}: {v}")]
+
+
+@pytest.mark.parametrize("fields", WEB_MARKS, ids=lambda f: "+".join(f"{k}={v}" for k, v in
+                                                                   f.items()))
+def test_web_page_requests_refused_on_forward_and_intercept(start_daemon, api, tmp_path, fields):
+    """A browser that inherited http_proxy/https_proxy must not let a site make stamped calls:
+    requests with Origin, or Sec-Fetch-Site other than none, get 403 and reach nothing."""
+    pp = free_port()
+    Proxied(start_daemon(intercept_config(api, pp, tmp_path)), pp)
+    proxy = f"http://127.0.0.1:{pp}"
+    ca = str(tmp_path / "ca" / "ca.pem")
+    before = api.stats()["requests"]
+    code, body = curl(*header_args(fields), f"http://{API_HOST}/api/items", proxy=proxy)
+    assert code == 403 and json.loads(body)["error"] == "forbidden", body
+    code, body = curl("-x", proxy, "--cacert", ca, *header_args(fields),
+                      f"https://{API_HOST}/api/items")
+    assert code == 403 and json.loads(body)["error"] == "forbidden", body
+    assert api.stats()["requests"] == before + 1  # nothing forwarded: only the stats call
+    # what a program (or a typed URL) sends still gets through on both paths
+    for extra in ([], ["-H", "Sec-Fetch-Site: none"]):
+        code, body = curl(*extra, f"http://{API_HOST}/api/items", proxy=proxy)
+        assert code == 200, body
+        code, body = curl("-x", proxy, "--cacert", ca, *extra, f"https://{API_HOST}/api/items")
+        assert code == 200, body
