@@ -306,6 +306,9 @@ upstream = http://127.0.0.1:{api.port}/base
     assert p.request("GET", f"http://{API_HOST}:8080/api/v2x")[0] == 403
     assert p.request("GET", f"http://{API_HOST}:8080/api/v2/../admin")[0] == 400
     assert p.request("GET", f"http://{API_HOST}:8080/api/v2/%2e%2e/admin")[0] == 400
+    # Tomcat, Jetty and Spring read "..;x" as ".." (issue 11, finding 9)
+    for seg in ("..;", "..;x=1", ".;", "%2e%2e;", "..%3b", "%2E%2e%3Bjsessionid=1"):
+        assert p.request("GET", f"http://{API_HOST}:8080/api/v2/{seg}/admin")[0] == 400, seg
     assert p.request("GET", f"http://{API_HOST}:8080/other")[0] == 403
 
 

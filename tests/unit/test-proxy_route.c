@@ -132,11 +132,34 @@ static void
 test_path_unsafe(void **state)
 {
 	static const char *const unsafe[] = {
-	    "/a/../b", "/a/..", "/./a",	 "/a/%2e%2E/b", "/a/.%2e", "/a%2fb",
-	    "/a%5cb",  "/a\\b", "/a%00", "/a%zz",	"/a%2",
+	    "/a/../b",
+	    "/a/..",
+	    "/./a",
+	    "/a/%2e%2E/b",
+	    "/a/.%2e",
+	    "/a%2fb",
+	    "/a%5cb",
+	    "/a\\b",
+	    "/a%00",
+	    "/a%zz",
+	    "/a%2",
+	    /* ";params" stripped per segment, raw and decoded (issue 11, finding 9) */
+	    "/a/..;/b",
+	    "/a/..;x=1/b",
+	    "/a/.;/b",
+	    "/a/%2e%2e;/b",
+	    "/a/..%3b/b",
+	    "/a/..%3B/b",
+	    "/a/%2e%2e%3bx/b",
+	    "/a/.%2e;jsessionid=1",
+	    "/a/..;",
+	    "/a/.;a;b/c",
+	    "/a/..;%2f/b",
 	};
 	static const char *const safe[] = {
-	    "/a/b", "/a/...", "/a/.b", "/a/b.", "/a?x=/../", "", "/a%20b", "/a/%2e%2e%2e",
+	    "/a/b",	"/a/...",    "/a/.b",	     "/a/b.",	  "/a?x=/../",
+	    "",		"/a%20b",    "/a/%2e%2e%2e", "/a/b;x=..", "/a/b;../c",
+	    "/a/...;x", "/a/b%3b..", "/a/;/b",	     "/a/.x;y/b",
 	};
 
 	for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++)
