@@ -355,6 +355,17 @@ upconn_stale(struct upconn *up)
 	return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
+/*
+ * The name to hand to the resolver for host: localhost names (RFC 6761) are
+ * 127.0.0.1 without asking anyone, since a hosts file without them sends the
+ * query to DNS (search domains first), and a token to what DNS answers.
+ */
+static const char *
+connect_name(const char *host)
+{
+	return config_proxy_host_is_localhost(host) ? "127.0.0.1" : host;
+}
+
 /* An idle pooled connection (fresh = false) or a new one. */
 static struct upconn *
 upconn_get(struct proxy_upstream *u, bool fresh)
@@ -387,7 +398,8 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 	bufferevent_setwatermark(up->bev, EV_WRITE, PROXY_LOW_WATER, 0);
 	bufferevent_enable(up->bev, EV_READ);
 	set_timeouts(up->bev, pcfg(p)->connect_timeout, pcfg(p)->connect_timeout);
-	if (bufferevent_socket_connect_hostname(up->bev, p->dns, AF_UNSPEC, u->r->upstream_host,
+	if (bufferevent_socket_connect_hostname(up->bev, p->dns, AF_UNSPEC,
+						connect_name(u->r->upstream_host),
 						(int)u->r->upstream_port) < 0) {
 		up->u = NULL; /* not in the idle list */
 		upconn_free(up);
@@ -1054,8 +1066,8 @@ handle_connect(struct pconn *c)
 	set_timeouts(c->tun, cp->connect_timeout, cp->connect_timeout);
 	c->state = CS_TUNNEL_CONNECTING;
 	bufferevent_disable(c->bev, EV_READ);
-	if (bufferevent_socket_connect_hostname(c->tun, c->p->dns, AF_UNSPEC, host, (int)port) <
-	    0) {
+	if (bufferevent_socket_connect_hostname(c->tun, c->p->dns, AF_UNSPEC, connect_name(host),
+						(int)port) < 0) {
 		bufferevent_free(c->tun);
 		c->tun = NULL;
 		reply_error(c, 502, "bad_gateway", "cannot connect to the tunnel host", 0);

@@ -409,3 +409,222 @@ def test_web_page_requests_refused_on_forward_and_intercept(start_daemon, api, t
         assert code == 200, body
         code, body = curl("-x", proxy, "--cacert", ca, *extra, f"https://{API_HOST}/api/items")
         assert code == 200, body
+
+
+# Finding 12: localhost is loopback by definition, never a resolver's answer
+
+
+ROGUE = "127.0.0.9"  # where the fake DNS sends every name: loopback too, so nothing leaves
+
+
+class FakeDNS:
+    """A DNS server on 127.0.0.1:53 (UDP and TCP) that answers every A query with ROGUE and
+    records each name asked; with /etc/hosts lacking localhost and a search domain in
+    resolv.conf, this is what a resolver asks when it is asked for localhost."""
+
+    def __init__(self):
+        import struct
+        self.struct = struct
+        self.names = []
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 53))
+        self.tcp = socket.socket()
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", 53))
+        self.tcp.listen(8)
+        self.udp.settimeout(0.1)
+        self.tcp.settimeout(0.1)
+        self.stopped = False
+        self.threads = [threading.Thread(target=self.serve_udp, daemon=True),
+                        threading.Thread(target=self.serve_tcp, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def answer(self, q):
+        st = self.struct
+        tid = st.unpack(">H", q[:2])[0]
+        i, labels = 12, []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode(errors="replace"))
+            i += 1 + q[i]
+        qtype = st.unpack(">H", q[i + 1:i + 3])[0]
+        self.names.append(".".join(labels))
+        question = q[12:i + 5]
+        if qtype != 1:
+            return st.pack(">HHHHHH", tid, 0x8180, 1, 0, 0, 0) + question
+        rr = b"\xc0\x0c" + st.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(ROGUE)
+        return st.pack(">HHHHHH", tid, 0x8180, 1, 1, 0, 0) + question + rr
+
+    def serve_udp(self):
+        while not self.stopped:
+            try:
+                q, addr = self.udp.recvfrom(4096)
+                self.udp.sendto(self.answer(q), addr)
+            except socket.timeout:
+                continue
+            except (OSError, IndexError, self.struct.error):
+                if self.stopped:
+                    return
+
+    def serve_tcp(self):
+        while not self.stopped:
+            try:
+                c, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                try:
+                    n = self.struct.unpack(">H", c.recv(2))[0]
+                    a = self.answer(c.recv(n))
+                    c.sendall(self.struct.pack(">H", len(a)) + a)
+                except (OSError, IndexError, self.struct.error):
+                    pass
+
+    def stop(self):
+        """Ends both threads before the sockets close, so that port 53 is free at once."""
+        self.stopped = True
+        for t in self.threads:
+            t.join()
+        self.udp.close()
+        self.tcp.close()
+
+
+class Rogue:
+    """Listens on ROGUE:port and counts who comes: where a token would go if localhost were
+    resolved through the fake DNS."""
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ROGUE, port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.visits = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.visits += 1
+            c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def no_localhost(tmp_path, monkeypatch):
+    """bearerd started in its own mount namespace where /etc/hosts has no localhost line,
+    nsswitch asks files then DNS, and resolv.conf names the fake DNS with a search domain;
+    yields the fake DNS."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs root in the test's namespace for a mount namespace")
+    import conftest
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("127.0.0.1 something-else\n")
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.1\nsearch example.test\n")
+    (etc / "nsswitch.conf").write_text("hosts: files dns\n")
+    wrapper = tmp_path / "bearerd-without-localhost"
+    mounts = " && ".join(f"mount --bind {etc / n} /etc/{n}"
+                         for n in ("hosts", "resolv.conf", "nsswitch.conf"))
+    wrapper.write_text("#!/bin/sh\n"
+                       f"exec unshare -m sh -c '{mounts} && exec \"$0\" \"$@\"' "
+                       f"{conftest.BEARERD} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(conftest, "BEARERD", wrapper)
+    subprocess.run(["ip", "addr", "add", f"{ROGUE}/32", "dev", "lo"], capture_output=True)
+    dns = FakeDNS()
+    # the control: inside such a namespace, the system resolver does send localhost to DNS
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f"{mounts} && getent ahostsv4 localhost"],
+                       capture_output=True, text=True)
+    assert ROGUE in r.stdout and dns.names, "the test namespace does not reproduce the finding"
+    dns.names.clear()
+    yield dns
+    dns.stop()
+
+
+def test_proxy_upstream_localhost_is_never_resolved(no_localhost, start_daemon, api):
+    """upstream = http://localhost:PORT (and a *.localhost name, and a tunnel to localhost)
+    goes to 127.0.0.1: no DNS query, nothing reaches what DNS would have answered."""
+    rogue = Rogue(api.port)
+    pp = free_port()
+    conf = proxy_config(api, pp, upstream=f"http://localhost:{api.port}",
+                        proxy_extra=f"connect = tunnel\ntunnel_hosts = localhost:{api.port}",
+                        extra_sections=f"""
+[route "sub"]
+match = sub.{API_HOST}
+audience = apim
+upstream = http://api.localhost.:{api.port}
+""")
+    p = Proxied(start_daemon(conf), pp)
+    st, _, body = p.request("GET", f"http://{API_HOST}/api/items")
+    assert st == 200, body
+    st, _, body = p.request("GET", f"http://sub.{API_HOST}/api/items")
+    assert st == 200, body
+    s = socket.create_connection(("127.0.0.1", pp), timeout=10)
+    s.sendall(f"CONNECT localhost:{api.port} HTTP/1.1\r\nHost: localhost:{api.port}\r\n\r\n"
+              .encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    s.sendall(b"GET /_fake/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert s.makefile("rb").read().startswith(b"HTTP/1.1 200 ")
+    s.close()
+    rogue.stop()
+    assert rogue.visits == 0
+    assert [n for n in no_localhost.names if "localhost" in n] == []
+
+
+def test_token_requests_to_localhost_are_never_resolved(no_localhost, start_daemon, fake, fe,
+                                                         tmp_path, testca):
+    """The token sources' upstream calls through libcurl: http://localhost (IMDS) and
+    https://localhost. (Entra, a name libcurl 7.88 would otherwise resolve itself) go to
+    127.0.0.1 with no DNS query, and the certificate is still checked for localhost."""
+    from conftest import secret_file
+    rogue_imds, rogue_entra = Rogue(fake.port), Rogue(fe.port)
+    secret = remember_token("Xy7~Q.local-" + os.urandom(8).hex())
+    fe.configure(tenant="t1", clients={"c1": {"secret": secret}})
+    path = secret_file(tmp_path, "client-secret", secret + "\n")
+    conf = f"""[bearerd]
+socket = @SOCKET@
+log_level = debug
+ca_file = {testca.ca.cert}
+
+[identity "vm"]
+source = azure-imds
+endpoint = http://localhost:{fake.port}/metadata/identity/oauth2/token
+
+[identity "app"]
+source = entra-secret
+authority = https://localhost.:{fe.port}
+tenant = t1
+client_id = c1
+client_secret_file = {path}
+
+[audience "imds"]
+identity = vm
+resource = api://imds
+
+[audience "entra"]
+identity = app
+resource = api://entra
+"""
+    d = start_daemon(conf)
+    for aud in ("imds", "entra"):
+        r = d.get(f"/v1/token/{aud}")
+        assert r.status == 200, r.body
+        remember_token(r.json()["access_token"])
+    rogue_imds.stop()
+    rogue_entra.stop()
+    assert rogue_imds.visits == 0 and rogue_entra.visits == 0
+    assert [n for n in no_localhost.names if "localhost" in n] == []

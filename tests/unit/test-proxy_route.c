@@ -48,6 +48,33 @@ test_hostport(void **state)
 	assert_true(config_proxy_host_is_loopback("::1"));
 	assert_false(config_proxy_host_is_loopback("10.0.0.1"));
 	assert_false(config_proxy_host_is_loopback("localhost.example.com"));
+	assert_true(config_proxy_host_is_loopback("api.localhost"));
+}
+
+/* RFC 6761: the names bearerd maps to 127.0.0.1 itself (issue 11, finding 12). */
+static void
+test_localhost_names(void **state)
+{
+	static const char *const yes[] = {
+	    "localhost",     "LocalHost",      "localhost.",
+	    "api.localhost", "a.b.localhost.", "X.LOCALHOST",
+	};
+	static const char *const no[] = {
+	    "localhost.example.com",
+	    "notlocalhost",
+	    "localhostx",
+	    ".localhost",
+	    "localhost..",
+	    "",
+	    "127.0.0.1",
+	    "xlocalhost.",
+	    "local",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		assert_true(config_proxy_host_is_localhost(yes[i]));
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		assert_false(config_proxy_host_is_localhost(no[i]));
 }
 
 static void
@@ -291,7 +318,7 @@ main(void)
 	    cmocka_unit_test(test_match),	  cmocka_unit_test(test_host_agrees),
 	    cmocka_unit_test(test_path_unsafe),	  cmocka_unit_test(test_hop_by_hop),
 	    cmocka_unit_test(test_invalid_token), cmocka_unit_test(test_host_is_listener),
-	    cmocka_unit_test(test_from_web_page),
+	    cmocka_unit_test(test_from_web_page), cmocka_unit_test(test_localhost_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
