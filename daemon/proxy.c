@@ -1980,6 +1980,24 @@ dns_new(struct event_base *base)
 	return dns;
 }
 
+/* The intercept CA, constrained to the hosts the routes match (the only ones intercepted). */
+static int
+ca_start(struct proxy *p, const struct config_proxy *cp)
+{
+	const char **hosts = calloc(cp->n_routes + 1, sizeof(*hosts));
+	size_t n = 0;
+	int r;
+
+	if (hosts == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < cp->n_routes; i++)
+		if (cp->routes[i].match_host != NULL)
+			hosts[n++] = cp->routes[i].match_host;
+	r = proxy_ca_new(&p->ca, cp->intercept_ca_dir, hosts, n);
+	free(hosts);
+	return r;
+}
+
 int
 proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 	  const struct config *cfg, struct source **sources)
@@ -2001,8 +2019,7 @@ proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 	TAILQ_INIT(&p->conns);
 	p->dns = dns_new(base);
 	p->scratch = evbuffer_new();
-	if (cp->connect == CONFIG_CONNECT_INTERCEPT &&
-	    (r = proxy_ca_new(&p->ca, cp->intercept_ca_dir)) < 0)
+	if (cp->connect == CONFIG_CONNECT_INTERCEPT && (r = ca_start(p, cp)) < 0)
 		goto fail;
 	r = -ENOMEM;
 	p->ups = calloc(cp->n_routes + 1, sizeof(*p->ups));

@@ -628,3 +628,166 @@ resource = api://entra
     rogue_entra.stop()
     assert rogue_imds.visits == 0 and rogue_entra.visits == 0
     assert [n for n in no_localhost.names if "localhost" in n] == []
+
+
+# Finding 11: the intercept CA is bearerd's own, and trusting it trusts only the routed hosts
+
+
+def openssl(*args, cwd=None, check=True):
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd,
+                          check=check)
+
+
+def leaf_verifies(ca_dir, tmp, name):
+    """Signs a leaf for name (DNS or IP) with the CA's own key, the way anyone holding the key
+    could, and asks openssl whether a client trusting ca.pem would accept it."""
+    ip = name.replace(".", "").isdigit() or ":" in name
+    san = f"IP:{name}" if ip else f"DNS:{name}"
+    cn = "a leaf for an address" if ip else name  # an address as CN is checked as a DNS name
+    key, csr, crt, ext = (tmp / f"leaf-{name}.{x}" for x in ("key", "csr", "pem", "ext"))
+    ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.pem"), "-CAkey",
+            str(ca_dir / "ca.key"), "-CAcreateserial", "-out", str(crt), "-days", "1",
+            "-extfile", str(ext))
+    r = openssl("verify", "-CAfile", str(ca_dir / "ca.pem"), str(crt), check=False)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+def ca_text(ca_dir):
+    return openssl("x509", "-in", str(ca_dir / "ca.pem"), "-noout", "-text").stdout
+
+
+def test_intercept_ca_is_name_constrained(start_daemon, api, tmp_path):
+    """ca.pem carries critical, permitted nameConstraints for the routed hosts (a DNS name and
+    an address here): a leaf its key signed for any other name or address does not verify."""
+    pp = free_port()
+    conf = intercept_config(api, pp, tmp_path) + f"""
+[route "by-address"]
+match = 10.1.2.3
+audience = apim
+upstream = http://127.0.0.1:{api.port}
+"""
+    Proxied(start_daemon(conf), pp)
+    ca = tmp_path / "ca"
+    text = ca_text(ca)
+    assert "X509v3 Name Constraints: critical" in text, text
+    permitted = text.split("Permitted:", 1)[1].split("Signature Algorithm", 1)[0]
+    assert "DNS:api.example.com" in permitted and "IP:10.1.2.3/255.255.255.255" in permitted
+    assert "Excluded" not in text
+    for name in (API_HOST, "10.1.2.3"):
+        ok, why = leaf_verifies(ca, tmp_path, name)
+        assert ok, why
+    for name in ("evil.example", "example.com", "login.microsoftonline.com", "10.1.2.4",
+                 "127.0.0.1", "::1"):
+        ok, why = leaf_verifies(ca, tmp_path, name)
+        assert not ok and "permitted subtree violation" in why, (name, why)
+    # and what bearerd mints itself still verifies, for a name and for an address
+    code, body = intercept_get(pp, tmp_path)
+    assert code == 200, body
+    code, body = curl("-x", f"http://127.0.0.1:{pp}", "--cacert", str(ca / "ca.pem"),
+                      "https://10.1.2.3/api/items")
+    assert code == 200, body
+
+
+def test_intercept_ca_remade_when_routed_hosts_change(start_daemon, api, tmp_path):
+    """A CA made for other hosts (or an old one without constraints) is replaced at start by a
+    new key and certificate: clients that trusted the old ca.pem trust nothing new."""
+    pp = free_port()
+    ca = tmp_path / "ca"
+    d = start_daemon(intercept_config(api, pp, tmp_path))
+    key1, pem1 = (ca / "ca.key").read_bytes(), (ca / "ca.pem").read_bytes()
+    assert d.stop() == 0
+    # the same routes, in another order and with a duplicate host: kept
+    conf = intercept_config(api, pp, tmp_path) + f"""
+[route "again"]
+match = {API_HOST}/v2
+audience = apim
+upstream = http://127.0.0.1:{api.port}
+"""
+    d = start_daemon(conf)
+    assert (ca / "ca.key").read_bytes() == key1 and (ca / "ca.pem").read_bytes() == pem1
+    assert d.stop() == 0
+    conf += f"""
+[route "more"]
+match = other.example.net
+audience = apim
+upstream = http://127.0.0.1:{api.port}
+"""
+    d = start_daemon(conf)
+    assert (ca / "ca.key").read_bytes() != key1 and (ca / "ca.pem").read_bytes() != pem1
+    assert "the routed hosts changed" in d.logs()
+    assert oct((ca / "ca.key").stat().st_mode & 0o777) == "0o600"
+    assert "DNS:other.example.net" in ca_text(ca) and "DNS:api.example.com" in ca_text(ca)
+    assert intercept_get(pp, tmp_path)[0] == 200
+    assert d.stop() == 0
+    # an unconstrained CA (as earlier versions made) is replaced as well
+    (ca / "ca.key").unlink()
+    (ca / "ca.pem").unlink()
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.pem"), "-days", "2", "-subj",
+            "/CN=bearerd local interception CA")
+    os.chmod(ca / "ca.key", 0o600)
+    old = (ca / "ca.pem").read_bytes()
+    d = start_daemon(conf)
+    assert (ca / "ca.pem").read_bytes() != old
+    assert "X509v3 Name Constraints: critical" in ca_text(ca)
+    # TLS verifies against the new ca.pem (curl fails otherwise); the fake API knows only an
+    # earlier daemon's dev key, so its answer may be a 401
+    assert intercept_get(pp, tmp_path)[0] in (200, 401)
+
+
+def spoil_owner(path):
+    os.chown(path, 65534, 65534, follow_symlinks=False)
+
+
+def spoil_symlink_key(ca):
+    real = ca.parent / "elsewhere.key"
+    os.rename(ca / "ca.key", real)
+    os.symlink(real, ca / "ca.key")
+
+
+def spoil_symlink_pem(ca):
+    real = ca.parent / "elsewhere.pem"
+    os.rename(ca / "ca.pem", real)
+    os.symlink(real, ca / "ca.pem")
+
+
+SPOILED = {
+    "key-owned-by-another-user": (lambda ca: spoil_owner(ca / "ca.key"), "file=ca.key"),
+    "key-group-readable": (lambda ca: os.chmod(ca / "ca.key", 0o640), "file=ca.key"),
+    "key-world-readable": (lambda ca: os.chmod(ca / "ca.key", 0o604), "file=ca.key"),
+    "key-a-symlink": (spoil_symlink_key, "file=ca.key"),
+    "pem-owned-by-another-user": (lambda ca: spoil_owner(ca / "ca.pem"), "file=ca.pem"),
+    "pem-group-writable": (lambda ca: os.chmod(ca / "ca.pem", 0o664), "file=ca.pem"),
+    "pem-a-symlink": (spoil_symlink_pem, "file=ca.pem"),
+    "dir-owned-by-another-user": (lambda ca: spoil_owner(ca), "file=-"),
+    "dir-world-writable-sticky": (lambda ca: os.chmod(ca, 0o1777), "file=-"),
+    "dir-group-writable": (lambda ca: os.chmod(ca, 0o770), "file=-"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SPOILED))
+def test_intercept_ca_refuses_files_others_control(start_daemon, api, tmp_path, how):
+    """An existing CA that another user could have planted, read or swapped is refused: bearerd
+    does not start (exit 1) and says which file is wrong and why, in one line.  bearerd -n
+    checks the configuration only (the directory may not exist before the first start)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files to another user")
+    pp = free_port()
+    conf = intercept_config(api, pp, tmp_path)
+    assert start_daemon(conf).stop() == 0  # a good CA first
+    ca = tmp_path / "ca"
+    spoil, where = SPOILED[how]
+    spoil(ca)
+    path = tmp_path / "spoiled.conf"
+    path.write_text(conf.replace("@SOCKET@", str(tmp_path / "spoiled.sock")))
+    from conftest import BEARERD
+    r = subprocess.run([str(BEARERD), "-c", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "cannot use the interception CA" in line]
+    assert len(lines) == 1 and where in lines[0] and "hint=" in lines[0], r.stderr
+    assert subprocess.run([str(BEARERD), "-n", "-c", str(path)], capture_output=True,
+                          timeout=30).returncode == 0
