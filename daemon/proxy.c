@@ -533,6 +533,12 @@ method_is(const struct http_head *h, const char *m)
 }
 
 static bool
+method_is_nocase(const struct http_head *h, const char *m)
+{
+	return h->method_len == strlen(m) && strncasecmp(h->method, m, h->method_len) == 0;
+}
+
+static bool
 idempotent(const struct http_head *h)
 {
 	return method_is(h, "GET") || method_is(h, "HEAD") || method_is(h, "OPTIONS") ||
@@ -1205,8 +1211,11 @@ request_begin(struct pconn *c)
 		handle_connect(c);
 		return;
 	}
-	/* an upstream that echoes the request (as TRACE asks) would hand the token back */
-	if (method_is(h, "TRACE") || method_is(h, "TRACK")) {
+	/*
+	 * An upstream that echoes the request (as TRACE asks) would hand the
+	 * token back; in any case, as some servers read methods so.
+	 */
+	if (method_is_nocase(h, "TRACE") || method_is_nocase(h, "TRACK")) {
 		reply_error_with(c, 405, "invalid_request",
 				 "TRACE is not forwarded: the answer would carry the token", 0,
 				 "Allow: " PROXY_ALLOW "\r\n");
@@ -2075,6 +2084,12 @@ proxy_pending(const struct proxy *p)
 	    c->state == CS_FORWARD)
 		n++;
 	return n;
+}
+
+unsigned
+proxy_connections(const struct proxy *p)
+{
+	return p != NULL ? p->n_conns : 0;
 }
 
 struct proxy *

@@ -357,7 +357,7 @@ def test_trace_is_refused_on_every_path(start_daemon, echo, tmp_path):
     echo.methods.clear()
     for args in ([f"http://{API_HOST}/api/items"], [f"http://127.0.0.1:{bp}/api/items"],
                  ["--cacert", ca, f"https://{API_HOST}/api/items"]):
-        for method in ("TRACE", "TRACK"):
+        for method in ("TRACE", "TRACK", "trace"):
             r = subprocess.run(["curl", "-sS", "-i", "-X", method, "-x", proxy, *args],
                                capture_output=True, text=True, timeout=30,
                                env={k: v for k, v in os.environ.items()
