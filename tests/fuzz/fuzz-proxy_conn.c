@@ -286,6 +286,20 @@ free_port(void)
 /* Setup */
 
 static void
+world_free(struct world *w)
+{
+	w->proxy = proxy_free(w->proxy);
+	w->cache = cache_free(w->cache);
+	if (w->cache_timer != NULL)
+		event_free(w->cache_timer);
+	w->cache_timer = NULL;
+	for (size_t i = 0; i < MAX_SOURCES; i++)
+		w->sources[i] = source_free(w->sources[i]);
+	w->cfg = config_free(w->cfg);
+}
+
+/* 0, or -1 when a listener could not bind (its port was taken meanwhile). */
+static int
 world_new(struct world *w, const char *name, const char *text)
 {
 	struct cache_params cp;
@@ -305,8 +319,12 @@ world_new(struct world *w, const char *name, const char *text)
 	w->cache_timer = evtimer_new(g.base, on_cache_timer, w);
 	check(w->cache_timer != NULL, "evtimer_new");
 	check(cache_new(&w->cache, &cp, &ops, w) == 0, "cache_new");
-	check(proxy_new(&w->proxy, g.base, w->cache, w->cfg, w->sources) == 0 && w->proxy != NULL,
-	      "proxy_new");
+	if (proxy_new(&w->proxy, g.base, w->cache, w->cfg, w->sources) < 0) {
+		world_free(w);
+		return -1;
+	}
+	check(w->proxy != NULL, "proxy_new");
+	return 0;
 }
 
 static const char common[] = "[bearerd]\n"
@@ -352,10 +370,26 @@ routes(char *out, size_t size, int base_listener)
 		 g.up_port, listen, g.up_port, g.up_port);
 }
 
+/* The CA files and their directory go when the process ends. */
+static void
+remove_ca(void)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/ca/ca.key", g.ca_dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/ca/ca.pem", g.ca_dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/ca", g.ca_dir);
+	rmdir(path);
+	rmdir(g.ca_dir);
+}
+
 static void
 setup(void)
 {
 	char text[4096], r[2048];
+	int tries = 0;
 
 	log_init(LOG_LEVEL_ERROR);
 	g.rnd = 1;
@@ -366,21 +400,28 @@ setup(void)
 	check(g.up_ev != NULL && event_add(g.up_ev, NULL) == 0, "upstream listener");
 	snprintf(g.ca_dir, sizeof(g.ca_dir), "/tmp/bearerd-fuzz-ca-XXXXXX");
 	check(mkdtemp(g.ca_dir) != NULL, "mkdtemp");
-	g.a_port = free_port();
-	g.base_port = free_port();
-	g.b_port = free_port();
-	routes(r, sizeof(r), 1);
-	snprintf(text, sizeof(text),
-		 "%s[proxy]\nlisten = 127.0.0.1:%u\nconnect = intercept\n"
-		 "intercept_ca_dir = %s/ca\n%s",
-		 common, g.a_port, g.ca_dir, r);
-	world_new(&g.a, "fuzz-proxy-a.conf", text);
-	routes(r, sizeof(r), 0);
-	snprintf(text, sizeof(text),
-		 "%s[proxy]\nlisten = 127.0.0.1:%u\nconnect = tunnel\n"
-		 "tunnel_hosts = 127.0.0.1:%u\n%s",
-		 common, g.b_port, g.up_port, r);
-	world_new(&g.b, "fuzz-proxy-b.conf", text);
+	atexit(remove_ca);
+	do {
+		/* a port picked here may be taken before the proxy binds it: pick again */
+		check(tries++ < 10, "no free loopback ports for the proxy listeners");
+		world_free(&g.a);
+		world_free(&g.b);
+		g.a_port = free_port();
+		g.base_port = free_port();
+		g.b_port = free_port();
+		routes(r, sizeof(r), 1);
+		snprintf(text, sizeof(text),
+			 "%s[proxy]\nlisten = 127.0.0.1:%u\nconnect = intercept\n"
+			 "intercept_ca_dir = %s/ca\n%s",
+			 common, g.a_port, g.ca_dir, r);
+		if (world_new(&g.a, "fuzz-proxy-a.conf", text) < 0)
+			continue;
+		routes(r, sizeof(r), 0);
+		snprintf(text, sizeof(text),
+			 "%s[proxy]\nlisten = 127.0.0.1:%u\nconnect = tunnel\n"
+			 "tunnel_hosts = 127.0.0.1:%u\n%s",
+			 common, g.b_port, g.up_port, r);
+	} while (g.a.proxy == NULL || world_new(&g.b, "fuzz-proxy-b.conf", text) < 0);
 	g.tls = SSL_CTX_new(TLS_client_method());
 	check(g.tls != NULL, "SSL_CTX_new");
 	SSL_CTX_set_verify(g.tls, SSL_VERIFY_NONE, NULL);
