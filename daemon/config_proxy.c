@@ -130,12 +130,25 @@ config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
 }
 
 bool
+config_proxy_host_is_localhost(const char *host)
+{
+	static const char name[] = "localhost";
+	size_t n = strlen(host), k = sizeof(name) - 1;
+
+	if (n > 0 && host[n - 1] == '.')
+		n--;
+	if (n < k || strncasecmp(host + n - k, name, k) != 0)
+		return false;
+	return n == k || (n > k + 1 && host[n - k - 1] == '.');
+}
+
+bool
 config_proxy_host_is_loopback(const char *host)
 {
 	struct in_addr a4;
 	struct in6_addr a6;
 
-	if (strcmp(host, "localhost") == 0)
+	if (config_proxy_host_is_localhost(host))
 		return true;
 	if (inet_pton(AF_INET, host, &a4) == 1)
 		return (ntohl(a4.s_addr) >> 24) == 127;

@@ -63,7 +63,15 @@ struct config_proxy {
  */
 int config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port);
 
-/* True for "localhost", 127.0.0.0/8 and ::1 written as literals. */
+/*
+ * True for the names RFC 6761 reserves for loopback: "localhost" and
+ * "*.localhost", in any case, with or without a final dot.  bearerd connects
+ * to 127.0.0.1 for them itself (proxy upstreams and tunnels, token requests),
+ * so no hosts file, DNS server or search domain is ever asked for them.
+ */
+bool config_proxy_host_is_localhost(const char *host);
+
+/* True for the localhost names above, 127.0.0.0/8 and ::1 written as literals. */
 bool config_proxy_host_is_loopback(const char *host);
 
 #endif

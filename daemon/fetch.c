@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 
 #include "build-config.h"
+#include "config_proxy.h" /* config_proxy_host_is_localhost */
 #include "fetch.h"
 
 #define FETCH_DEFAULT_TIMEOUT_MS 10000L
@@ -56,7 +57,8 @@ struct fetch_xfer {
 	int defer_error;
 	const char *defer_message;
 	struct curl_slist *headers;
-	char *req_body; /* our copy of the POST body: it may hold a secret */
+	struct curl_slist *connect_to; /* localhost names: to 127.0.0.1 (map_localhost) */
+	char *req_body;		       /* our copy of the POST body: it may hold a secret */
 	size_t req_body_len;
 	fetch_done_fn *done;
 	void *arg;
@@ -116,6 +118,7 @@ xfer_free(struct fetch_xfer *x)
 	for (struct curl_slist *l = x->headers; l != NULL; l = l->next)
 		OPENSSL_cleanse(l->data, strlen(l->data));
 	curl_slist_free_all(x->headers);
+	curl_slist_free_all(x->connect_to);
 	wipe_free(x->req_body, x->req_body_len);
 	wipe_free(x->body, x->body_cap);
 	free(x);
@@ -476,7 +479,42 @@ setup_easy(struct fetch_xfer *x, const struct fetch_request *req)
 	}
 	if (x->headers != NULL)
 		c |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+	if (x->connect_to != NULL)
+		c |= curl_easy_setopt(e, CURLOPT_CONNECT_TO, x->connect_to);
 	return c == CURLE_OK ? 0 : -EINVAL;
+}
+
+/*
+ * localhost and *.localhost are loopback by definition (RFC 6761), and a
+ * token request to them must not go wherever a resolver points them (a hosts
+ * file without localhost sends the name to DNS, search domains first).  So
+ * libcurl is told to connect to 127.0.0.1 itself; the Host header, SNI and
+ * certificate checks keep the name.  libcurl >= 7.85 does the same for the
+ * plain names, but not for "localhost." nor older versions.
+ */
+static int
+map_localhost(struct fetch_xfer *x, const char *url)
+{
+	CURLU *u = curl_url();
+	char *host = NULL, *entry = NULL;
+	int rc = 0;
+
+	if (u == NULL)
+		return -ENOMEM;
+	/* a URL libcurl cannot parse fails in the transfer itself */
+	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+	    config_proxy_host_is_localhost(host)) {
+		if (asprintf(&entry, "%s::127.0.0.1:", host) < 0)
+			entry = NULL;
+		x->connect_to = entry != NULL ? curl_slist_append(NULL, entry) : NULL;
+		if (x->connect_to == NULL)
+			rc = -ENOMEM;
+		free(entry);
+	}
+	curl_free(host);
+	curl_url_cleanup(u);
+	return rc;
 }
 
 static int
@@ -538,6 +576,8 @@ fetch_start(struct fetch *f, const struct fetch_request *req, fetch_done_fn *don
 		x->req_body_len = req->body_len;
 	}
 	rc = build_headers(x, req, post);
+	if (rc == 0)
+		rc = map_localhost(x, req->url);
 	if (rc < 0)
 		goto fail_free;
 	x->easy = curl_easy_init();

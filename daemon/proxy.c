@@ -39,6 +39,7 @@
 #include "cache.h"
 #include "config.h"
 #include "config_proxy.h"
+#include "http.h"
 #include "http_parse.h"
 #include "json_write.h"
 #include "log.h"
@@ -58,6 +59,7 @@
 #define PROXY_POLL_MS	     10		  /* checks for a refreshed token */
 #define PROXY_BACKLOG	     1024
 #define PROXY_VIA	     "Via: 1.1 bearerd\r\n"
+#define PROXY_ALLOW	     "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" /* 405 to TRACE */
 
 enum conn_state {
 	CS_HEAD,	/* waiting for a request head */
@@ -120,15 +122,20 @@ struct pconn {
 	struct evbuffer *body;	   /* whole body of a retryable request, or NULL */
 	struct proxy_body req_body, resp_body;
 	struct cache_waiter *waiter;
-	struct event *timer;  /* refresh poll */
+	struct event *timer;  /* deadlines (head, handshake, linger) and the refresh poll */
 	struct event *linger; /* TLS: waits for the last records to leave */
 	struct upconn *up;
 	struct bufferevent *tun;
 	char *ihost; /* intercepted CONNECT: the host and port the client asked for */
 	unsigned iport;
-	int64_t started_ms, refresh_deadline_ms, up_started_ms, up_ms;
+	int64_t started_ms;  /* first byte of the request head */
+	int64_t deadline_ms; /* head, handshake or linger must be over by then (see on_timer) */
+	int64_t timer_at_ms; /* when the armed timer fires; 0 when it is not armed */
+	int64_t refresh_deadline_ms, up_started_ms, up_ms;
 	int status;
 	bool tls;	 /* bev is our TLS server side (intercept): no direct writes */
+	bool handshake;	 /* tls: the handshake is not done yet */
+	bool lingering;	 /* CS_CLOSING: our side is shut, reading what the client still sends */
 	bool client_eof; /* the client shut its sending side (plain connections only) */
 	bool far_shut;	 /* tunnel: the far side's sending side was shut after client_eof */
 	bool head_started, stamp, retryable, retried, fresh_conn, req_done, resp_head, resp_close,
@@ -149,7 +156,6 @@ struct proxy {
 	size_t n_ls;
 	struct pconn_list conns;
 	unsigned n_conns;	  /* over all listeners, bounded by max_connections */
-	bool paused;		  /* at max_connections: no listener accepts */
 	struct evbuffer *scratch; /* one outgoing message being put together */
 	struct proxy_ca *ca;	  /* connect = intercept */
 	struct metrics *metrics;  /* or NULL */
@@ -166,6 +172,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 static int64_t
 now_ms(void)
@@ -214,6 +221,29 @@ static const char *
 route_name(const struct pconn *c)
 {
 	return c->u != NULL ? c->u->r->name : "-";
+}
+
+/*
+ * Makes c's timer fire no later than at_ms.  Lazy, as in http.c: the timer
+ * stays armed and on_timer re-evaluates when it fires, so a request head that
+ * arrives whole costs no timer at all, and a deadline later than the armed
+ * one costs nothing.  -ENOMEM when there is no timer.
+ */
+static int
+conn_arm(struct pconn *c, int64_t at_ms)
+{
+	int64_t now = now_ms(), d = at_ms > now ? at_ms - now : 0;
+	struct timeval tv = {.tv_sec = (time_t)(d / 1000),
+			     .tv_usec = (suseconds_t)(d % 1000) * 1000};
+
+	if (c->timer == NULL && (c->timer = evtimer_new(c->p->base, on_timer, c)) == NULL)
+		return -ENOMEM;
+	if (c->timer_at_ms != 0 && c->timer_at_ms <= at_ms)
+		return 0;
+	if (evtimer_add(c->timer, &tv) < 0)
+		return -ENOMEM;
+	c->timer_at_ms = at_ms;
+	return 0;
 }
 
 /* One request answered (status 0: cut short); upstream time when there was an answer. */
@@ -325,6 +355,17 @@ upconn_stale(struct upconn *up)
 	return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
+/*
+ * The name to hand to the resolver for host: localhost names (RFC 6761) are
+ * 127.0.0.1 without asking anyone, since a hosts file without them sends the
+ * query to DNS (search domains first), and a token to what DNS answers.
+ */
+static const char *
+connect_name(const char *host)
+{
+	return config_proxy_host_is_localhost(host) ? "127.0.0.1" : host;
+}
+
 /* An idle pooled connection (fresh = false) or a new one. */
 static struct upconn *
 upconn_get(struct proxy_upstream *u, bool fresh)
@@ -357,7 +398,8 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 	bufferevent_setwatermark(up->bev, EV_WRITE, PROXY_LOW_WATER, 0);
 	bufferevent_enable(up->bev, EV_READ);
 	set_timeouts(up->bev, pcfg(p)->connect_timeout, pcfg(p)->connect_timeout);
-	if (bufferevent_socket_connect_hostname(up->bev, p->dns, AF_UNSPEC, u->r->upstream_host,
+	if (bufferevent_socket_connect_hostname(up->bev, p->dns, AF_UNSPEC,
+						connect_name(u->r->upstream_host),
 						(int)u->r->upstream_port) < 0) {
 		up->u = NULL; /* not in the idle list */
 		upconn_free(up);
@@ -395,8 +437,14 @@ conn_linger(struct pconn *c)
 	}
 	if (fd >= 0)
 		shutdown(fd, SHUT_WR);
+	if (!c->lingering) {
+		/* at most PROXY_LINGER_S in all: a client that keeps trickling is cut too */
+		c->lingering = true;
+		c->deadline_ms = now_ms() + PROXY_LINGER_S * 1000;
+		(void)conn_arm(c, c->deadline_ms); /* else the read timeout below still ends it */
+	}
 	set_timeouts(c->bev, PROXY_LINGER_S, PROXY_LINGER_S);
-	bufferevent_enable(c->bev, EV_READ);
+	bufferevent_enable(c->bev, EV_READ); /* last: a TLS filter defers its callbacks anyway */
 }
 
 static void
@@ -409,45 +457,19 @@ conn_close_after_flush(struct pconn *c)
 		conn_linger(c);
 }
 
-/* A JSON error to the client, then the connection closes (nothing forwarded afterwards). */
+/*
+ * A JSON error to the client, then the connection closes (nothing forwarded
+ * afterwards).  extra: more header fields ("Name: value\r\n"), or NULL.
+ */
 static void
-reply_error(struct pconn *c, int status, const char *error, const char *description,
-	    int64_t retry_after)
+reply_error_with(struct pconn *c, int status, const char *error, const char *description,
+		 int64_t retry_after, const char *extra)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	struct evbuffer *b = evbuffer_new();
-	const char *reason;
+	const char *reason = http_status_text(status);
 
 	upconn_release(c, false);
-	switch (status) {
-	case 400:
-		reason = "Bad Request";
-		break;
-	case 403:
-		reason = "Forbidden";
-		break;
-	case 417:
-		reason = "Expectation Failed";
-		break;
-	case 431:
-		reason = "Request Header Fields Too Large";
-		break;
-	case 502:
-		reason = "Bad Gateway";
-		break;
-	case 503:
-		reason = "Service Unavailable";
-		break;
-	case 504:
-		reason = "Gateway Timeout";
-		break;
-	case 505:
-		reason = "HTTP Version Not Supported";
-		break;
-	default:
-		reason = "Error";
-		break;
-	}
 	if (b != NULL)
 		json_append_error(b, error, description);
 	evbuffer_add_printf(out,
@@ -456,6 +478,8 @@ reply_error(struct pconn *c, int status, const char *error, const char *descript
 			    status, reason, b != NULL ? evbuffer_get_length(b) : 0);
 	if (retry_after > 0)
 		evbuffer_add_printf(out, "Retry-After: %" PRId64 "\r\n", retry_after);
+	if (extra != NULL)
+		adds(out, extra);
 	adds(out, "Connection: close\r\n\r\n");
 	if (b != NULL) {
 		if (c->h.method == NULL || c->h.method_len != 4 || memcmp(c->h.method, "HEAD", 4))
@@ -467,6 +491,13 @@ reply_error(struct pconn *c, int status, const char *error, const char *descript
 	c->up_ms = -1;
 	count_request(c, status);
 	conn_close_after_flush(c);
+}
+
+static void
+reply_error(struct pconn *c, int status, const char *error, const char *description,
+	    int64_t retry_after)
+{
+	reply_error_with(c, status, error, description, retry_after, NULL);
 }
 
 /* Requests */
@@ -502,10 +533,16 @@ method_is(const struct http_head *h, const char *m)
 }
 
 static bool
+method_is_nocase(const struct http_head *h, const char *m)
+{
+	return h->method_len == strlen(m) && strncasecmp(h->method, m, h->method_len) == 0;
+}
+
+static bool
 idempotent(const struct http_head *h)
 {
 	return method_is(h, "GET") || method_is(h, "HEAD") || method_is(h, "OPTIONS") ||
-	       method_is(h, "PUT") || method_is(h, "DELETE") || method_is(h, "TRACE");
+	       method_is(h, "PUT") || method_is(h, "DELETE");
 }
 
 /* The upstream request head, all but Authorization and the blank line. */
@@ -705,17 +742,15 @@ request_token(struct pconn *c)
 	on_answer(c, &now);
 }
 
+/* CS_REFRESH: polls the entry until the refresh is over (or wait_timeout). */
 static void
-on_refresh_poll(evutil_socket_t fd, short what, void *arg)
+refresh_poll(struct pconn *c, int64_t now)
 {
-	struct pconn *c = arg;
 	enum cache_state st = cache_entry_state(c->u->entry);
-	struct timeval tv = {0, PROXY_POLL_MS * 1000};
 
-	(void)fd;
-	(void)what;
-	if ((st == CACHE_FETCHING || st == CACHE_REFRESHING) && now_ms() < c->refresh_deadline_ms) {
-		evtimer_add(c->timer, &tv);
+	if ((st == CACHE_FETCHING || st == CACHE_REFRESHING) && now < c->refresh_deadline_ms) {
+		if (conn_arm(c, now + PROXY_POLL_MS) < 0)
+			reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
 	request_token(c);
@@ -725,18 +760,66 @@ on_refresh_poll(evutil_socket_t fd, short what, void *arg)
 static void
 retry_after_refresh(struct pconn *c)
 {
-	struct timeval tv = {0, PROXY_POLL_MS * 1000};
+	int64_t now = now_ms();
 
 	log_info("upstream rejected the token, refreshing it", "route=%s", route_name(c));
 	c->retried = true;
 	upconn_release(c, false);
 	cache_refresh(c->p->cache, c->u->entry);
 	c->state = CS_REFRESH;
-	c->refresh_deadline_ms = now_ms() + c->p->cfg->wait_timeout * 1000;
-	if (c->timer == NULL)
-		c->timer = evtimer_new(c->p->base, on_refresh_poll, c);
-	if (c->timer == NULL || evtimer_add(c->timer, &tv) < 0)
+	c->refresh_deadline_ms = now + c->p->cfg->wait_timeout * 1000;
+	if (conn_arm(c, now + PROXY_POLL_MS) < 0)
 		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
+}
+
+/*
+ * The connection's one timer: the absolute deadlines of a request head (from
+ * its first byte, as in http.c: trickling bytes does not extend it), of the
+ * intercept TLS handshake and of lingering after our close, and the refresh
+ * poll.  What it is for follows from the state; a deadline that moved on
+ * (the head arrived, a later one started) is re-armed or dropped here.
+ */
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct pconn *c = arg;
+	int64_t now = now_ms();
+
+	(void)fd;
+	(void)what;
+	c->timer_at_ms = 0;
+	switch (c->state) {
+	case CS_REFRESH:
+		refresh_poll(c, now);
+		return;
+	case CS_HEAD:
+		if (!c->handshake && !c->head_started)
+			return;
+		if (now < c->deadline_ms) {
+			(void)conn_arm(c, c->deadline_ms);
+			return;
+		}
+		if (c->handshake) {
+			log_debug("proxy TLS handshake timed out", "listener=%s", c->l->name);
+			conn_free(c);
+			return;
+		}
+		log_debug("proxy request head timed out", "listener=%s", c->l->name);
+		reply_error(c, 408, "invalid_request",
+			    "the request head did not arrive within header_timeout", 0);
+		return;
+	case CS_CLOSING:
+		if (!c->lingering)
+			return;
+		if (now < c->deadline_ms) {
+			(void)conn_arm(c, c->deadline_ms);
+			return;
+		}
+		conn_free(c);
+		return;
+	default:
+		return; /* a deadline of a head that has arrived meanwhile */
+	}
 }
 
 static void
@@ -904,9 +987,23 @@ intercept(struct pconn *c, char *host, unsigned port)
 		reply_error(c, 503, "temporarily_unavailable", "cannot mint a certificate", 1);
 		return;
 	}
+	/* the handshake has header_timeout in all, however slowly its bytes come */
+	c->deadline_ms = now_ms() + (int64_t)pcfg(c->p)->header_timeout * 1000;
+	if (conn_arm(c, c->deadline_ms) < 0) {
+		SSL_free(ssl);
+		free(host);
+		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
+		return;
+	}
 	adds(bufferevent_get_output(c->bev), "HTTP/1.1 200 Connection Established\r\n\r\n");
+	/*
+	 * Deferred callbacks (STYLE.md rule 12): enabling the filter runs the
+	 * handshake on bytes the client sent along with CONNECT, and a failed
+	 * handshake would otherwise free c inside that call.  Every update to c
+	 * is done before the filter is enabled, in request_reset at the end.
+	 */
 	tls = bufferevent_openssl_filter_new(c->p->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					     BEV_OPT_CLOSE_ON_FREE);
+					     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (tls == NULL) {
 		SSL_free(ssl);
 		free(host);
@@ -924,15 +1021,15 @@ intercept(struct pconn *c, char *host, unsigned port)
 	bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_LOW_WATER, PROXY_HIGH_WATER);
 	c->bev = tls;
 	c->tls = true;
+	c->handshake = true;
 	c->ihost = host;
 	c->iport = port;
-	bufferevent_setcb(tls, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_setwatermark(tls, EV_READ, 0, PROXY_HIGH_WATER);
-	bufferevent_enable(tls, EV_READ | EV_WRITE);
 	free(c->head);
 	c->head = NULL;
 	memset(&c->h, 0, sizeof(c->h));
-	request_reset(c);
+	bufferevent_setcb(tls, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(tls, EV_READ, 0, PROXY_HIGH_WATER);
+	request_reset(c); /* enables reading: the handshake starts; nothing touches c after it */
 }
 
 static void
@@ -975,8 +1072,8 @@ handle_connect(struct pconn *c)
 	set_timeouts(c->tun, cp->connect_timeout, cp->connect_timeout);
 	c->state = CS_TUNNEL_CONNECTING;
 	bufferevent_disable(c->bev, EV_READ);
-	if (bufferevent_socket_connect_hostname(c->tun, c->p->dns, AF_UNSPEC, host, (int)port) <
-	    0) {
+	if (bufferevent_socket_connect_hostname(c->tun, c->p->dns, AF_UNSPEC, connect_name(host),
+						(int)port) < 0) {
 		bufferevent_free(c->tun);
 		c->tun = NULL;
 		reply_error(c, 502, "bad_gateway", "cannot connect to the tunnel host", 0);
@@ -1031,8 +1128,8 @@ route_intercepted(struct pconn *c, const char **path, size_t *path_len)
  * A base-URL listener is an ordinary http:// origin to a browser: a page from
  * anywhere could send it requests (cross-site, or reading the answers after
  * DNS rebinding) and have them stamped with the route's token.  So the Host
- * must be the listener itself and nothing may look like a page's request.
- * False after replying.
+ * must be the listener itself (and, as on every path, nothing may look like a
+ * page's request: request_begin).  False after replying.
  */
 static bool
 base_url_caller_ok(struct pconn *c)
@@ -1046,13 +1143,6 @@ base_url_caller_ok(struct pconn *c)
 			 "the Host header must name this listener (%s, or localhost with its port)",
 			 l->text);
 		reply_error(c, 400, "invalid_request", desc, 0);
-		return false;
-	}
-	if (proxy_route_from_web_page(&c->h)) {
-		log_info("proxy request from a web page refused", "route=%s", route_name(c));
-		reply_error(c, 403, "forbidden",
-			    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded",
-			    0);
 		return false;
 	}
 	return true;
@@ -1116,15 +1206,35 @@ request_begin(struct pconn *c)
 	const char *path;
 	size_t path_len;
 
-	c->started_ms = now_ms();
-	set_timeouts(c->bev, pcfg(c->p)->idle_timeout, pcfg(c->p)->idle_timeout);
 	c->keep_alive = h->keep_alive && !c->p->stopping;
 	if (method_is(h, "CONNECT")) {
 		handle_connect(c);
 		return;
 	}
+	/*
+	 * An upstream that echoes the request (as TRACE asks) would hand the
+	 * token back; in any case, as some servers read methods so.
+	 */
+	if (method_is_nocase(h, "TRACE") || method_is_nocase(h, "TRACK")) {
+		reply_error_with(c, 405, "invalid_request",
+				 "TRACE is not forwarded: the answer would carry the token", 0,
+				 "Allow: " PROXY_ALLOW "\r\n");
+		return;
+	}
 	if (!route_request(c, &path, &path_len))
 		return;
+	/*
+	 * A browser whose http_proxy is bearerd, like one that reaches a
+	 * base-URL listener, would let any site make stamped calls: requests
+	 * that bear a web page's marks are refused on every path.
+	 */
+	if (proxy_route_from_web_page(h)) {
+		log_info("proxy request from a web page refused", "route=%s", route_name(c));
+		reply_error(c, 403, "forbidden",
+			    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded",
+			    0);
+		return;
+	}
 	if (proxy_route_path_unsafe(path, path_len)) {
 		reply_error(c, 400, "invalid_request",
 			    "dot segments and encoded slashes are not forwarded", 0);
@@ -1188,12 +1298,17 @@ process_head(struct pconn *c)
 		return;
 	if (!c->head_started) {
 		c->head_started = true;
-		set_timeouts(c->bev, cp->header_timeout, cp->idle_timeout);
+		c->started_ms = now_ms();
+		c->deadline_ms = c->started_ms + (int64_t)cp->header_timeout * 1000;
 	}
 	buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
 	r = http_parse_request_head(buf, n, &c->h);
-	if (r == 0 && len < PROXY_MAX_HEAD)
+	if (r == 0 && len < PROXY_MAX_HEAD) {
+		/* an absolute deadline from the first byte: trickling does not extend it */
+		if (conn_arm(c, c->deadline_ms) < 0)
+			conn_free(c);
 		return;
+	}
 	if (r <= 0) {
 		memset(&c->h, 0, sizeof(c->h));
 		if (r == 0 || r == -E2BIG)
@@ -1593,6 +1708,7 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED) {
 		/* the TLS handshake of an intercepted CONNECT is done: see intercept() */
+		c->handshake = false;
 		if (bufferevent_get_underlying(bev) != NULL)
 			set_timeouts(bufferevent_get_underlying(bev), 0, pcfg(c->p)->idle_timeout);
 		return;
@@ -1629,12 +1745,33 @@ conn_free(struct pconn *c)
 	TAILQ_REMOVE(&c->p->conns, c, link);
 	l->n_conns--;
 	p->n_conns--;
-	if (p->paused && !p->stopping && p->n_conns < pcfg(p)->max_connections) {
-		p->paused = false;
-		for (size_t i = 0; i < p->n_ls; i++)
-			evconnlistener_enable(p->ls[i].ev);
-	}
 	free(c);
+}
+
+/*
+ * A connection over max_connections: a best-effort 503 (the same answer as
+ * http.c's), then close.  Listeners keep accepting, so a client beyond the
+ * cap learns why at once instead of waiting in the backlog.
+ */
+static void
+reject_busy(int fd)
+{
+#define BUSY_BODY                                                                                  \
+	"{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections\"}"
+	static const char msg[] =
+	    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+	    "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s";
+	char buf[512];
+	int n;
+
+	n = snprintf(buf, sizeof(buf), msg, sizeof(BUSY_BODY) - 1, BUSY_BODY);
+#undef BUSY_BODY
+	(void)send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	/* what the client already sent is read, so that close() does not reset the answer */
+	(void)shutdown(fd, SHUT_WR);
+	for (int i = 0; i < 4 && recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0; i++)
+		;
+	close(fd);
 }
 
 static void
@@ -1650,6 +1787,12 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 	(void)socklen;
 	(void)ev;
 	l->starved = false;
+	if (p->n_conns >= pcfg(p)->max_connections) {
+		log_debug("proxy connection refused", "listener=%s reason=max_connections conns=%u",
+			  l->name, p->n_conns);
+		reject_busy(fd);
+		return;
+	}
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
 		close(fd);
@@ -1669,11 +1812,7 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 	bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_HIGH_WATER);
 	bufferevent_enable(c->bev, EV_WRITE);
 	l->n_conns++;
-	if (++p->n_conns >= pcfg(p)->max_connections) {
-		p->paused = true;
-		for (size_t i = 0; i < p->n_ls; i++)
-			evconnlistener_disable(p->ls[i].ev);
-	}
+	p->n_conns++;
 	request_reset(c);
 }
 
@@ -1684,7 +1823,7 @@ on_accept_rest(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!l->p->paused && !l->p->stopping)
+	if (!l->p->stopping)
 		evconnlistener_enable(l->ev);
 }
 
@@ -1850,6 +1989,24 @@ dns_new(struct event_base *base)
 	return dns;
 }
 
+/* The intercept CA, constrained to the hosts the routes match (the only ones intercepted). */
+static int
+ca_start(struct proxy *p, const struct config_proxy *cp)
+{
+	const char **hosts = calloc(cp->n_routes + 1, sizeof(*hosts));
+	size_t n = 0;
+	int r;
+
+	if (hosts == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < cp->n_routes; i++)
+		if (cp->routes[i].match_host != NULL)
+			hosts[n++] = cp->routes[i].match_host;
+	r = proxy_ca_new(&p->ca, cp->intercept_ca_dir, hosts, n);
+	free(hosts);
+	return r;
+}
+
 int
 proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 	  const struct config *cfg, struct source **sources)
@@ -1871,8 +2028,7 @@ proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 	TAILQ_INIT(&p->conns);
 	p->dns = dns_new(base);
 	p->scratch = evbuffer_new();
-	if (cp->connect == CONFIG_CONNECT_INTERCEPT &&
-	    (r = proxy_ca_new(&p->ca, cp->intercept_ca_dir)) < 0)
+	if (cp->connect == CONFIG_CONNECT_INTERCEPT && (r = ca_start(p, cp)) < 0)
 		goto fail;
 	r = -ENOMEM;
 	p->ups = calloc(cp->n_routes + 1, sizeof(*p->ups));
@@ -1928,6 +2084,12 @@ proxy_pending(const struct proxy *p)
 	    c->state == CS_FORWARD)
 		n++;
 	return n;
+}
+
+unsigned
+proxy_connections(const struct proxy *p)
+{
+	return p != NULL ? p->n_conns : 0;
 }
 
 struct proxy *

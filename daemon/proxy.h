@@ -27,6 +27,8 @@ int proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 void proxy_stop_accepting(struct proxy *p);
 /* Requests in flight (for the drain at shutdown). */
 unsigned proxy_pending(const struct proxy *p);
+/* Open client connections over all listeners (0 for NULL): what max_connections bounds. */
+unsigned proxy_connections(const struct proxy *p);
 /* Counts requests per route and status, and upstream latency, into m (NULL: none). */
 void proxy_set_metrics(struct proxy *p, struct metrics *m);
 /* Sets the open-connections gauge of each proxy listener ("proxy-forward", "proxy-ROUTE"). */

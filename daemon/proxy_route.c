@@ -55,6 +55,7 @@ proxy_route_path_unsafe(const char *path, size_t len)
 {
 	const char *q = memchr(path, '?', len);
 	size_t seg_dots = 0, seg_len = 0;
+	bool params = false; /* past a ';' in this segment: matrix parameters, not its name */
 
 	if (q != NULL)
 		len = (size_t)(q - path);
@@ -80,8 +81,18 @@ proxy_route_path_unsafe(const char *path, size_t len)
 			if (seg_len > 0 && seg_len == seg_dots && seg_dots <= 2)
 				return true;
 			seg_len = seg_dots = 0;
+			params = false;
 			continue;
 		}
+		/*
+		 * Tomcat, Jetty and Spring drop ";params" from each segment before
+		 * resolving dot segments, so "..;x" is ".." to them, raw or encoded
+		 * (";" or "%3b").
+		 */
+		if (c == ';')
+			params = true;
+		if (params)
+			continue;
 		seg_len++;
 		if (c == '.')
 			seg_dots++;

@@ -24,9 +24,9 @@ int proxy_route_absolute(const char *target, size_t len, char **host, unsigned *
 
 /*
  * True when path (up to '?', raw or percent-encoded) has a "." or ".."
- * segment or an encoded '/' or '\\': such paths could be normalised by the
- * upstream into one that a path-prefix route does not cover, so they are
- * refused.
+ * segment, also once ";params" are stripped from it ("..;x", "%2e%2e%3b"), or
+ * an encoded '/' or '\\': such paths could be normalised by the upstream into
+ * one that a path-prefix route does not cover, so they are refused.
  */
 bool proxy_route_path_unsafe(const char *path, size_t len);
 

@@ -48,6 +48,33 @@ test_hostport(void **state)
 	assert_true(config_proxy_host_is_loopback("::1"));
 	assert_false(config_proxy_host_is_loopback("10.0.0.1"));
 	assert_false(config_proxy_host_is_loopback("localhost.example.com"));
+	assert_true(config_proxy_host_is_loopback("api.localhost"));
+}
+
+/* RFC 6761: the names bearerd maps to 127.0.0.1 itself (issue 11, finding 12). */
+static void
+test_localhost_names(void **state)
+{
+	static const char *const yes[] = {
+	    "localhost",     "LocalHost",      "localhost.",
+	    "api.localhost", "a.b.localhost.", "X.LOCALHOST",
+	};
+	static const char *const no[] = {
+	    "localhost.example.com",
+	    "notlocalhost",
+	    "localhostx",
+	    ".localhost",
+	    "localhost..",
+	    "",
+	    "127.0.0.1",
+	    "xlocalhost.",
+	    "local",
+	};
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		assert_true(config_proxy_host_is_localhost(yes[i]));
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		assert_false(config_proxy_host_is_localhost(no[i]));
 }
 
 static void
@@ -132,11 +159,34 @@ static void
 test_path_unsafe(void **state)
 {
 	static const char *const unsafe[] = {
-	    "/a/../b", "/a/..", "/./a",	 "/a/%2e%2E/b", "/a/.%2e", "/a%2fb",
-	    "/a%5cb",  "/a\\b", "/a%00", "/a%zz",	"/a%2",
+	    "/a/../b",
+	    "/a/..",
+	    "/./a",
+	    "/a/%2e%2E/b",
+	    "/a/.%2e",
+	    "/a%2fb",
+	    "/a%5cb",
+	    "/a\\b",
+	    "/a%00",
+	    "/a%zz",
+	    "/a%2",
+	    /* ";params" stripped per segment, raw and decoded (issue 11, finding 9) */
+	    "/a/..;/b",
+	    "/a/..;x=1/b",
+	    "/a/.;/b",
+	    "/a/%2e%2e;/b",
+	    "/a/..%3b/b",
+	    "/a/..%3B/b",
+	    "/a/%2e%2e%3bx/b",
+	    "/a/.%2e;jsessionid=1",
+	    "/a/..;",
+	    "/a/.;a;b/c",
+	    "/a/..;%2f/b",
 	};
 	static const char *const safe[] = {
-	    "/a/b", "/a/...", "/a/.b", "/a/b.", "/a?x=/../", "", "/a%20b", "/a/%2e%2e%2e",
+	    "/a/b",	"/a/...",    "/a/.b",	     "/a/b.",	  "/a?x=/../",
+	    "",		"/a%20b",    "/a/%2e%2e%2e", "/a/b;x=..", "/a/b;../c",
+	    "/a/...;x", "/a/b%3b..", "/a/;/b",	     "/a/.x;y/b",
 	};
 
 	for (size_t i = 0; i < sizeof(unsafe) / sizeof(unsafe[0]); i++)
@@ -268,7 +318,7 @@ main(void)
 	    cmocka_unit_test(test_match),	  cmocka_unit_test(test_host_agrees),
 	    cmocka_unit_test(test_path_unsafe),	  cmocka_unit_test(test_hop_by_hop),
 	    cmocka_unit_test(test_invalid_token), cmocka_unit_test(test_host_is_listener),
-	    cmocka_unit_test(test_from_web_page),
+	    cmocka_unit_test(test_from_web_page), cmocka_unit_test(test_localhost_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
