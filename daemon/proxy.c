@@ -127,6 +127,7 @@ struct pconn {
 	char *ihost; /* intercepted CONNECT: the host and port the client asked for */
 	unsigned iport;
 	int64_t started_ms, refresh_deadline_ms, up_started_ms, up_ms;
+	uint64_t sent_generation; /* of the token stamped on the request (sec-cache) */
 	int status;
 	bool tls;	 /* bev is our TLS server side (intercept): no direct writes */
 	bool client_eof; /* the client shut its sending side (plain connections only) */
@@ -645,6 +646,7 @@ request_send(struct pconn *c, const struct cache_token *tok)
 	c->req_done = false;
 	evbuffer_add(s, evbuffer_pullup(c->out_head, -1), evbuffer_get_length(c->out_head));
 	if (tok != NULL) {
+		c->sent_generation = tok->generation;
 		add(s, "Authorization: Bearer ", 22);
 		add(s, tok->value, tok->len);
 		add(s, "\r\n", 2);
@@ -730,7 +732,8 @@ retry_after_refresh(struct pconn *c)
 	log_info("upstream rejected the token, refreshing it", "route=%s", route_name(c));
 	c->retried = true;
 	upconn_release(c, false);
-	cache_refresh(c->p->cache, c->u->entry);
+	/* at most once per token: a refreshed token that is rejected again is not refreshed */
+	cache_refresh_token(c->p->cache, c->u->entry, c->sent_generation, &(int64_t){0});
 	c->state = CS_REFRESH;
 	c->refresh_deadline_ms = now_ms() + c->p->cfg->wait_timeout * 1000;
 	if (c->timer == NULL)

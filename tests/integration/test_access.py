@@ -13,7 +13,7 @@ socket_mode = 0600
 [identity "vm"]
 source = azure-imds
 endpoint = {fake.endpoint}
-dynamic_resources = yes
+dynamic_resources = no
 
 [audience "mine"]
 identity = vm
