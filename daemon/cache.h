@@ -164,7 +164,7 @@ int cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, 
 void cache_waiter_cancel(struct cache *c, struct cache_waiter *w);
 
 /* Forced fetches of one entry start at least this far apart. */
-#define CACHE_FORCED_INTERVAL_S 10
+#define CACHE_FORCED_INTERVAL_S 5
 
 /*
  * Forces a refresh (POST /v1/refresh): 0 when one starts, -EALREADY when one

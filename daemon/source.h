@@ -24,7 +24,7 @@ enum source_priority {
 };
 
 /* SOURCE_PRIO_LOW fetches that may wait in one source's queue; beyond, -ENOBUFS. */
-#define SOURCE_MAX_QUEUED_LOW 64
+#define SOURCE_MAX_QUEUED_LOW 100
 /* Fetches of one oauth2 or entra-* identity in flight at once (the rest wait in its queue). */
 #define SOURCE_MAX_IN_FLIGHT 16
 

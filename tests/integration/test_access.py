@@ -36,7 +36,7 @@ def test_allow_uids(fake, start_daemon):
     r = d.get("/v1/token/theirs")
     assert r.status == 403 and r.json()["error"] == "forbidden"
     # asking by resource does not get around the audience's rule
-    r = d.get("/v1/token?resource=api%3A%2F%2Ftheirs")
+    r = d.get("/v1/token?resource=api%3A%2F%2Ftheirs&identity=vm")
     assert r.status == 403
     assert d.request("POST", "/v1/refresh/theirs").status == 403
     # nothing was fetched for the refused audience
