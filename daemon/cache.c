@@ -674,21 +674,25 @@ cache_waiter_cancel(struct cache *c, struct cache_waiter *w)
 /*
  * When a forced fetch may start: after a failure, once its backoff ends
  * (a wrong secret waits its 30 s whoever asks); after a success, no sooner
- * than FORCED_INTERVAL_MS after the last fetch started.
+ * than FORCED_INTERVAL_MS after the last fetch started, unless it replaces
+ * a rejected token (for_token), which its once-per-token rule bounds: a
+ * revoked token is replaced at once.
  */
 static int64_t
-forced_earliest(const struct cache_entry *e)
+forced_earliest(const struct cache_entry *e, bool for_token)
 {
 	if (e->failed)
 		return e->backoff_until_ms;
-	return e->last_fetch_ms == INT64_MIN ? INT64_MIN : e->last_fetch_ms + FORCED_INTERVAL_MS;
+	if (for_token || e->last_fetch_ms == INT64_MIN)
+		return INT64_MIN;
+	return e->last_fetch_ms + FORCED_INTERVAL_MS;
 }
 
 /* A fetch a caller forces: started, joined, or deferred (coalesced) to when it may start. */
 static int
 forced_fetch(struct cache *c, struct cache_entry *e, uint64_t generation, int64_t *retry_after_s)
 {
-	int64_t now = cache_now(c), at = forced_earliest(e);
+	int64_t now = cache_now(c), at = forced_earliest(e, generation != 0);
 	int r = -EAGAIN;
 
 	e->last_used_ms = now;

@@ -179,11 +179,13 @@ int cache_refresh(struct cache *c, struct cache_entry *e, int64_t *retry_after_s
 
 /*
  * Refreshes because the token of that generation was rejected (a proxied
- * API's invalid_token, a CAE challenge): at most once per token.  -ESTALE,
- * and nothing happens, when the entry no longer holds that token (a newer
- * one is there already), when the token came from such a refresh itself or
- * had one (done, deferred, or answered with the same token by an upstream
- * cache); otherwise as cache_refresh.
+ * API's invalid_token, a CAE challenge): at most once per token, which bounds
+ * it instead of CACHE_FORCED_INTERVAL_S (a revoked token is replaced at
+ * once), and never inside a backoff.  -ESTALE, and nothing happens, when the
+ * entry no longer holds that token (a newer one is there already), when the
+ * token came from such a refresh itself or had one (done, deferred, or
+ * answered with the same token by an upstream cache); otherwise as
+ * cache_refresh.
  */
 int cache_refresh_token(struct cache *c, struct cache_entry *e, uint64_t generation,
 			int64_t *retry_after_s);

@@ -864,14 +864,13 @@ test_refresh_token_once_per_token(void **state)
 	complete("tok-1", 3600, 0, 0, 0);
 	assert_int_equal(request(c, e, 0, NULL), 200);
 	g1 = F.last_gen;
-	/* too soon after the fetch: deferred; every later rejection of g1 is that one */
-	assert_int_equal(cache_refresh_token(c, e, g1, &ra), -EAGAIN);
-	for (int i = 0; i < 50; i++)
-		assert_int_equal(cache_refresh_token(c, e, g1, &ra), -ESTALE);
-	assert_int_equal(F.fetches, 1);
-	advance_to(c, CACHE_FORCED_INTERVAL_S * 1000);
+	/* a rejected token is replaced at once, however new; rejections meanwhile join */
+	advance_to(c, 1000);
+	assert_int_equal(cache_refresh_token(c, e, g1, &ra), 0);
 	assert_int_equal(F.fetches, 2);
-	assert_int_equal(cache_refresh_token(c, e, g1, &ra), -EALREADY);
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(cache_refresh_token(c, e, g1, &ra), -EALREADY);
+	assert_int_equal(F.fetches, 2);
 	complete("tok-2", 3600, 0, 0, 0);
 	assert_string_equal(F.reason, "forced");
 	assert_int_equal(request(c, e, 0, NULL), 200);
@@ -892,7 +891,6 @@ test_refresh_token_once_per_token(void **state)
 	complete("tok-3", 3600, 0, 0, 0);
 	assert_int_equal(request(c, e, 0, NULL), 200);
 	g3 = F.last_gen;
-	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
 	assert_int_equal(cache_refresh_token(c, e, g3, &ra), 0);
 	/* the upstream answers from its own cache: the same token is not refreshed again */
 	complete("tok-3", 3600, 0, 0, 0);
@@ -901,6 +899,37 @@ test_refresh_token_once_per_token(void **state)
 	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
 	assert_int_equal(cache_refresh_token(c, e, g3, &ra), -ESTALE);
 	assert_int_equal(F.fetches, 4);
+	cache_free(c);
+}
+
+/* ...and never inside a backoff: deferred to its end, once. */
+static void
+test_refresh_token_waits_for_backoff(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	struct cache_status st;
+	int64_t ra = 0;
+	uint64_t g;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-1", 3600, 0, 0, 0);
+	cache_entry_status(c, e, &st);
+	advance_to(c, st.refresh_in * 1000);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	g = F.last_gen;
+	complete(NULL, 0, 503, 30, 0); /* the scheduled refresh fails: back off 30 s */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(cache_refresh_token(c, e, g, &ra), -EAGAIN);
+	assert_true(ra >= 29 && ra <= 30);
+	assert_int_equal(cache_refresh_token(c, e, g, &ra), -ESTALE);
+	assert_int_equal(F.fetches, 2);
+	advance_to(c, F.now_ms + ra * 1000);
+	assert_int_equal(F.fetches, 3);
+	complete("tok-2", 3600, 0, 0, 0);
+	assert_string_equal(F.reason, "forced");
 	cache_free(c);
 }
 
@@ -1093,6 +1122,7 @@ main(void)
 	    cmocka_unit_test(test_min_validity_fetches_are_rate_limited),
 	    cmocka_unit_test(test_forced_refresh_limits),
 	    cmocka_unit_test(test_refresh_token_once_per_token),
+	    cmocka_unit_test(test_refresh_token_waits_for_backoff),
 	    cmocka_unit_test(test_fetch_priorities),
 	    cmocka_unit_test(test_full_queue_fails_fast),
 	    cmocka_unit_test(test_drop_cancels_queued_fetch),
