@@ -2041,6 +2041,13 @@ identity_ok(const struct parser *p, const struct config_identity *id)
 	return p->iinfo[id - p->c->identities].source_state == SOURCE_OK;
 }
 
+/* An audience with a valid identity and a resource (a missing key was reported already). */
+static bool
+audience_ok(const struct parser *p, const struct config_audience *a)
+{
+	return a->identity != NULL && a->resource != NULL && identity_ok(p, a->identity);
+}
+
 static bool
 id_listed(const uint32_t *ids, size_t n, uint32_t id)
 {
@@ -2106,8 +2113,8 @@ dynamic_rules_finish(struct parser *p, size_t i)
 	for (size_t k = 0; k < c->n_audiences; k++) {
 		const struct config_audience *a = &c->audiences[k];
 
-		if (a->identity == NULL || !identity_ok(p, a->identity) ||
-		    !audience_restricted(a) || !config_identity_same_principal(a->identity, id))
+		if (!audience_ok(p, a) || !audience_restricted(a) ||
+		    !config_identity_same_principal(a->identity, id))
 			continue;
 		if (first == NULL)
 			first = a;
@@ -2169,8 +2176,7 @@ compat_rules_finish(struct parser *p)
 		for (size_t k = 0; k < c->n_audiences; k++) {
 			const struct config_audience *a = &c->audiences[k];
 
-			if (a->identity == NULL || !identity_ok(p, a->identity) ||
-			    !audience_restricted(a) ||
+			if (!audience_ok(p, a) || !audience_restricted(a) ||
 			    !config_identity_same_principal(a->identity, id))
 				continue;
 			through(via, sizeof(via), a, id);
@@ -2210,7 +2216,7 @@ alias_rules_finish(struct parser *p)
 	for (size_t i = 0; i < c->n_audiences; i++) {
 		const struct config_audience *a = &c->audiences[i];
 
-		if (a->identity == NULL || !identity_ok(p, a->identity) || !audience_restricted(a))
+		if (!audience_ok(p, a) || !audience_restricted(a))
 			continue;
 		for (size_t j = 0; j < c->n_audiences; j++) {
 			const struct config_audience *b = &c->audiences[j];
@@ -2218,8 +2224,7 @@ alias_rules_finish(struct parser *p)
 			bool same_entry;
 
 			/* a pair of restricted audiences is looked at once, from the first */
-			if (j == i || b->identity == NULL || !identity_ok(p, b->identity) ||
-			    (audience_restricted(b) && j < i))
+			if (j == i || !audience_ok(p, b) || (audience_restricted(b) && j < i))
 				continue;
 			if (!config_identity_same_principal(a->identity, b->identity) ||
 			    !config_resources_alike(a->resource, b->resource) ||

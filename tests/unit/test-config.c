@@ -1661,6 +1661,12 @@ test_dynamic_rules(void **state)
 		      "t.conf:5: dynamic_allow_gids: gid 5 is not in allow_gids of audience "
 		      "'payroll' (line 6), whose token a dynamic resource naming the same API "
 		      "another way would get\n");
+	/* an audience whose resource is missing is reported once, and looked at no further
+	 * (found by fuzz-config: the rules compared its NULL resource) */
+	expect_errors(IMDS "dynamic_resources = yes\n[audience \"p\"]\nidentity = vm\n"
+			   "allow_uids = 0\n[audience \"q\"]\nidentity = vm\nresource = r\n"
+			   "[compat]\nimds_listen = 127.0.0.1:0\nresources = r/\n",
+		      "t.conf:4: audience 'p': missing required key 'resource'\n");
 	/* a rule without dynamic resources is a mistake */
 	expect_errors(IMDS "dynamic_allow_gids = 5\n",
 		      "t.conf:3: dynamic_allow_gids: used only with dynamic_resources = yes\n");
