@@ -35,11 +35,13 @@ enum {
 #define JSON_DEPTH_MAX	 32 /* bounds print_json's recursion, as json.c bounds nesting */
 #define OPT_MIN_VALIDITY 1u
 #define OPT_JSON	 2u
+#define OPT_STRICT	 4u
 
 struct command_args {
 	const char *audience;
 	int64_t min_validity;
 	bool json;
+	bool strict;
 };
 
 struct command {
@@ -58,7 +60,9 @@ static const char usage_text[] =
     "  status                                      show the cached entries (never a token)\n"
     "  refresh AUDIENCE                            refresh the token for AUDIENCE now\n"
     "  claims AUDIENCE                             print the decoded JWT header and claims\n"
-    "  health                                      exit 0 when the daemon is ready\n"
+    "  health [--strict]                           exit 0 when the daemon is ready: every\n"
+    "                                              prefetch audience has held a token;\n"
+    "                                              --strict: each holds a valid one now\n"
     "  env                                         print IDENTITY_ENDPOINT and IDENTITY_HEADER\n"
     "\n"
     "Options:\n"
@@ -666,7 +670,8 @@ cmd_health(const char *socket_path, const struct command_args *args)
 	size_t len;
 	int status, r, rc = RC_OK;
 
-	r = bearer_request(socket_path, "GET", "/readyz", "application/json", &status, &body, &len);
+	r = bearer_request(socket_path, "GET", args->strict ? "/readyz?strict=1" : "/readyz",
+			   "application/json", &status, &body, &len);
 	if (r < 0)
 		return fail_request(socket_path, r);
 	if (status == 200)
@@ -674,7 +679,6 @@ cmd_health(const char *socket_path, const struct command_args *args)
 	else
 		rc = fail_http(status, body, len);
 	free(body);
-	(void)args;
 	return rc;
 }
 
@@ -737,7 +741,7 @@ static const struct command commands[] = {
     {"status", 0, false, cmd_status},
     {"refresh", 0, true, cmd_refresh},
     {"claims", OPT_MIN_VALIDITY, true, cmd_claims},
-    {"health", 0, false, cmd_health},
+    {"health", OPT_STRICT, false, cmd_health},
     {"env", 0, false, cmd_env},
 };
 
@@ -775,6 +779,7 @@ parse_command(const struct command *cmd, int argc, char **argv, struct command_a
 	static const struct option opts[] = {
 	    {"min-validity", required_argument, NULL, 'm'},
 	    {"json", no_argument, NULL, 'j'},
+	    {"strict", no_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -792,9 +797,13 @@ parse_command(const struct command *cmd, int argc, char **argv, struct command_a
 				return usage_error("invalid --min-validity: %s", optarg);
 		} else if (c == 'j' && (cmd->options & OPT_JSON)) {
 			a.json = true;
-		} else if (c == 'm' || c == 'j') {
+		} else if (c == 'S' && (cmd->options & OPT_STRICT)) {
+			a.strict = true;
+		} else if (c == 'm' || c == 'j' || c == 'S') {
 			return usage_error("%s takes no option %s", cmd->name,
-					   c == 'm' ? "--min-validity" : "--json");
+					   c == 'm'   ? "--min-validity"
+					   : c == 'j' ? "--json"
+						      : "--strict");
 		} else if (c == ':') {
 			return usage_error("option %s needs a value", argv[optind - 1]);
 		} else if (optopt != 0) {

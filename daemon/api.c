@@ -51,6 +51,7 @@ struct api {
 	struct metrics *metrics; /* or NULL */
 	api_collect_fn *collect;
 	void *collect_arg;
+	bool ready_latched; /* every prefetch audience has held a valid token */
 };
 
 /* A request waiting for the cache. */
@@ -760,15 +761,18 @@ route_status(struct api *a, struct http_request *req)
 }
 
 bool
-api_ready(struct api *a, struct evbuffer *reasons)
+api_ready(struct api *a, bool strict, struct evbuffer *reasons)
 {
 	bool ready = true;
 
+	if (!strict && a->ready_latched)
+		return true;
 	for (size_t i = 0; i < a->n_audiences; i++) {
 		struct api_audience *aud = &a->audiences[i];
 		struct cache_status st;
 
-		if (!aud->cfg->prefetch || cache_entry_ready(a->cache, aud->entry))
+		if (!aud->cfg->prefetch || (strict ? cache_entry_ready(a->cache, aud->entry)
+						   : cache_entry_was_ready(aud->entry)))
 			continue;
 		cache_entry_status(a->cache, aud->entry, &st);
 		if (reasons != NULL)
@@ -777,21 +781,56 @@ api_ready(struct api *a, struct evbuffer *reasons)
 					    st.last_error[0] ? ": " : "", st.last_error);
 		ready = false;
 	}
+	if (!strict && ready) {
+		a->ready_latched = true;
+		log_info("ready: every prefetch audience has held a token", "audiences=%zu",
+			 a->n_audiences);
+	}
 	return ready;
 }
 
-static void
-route_readyz(struct api *a, struct http_request *req)
+/* ?strict=1: ready only while every prefetch audience holds a valid token now. */
+static int
+parse_strict(const char *query, size_t query_len, bool *out)
 {
-	struct evbuffer *reasons = evbuffer_new();
+	char v[8];
+	int count = 0;
+	int r = http_query_get(query, query_len, "strict", v, sizeof(v), &count);
+
+	if (r == -ENOENT) {
+		*out = false;
+		return 0;
+	}
+	if (r < 0 || count != 1 || (strcmp(v, "0") != 0 && strcmp(v, "1") != 0))
+		return -EINVAL;
+	*out = v[0] == '1';
+	return 0;
+}
+
+/*
+ * GET /readyz: a start-up gate that latches once every prefetch audience has
+ * held a valid token, so that an identity-provider outage longer than a
+ * token's lifetime does not take every pod out of service at once;
+ * ?strict=1 keeps the coupling for those who want it.
+ */
+static void
+route_readyz(struct api *a, struct http_request *req, const char *query, size_t query_len)
+{
+	struct evbuffer *reasons;
+	bool strict;
 	char *text;
 	size_t len;
 
+	if (parse_strict(query, query_len, &strict) < 0) {
+		reply_json_error(req, 400, "invalid_request", "strict must be 0 or 1", 0);
+		return;
+	}
+	reasons = evbuffer_new();
 	if (reasons == NULL) {
 		reply_json_error(req, 500, "server_error", "out of memory", 0);
 		return;
 	}
-	if (api_ready(a, reasons)) {
+	if (api_ready(a, strict, reasons)) {
 		REPLY_LITERAL(req, 200, NULL, "{\"status\":\"ready\"}");
 	} else {
 		text = evbuffer_take_string(reasons, &len);
@@ -914,6 +953,8 @@ route_metrics(struct api *a, struct http_request *req)
 		metrics_gauge_set(a->metrics, METRICS_TOKEN_EXPIRY, a->audiences[i].cfg->name,
 				  (double)st.expires_in);
 	}
+	metrics_gauge_set(a->metrics, METRICS_READY, "latched", api_ready(a, false, NULL));
+	metrics_gauge_set(a->metrics, METRICS_READY, "strict", api_ready(a, true, NULL));
 	if (a->collect != NULL)
 		a->collect(a->collect_arg, a->metrics);
 	metrics_render(a->metrics, b);
@@ -1010,7 +1051,7 @@ api_handle(struct http_request *req, void *arg)
 	} else if (path_is(path, path_len, "/healthz")) {
 		REPLY_LITERAL(req, 200, NULL, "{\"status\":\"ok\"}");
 	} else if (path_is(path, path_len, "/readyz")) {
-		route_readyz(a, req);
+		route_readyz(a, req, query, query_len);
 	} else if (path_is(path, path_len, "/v1/compat/env")) {
 		route_compat_env(a, req);
 	} else if (path_is(path, path_len, "/metrics")) {

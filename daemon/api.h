@@ -49,7 +49,12 @@ void api_handle_metrics(struct http_request *req, void *arg);
 /* Frees the per-token rendering the api keeps in cache entries (cache_ops.user_free). */
 void api_user_free(void *user);
 
-/* True once every prefetch audience holds a valid token; else reasons are appended. */
-bool api_ready(struct api *a, struct evbuffer *reasons);
+/*
+ * Readiness, with the reasons appended when not ready.  Latched (strict
+ * false): true once every prefetch audience has held a valid token, and from
+ * then on for as long as the daemon runs, reloads included.  Strict: true
+ * only while every prefetch audience holds a valid token now.
+ */
+bool api_ready(struct api *a, bool strict, struct evbuffer *reasons);
 
 #endif

@@ -7,6 +7,11 @@
  *
  * An entry's state is derived, never stored: whether it holds a usable token,
  * whether a fetch is in flight and whether the last fetch failed.
+ *
+ * Clocks: the cache's "now" is the boot clock, which counts suspended time;
+ * every deadline here is on it.  A token also carries its wall-clock expiry,
+ * and what is left of it is the lesser of the two (token_left_ms): the one
+ * place every hand-out (API, compat, proxy, readiness) passes through.
  */
 #include <errno.h>
 #include <search.h>
@@ -30,6 +35,7 @@
 #define CALLER_BUCKETS	     64 /* callers tracked for dynamic_rate; the idlest is forgotten */
 #define STR(x)		     #x
 #define XSTR(x)		     STR(x)
+#define LATE_TIMER_MS	     1000 /* a timer this late slept through a suspend */
 
 struct cache_waiter {
 	TAILQ_ENTRY(cache_waiter) link;
@@ -55,6 +61,8 @@ struct cache_entry {
 	bool fetch_for_token;	  /* the fetch in flight is cache_refresh_token's */
 	bool forced_pending;	  /* a forced fetch is due at refresh_at_ms */
 	bool forced_for_token;	  /* ... for cache_refresh_token */
+	bool was_ready;		  /* has held a valid token (the latched readiness) */
+	bool loss_logged;	  /* keep_fresh: said that its last valid token ran out */
 	const char *fetch_reason; /* of the fetch in flight (a string literal) */
 
 	struct cache_token tok; /* value NULL when none */
@@ -96,15 +104,21 @@ struct cache {
 	struct cache_lru lru;
 	struct cache_lru dropped; /* out of the tree, a fetch still in flight */
 	int64_t armed_ms;
+	int64_t wall_now_ms; /* the wall clock read with the boot clock by cache_now */
 	uint64_t generation;
 	bool running; /* inside cache_run: it re-arms at the end */
 	struct caller_bucket callers[CALLER_BUCKETS];
 };
 
+/*
+ * The boot clock now.  The wall clock is read at the same moment and kept for
+ * token_left_ms, so one "now" judges a token by both clocks consistently.
+ */
 static int64_t
 cache_now(struct cache *c)
 {
-	return c->ops->now_ms(c->ctx);
+	c->wall_now_ms = c->ops->wall_ms(c->ctx);
+	return c->ops->boot_ms(c->ctx);
 }
 
 static int
@@ -125,7 +139,8 @@ token_wipe(struct cache_token *t)
 	}
 	t->value = NULL;
 	t->len = 0;
-	t->expires_ms = 0;
+	t->expires_boot_ms = 0;
+	t->expires_wall_ms = 0;
 	t->expires_on = 0;
 }
 
@@ -379,17 +394,41 @@ cache_entry_get_dynamic(struct cache *c, struct source *src, const char *identit
 	return cache_entry_get(c, src, identity, resource, false, out);
 }
 
+/*
+ * What is left of the token at now (boot clock, from cache_now): the lesser of
+ * its boot-clock and its wall-clock remainder.  The boot clock keeps a wall
+ * clock stepped back from stretching a token; the wall clock catches one that
+ * jumped ahead (and what sees expires_on judges by it).  -1 without a token.
+ */
 static int64_t
 token_left_ms(const struct cache_entry *e, int64_t now)
 {
-	return e->tok.value != NULL ? e->tok.expires_ms - now : -1;
+	int64_t boot_left, wall_left;
+
+	if (e->tok.value == NULL)
+		return -1;
+	boot_left = e->tok.expires_boot_ms - now;
+	wall_left = e->tok.expires_wall_ms - e->cache->wall_now_ms;
+	return boot_left < wall_left ? boot_left : wall_left;
 }
 
-/* Whole seconds count, as clients see expires_in: 3.9 s left is 3, not more than 3. */
+/*
+ * The one test of every hand-out.  Whole seconds count, as clients see
+ * expires_in: 3.9 s left is 3, not more than 3.
+ */
 static bool
 token_usable(const struct cache_entry *e, int64_t now, int64_t min_validity_ms)
 {
 	return e->tok.value != NULL && token_left_ms(e, now) / 1000 > min_validity_ms / 1000;
+}
+
+/* When token_usable turns false, the clocks running on together (INT64_MAX: no token). */
+static int64_t
+token_unusable_at(const struct cache_entry *e, int64_t now, int64_t min_validity_ms)
+{
+	if (e->tok.value == NULL)
+		return INT64_MAX;
+	return now + token_left_ms(e, now) - (min_validity_ms / 1000 + 1) * 1000 + 1;
 }
 
 static enum cache_state
@@ -434,22 +473,36 @@ cache_entry_ready(struct cache *c, const struct cache_entry *e)
 	return token_usable(e, cache_now(c), c->p.min_validity * 1000);
 }
 
+bool
+cache_entry_was_ready(const struct cache_entry *e)
+{
+	return e->was_ready;
+}
+
 static int64_t
 ceil_s(int64_t ms)
 {
 	return ms <= 0 ? 0 : (ms + 999) / 1000;
 }
 
+/* Epoch milliseconds to seconds, rounded down (also before 1970). */
+static int64_t
+floor_s(int64_t ms)
+{
+	return ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+}
+
 void
 cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_status *st)
 {
-	int64_t now = cache_now(c);
+	int64_t now = cache_now(c), left;
 
 	st->identity = e->identity;
 	st->resource = e->resource;
 	st->state = entry_state(c, e, now);
 	st->pinned = e->pinned;
-	st->expires_in = e->tok.value != NULL ? (token_left_ms(e, now) / 1000) : -1;
+	left = token_left_ms(e, now);
+	st->expires_in = left >= 0 ? left / 1000 : -1; /* -1: none, or expired by a clock jump */
 	st->refresh_in =
 	    e->in_flight || e->refresh_at_ms == INT64_MAX ? -1 : ceil_s(e->refresh_at_ms - now);
 	st->last_status = e->last_status;
@@ -603,6 +656,13 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 	struct cache_waiter *w;
 	int r;
 
+	/*
+	 * A deadline long overdue means the timer fired late, as after a
+	 * suspend: have the loop run what is due (not from here, which the
+	 * caller does not expect to call back).
+	 */
+	if (c->armed_ms != INT64_MAX && now - c->armed_ms > LATE_TIMER_MS && !c->running)
+		c->ops->arm(c->ctx, now);
 	e->last_used_ms = now;
 	if (!e->pinned && TAILQ_LAST(&c->lru, cache_lru) != e) {
 		TAILQ_REMOVE(&c->lru, e, lru);
@@ -922,7 +982,7 @@ entry_fetch_done(void *arg, struct token_result *res)
 		 * point where it becomes unusable, so a stale upstream cache
 		 * costs a few requests, not a storm.
 		 */
-		int64_t window = e->tok.expires_ms - c->p.min_validity * 1000 - now;
+		int64_t window = token_left_ms(e, now) - c->p.min_validity * 1000;
 		int64_t next = window / 2;
 
 		if (window <= 0) {
@@ -946,21 +1006,23 @@ entry_fetch_done(void *arg, struct token_result *res)
 				e->refreshed_gen = e->tok.generation;
 		}
 	} else {
-		int64_t expires_ms = now + res->expires_in * 1000;
-
 		token_wipe(&e->tok);
 		e->tok.value = res->access_token;
 		e->tok.len = res->token_len;
 		res->access_token = NULL;
 		res->token_len = 0;
-		e->tok.expires_ms = expires_ms;
-		e->tok.expires_on = c->ops->wall_s(c->ctx) + res->expires_in;
+		/* the same lifetime on both clocks, from the moment it arrived */
+		e->tok.expires_boot_ms = now + res->expires_in * 1000;
+		e->tok.expires_wall_ms = c->wall_now_ms + res->expires_in * 1000;
+		e->tok.expires_on = floor_s(e->tok.expires_wall_ms);
 		e->tok.generation = ++c->generation;
 		if (res->expires_in > e->max_lifetime_s)
 			e->max_lifetime_s = res->expires_in;
 		/* a token that replaced a rejected one is not replaced the same way again */
 		if (for_token)
 			e->refreshed_gen = e->tok.generation;
+		e->was_ready = true;
+		e->loss_logged = false;
 		/* once per fetch, however many requests were waiting for it */
 		if (e->failed)
 			log_info("token fetch recovered",
@@ -982,7 +1044,39 @@ entry_fetch_done(void *arg, struct token_result *res)
 	entry_answer_waiters(c, e, now);
 	cache_want_run(c, e->refresh_at_ms);
 	if (e->tok.value != NULL)
-		cache_want_run(c, e->tok.expires_ms);
+		cache_want_run(c, now + token_left_ms(e, now));
+}
+
+/*
+ * A prefetch audience whose last valid token ran out is said once in the
+ * log (the refresh failures before it were, one line each); until then the
+ * moment it will run out is a deadline, so the line comes when it happens.
+ */
+static int64_t
+entry_watch_loss(struct cache *c, struct cache_entry *e, int64_t now, int64_t next)
+{
+	int64_t minv_ms = c->p.min_validity * 1000, at;
+	char clean[256], err[600];
+
+	if (!e->keep_fresh || !e->was_ready || e->loss_logged)
+		return next;
+	if (token_usable(e, now, minv_ms)) {
+		at = token_unusable_at(e, now, minv_ms);
+		return at < next ? at : next;
+	}
+	e->loss_logged = true;
+	log_clean(clean, sizeof(clean), e->resource);
+	log_clean(err, sizeof(err), e->last_error != NULL ? e->last_error : "");
+	/* a warning while the upstream fails; after a suspend the fetch merely starts now */
+	if (e->failed)
+		log_warnx("no valid token left for a prefetch audience",
+			  "identity=%s resource=\"%s\" state=%s error=\"%s\"", e->identity, clean,
+			  cache_state_name(entry_state(c, e, now)), err);
+	else
+		log_info("no valid token left for a prefetch audience",
+			 "identity=%s resource=\"%s\" state=%s", e->identity, clean,
+			 cache_state_name(entry_state(c, e, now)));
+	return next;
 }
 
 /* Does what is due for one entry; returns its next deadline. */
@@ -1011,8 +1105,9 @@ entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
 			next = w->deadline_ms;
 		}
 	}
-	if (e->tok.value != NULL && e->tok.expires_ms <= now)
+	if (e->tok.value != NULL && token_left_ms(e, now) <= 0)
 		token_wipe(&e->tok);
+	next = entry_watch_loss(c, e, now, next);
 	if (idle_at <= now && !e->keep_fresh && TAILQ_EMPTY(&e->waiters)) {
 		if (!e->pinned) {
 			*drop = true;
@@ -1030,8 +1125,8 @@ entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
 						    : "scheduled");
 	if (!e->in_flight && e->refresh_at_ms < next)
 		next = e->refresh_at_ms;
-	if (e->tok.value != NULL && e->tok.expires_ms < next)
-		next = e->tok.expires_ms;
+	if (e->tok.value != NULL && now + token_left_ms(e, now) < next)
+		next = now + token_left_ms(e, now);
 	return next;
 }
 
@@ -1093,6 +1188,47 @@ cache_run(struct cache *c)
 	c->running = false;
 	c->armed_ms = r.next;
 	c->ops->arm(c->ctx, r.next);
+}
+
+/*
+ * After a clock jump: both expiries of the token become the earlier one, so
+ * expires_on never promises more than the boot clock allows, and a refresh
+ * planned for a lifetime the wall clock has since cut short is brought
+ * forward.  A refresh that was not planned (idle) or is backing off stays.
+ */
+static void
+entry_reconcile(void *arg, struct cache_entry *e)
+{
+	struct cache *c = arg;
+	int64_t now = cache_now(c), left = token_left_ms(e, now), at;
+	struct cache_token *t = &e->tok;
+
+	if (t->value == NULL)
+		return;
+	if (t->expires_boot_ms - now > left) {
+		/* the wall clock jumped ahead of the token's boot-clock lifetime */
+		t->expires_boot_ms = now + left;
+		if (!e->in_flight && !e->failed && e->refresh_at_ms != INT64_MAX) {
+			at = refresh_time(c, now, left / 1000, 0);
+			if (at < e->refresh_at_ms)
+				e->refresh_at_ms = at;
+		}
+	} else if (t->expires_wall_ms - c->wall_now_ms > left) {
+		/* the wall clock was stepped back: expires_on follows the boot clock */
+		t->expires_wall_ms = c->wall_now_ms + left;
+		if (floor_s(t->expires_wall_ms) != t->expires_on) {
+			t->expires_on = floor_s(t->expires_wall_ms);
+			t->generation = ++c->generation; /* rendered answers carry expires_on */
+		}
+	}
+}
+
+void
+cache_clock_jumped(struct cache *c)
+{
+	cache_foreach(c, entry_reconcile, c);
+	/* whatever was armed may fire late (a suspend) or early: cache_run re-arms */
+	cache_run(c);
 }
 
 struct foreach_ctx {

@@ -2,6 +2,11 @@
  * The token cache: one entry per (identity, resource), single flight, proactive
  * refresh, backoff, idle eviction and an LRU bound.  Time, randomness and the
  * upstream call come through cache_ops so tests can drive hours in milliseconds.
+ *
+ * Time: a token's validity runs on the boot clock (CLOCK_BOOTTIME, which goes
+ * on while the host is suspended or the VM paused), and at every hand-out its
+ * wall-clock expiry must also be more than min_validity away: a token expired
+ * by either clock is never served.
  */
 #ifndef BEARERD_CACHE_H
 #define BEARERD_CACHE_H
@@ -37,8 +42,14 @@ struct cache_fetch_info {
 };
 
 struct cache_ops {
-	int64_t (*now_ms)(void *ctx); /* monotonic milliseconds */
-	int64_t (*wall_s)(void *ctx); /* epoch seconds */
+	/*
+	 * The boot clock in milliseconds (CLOCK_BOOTTIME): it counts time spent
+	 * suspended, so a lifetime measured on it ends when the token's does.
+	 * Every deadline the cache keeps, and the one it passes to arm, is on it.
+	 */
+	int64_t (*boot_ms)(void *ctx);
+	/* The wall clock (CLOCK_REALTIME) in milliseconds since the epoch. */
+	int64_t (*wall_ms)(void *ctx);
 	uint32_t (*random)(void *ctx);
 	/*
 	 * Starts an upstream fetch; done is called later, exactly once.  prio
@@ -52,7 +63,7 @@ struct cache_ops {
 	 * called), or says it cannot (-EBUSY: done will be).
 	 */
 	int (*cancel)(void *ctx, struct source *src, source_done_fn *done, void *arg);
-	/* Asks for cache_run at deadline_ms (INT64_MAX: nothing due). */
+	/* Asks for cache_run at deadline_ms on the boot clock (INT64_MAX: nothing due). */
 	void (*arm)(void *ctx, int64_t deadline_ms);
 	/* Frees what was stored with cache_entry_set_user (may be NULL). */
 	void (*user_free)(void *user);
@@ -71,9 +82,10 @@ enum cache_state {
 struct cache_token {
 	const char *value; /* NUL-terminated */
 	size_t len;
-	int64_t expires_ms;  /* monotonic expiry */
-	int64_t expires_on;  /* epoch seconds of expiry, from the local clock at receipt */
-	uint64_t generation; /* changes whenever the token changes */
+	int64_t expires_boot_ms; /* expiry on the boot clock (cache_ops.boot_ms) */
+	int64_t expires_wall_ms; /* expiry on the wall clock: receipt + expires_in, in epoch ms */
+	int64_t expires_on;	 /* expires_wall_ms in epoch seconds, rounded down */
+	uint64_t generation;	 /* changes whenever the token or its expires_on changes */
 };
 
 struct cache_answer {
@@ -143,8 +155,13 @@ void cache_entry_prefetch(struct cache *c, struct cache_entry *e);
 void cache_entry_unprefetch(struct cache_entry *e);
 enum cache_state cache_entry_state(const struct cache_entry *e);
 const char *cache_state_name(enum cache_state s);
-/* True when the entry holds a token with more than min_validity left. */
+/* True when the entry holds a token with more than min_validity left (by both clocks). */
 bool cache_entry_ready(struct cache *c, const struct cache_entry *e);
+/*
+ * True once the entry has held a valid token, whatever became of it since:
+ * the latched start-up gate of /readyz, which an upstream outage does not undo.
+ */
+bool cache_entry_was_ready(const struct cache_entry *e);
 void cache_entry_status(struct cache *c, const struct cache_entry *e, struct cache_status *st);
 void *cache_entry_user(const struct cache_entry *e);
 /* The resource the entry holds tokens for (valid while the entry lives). */
@@ -192,6 +209,16 @@ int cache_refresh_token(struct cache *c, struct cache_entry *e, uint64_t generat
 
 /* Performs everything due now: refreshes, wait timeouts, idle eviction. */
 void cache_run(struct cache *c);
+
+/*
+ * The clocks moved apart: a resume from suspend (the boot clock ran on while
+ * the timers' monotonic clock stood still, so every armed timer fires late)
+ * or a step of the wall clock.  Each token's expiry becomes the earlier of
+ * its boot-clock and wall-clock expiries (a wall clock stepped back never
+ * stretches a token; one stepped forward shortens it), refreshes are planned
+ * from that, whatever is due now runs at once, and the timer is armed anew.
+ */
+void cache_clock_jumped(struct cache *c);
 
 typedef void cache_foreach_fn(void *arg, struct cache_entry *e);
 void cache_foreach(struct cache *c, cache_foreach_fn *fn, void *arg);

@@ -266,13 +266,18 @@ query_check(const char *query, size_t len)
 	return 0;
 }
 
-/* The decoded value of name: 0, -ENOENT absent, other negative errno malformed. */
+/*
+ * The decoded value of name: 0, -ENOENT absent, other negative errno malformed.
+ * A '+' in a value is a plus (RFC 3986), not a form-encoded space: MSAL.NET
+ * sends the values unencoded (resource=api://a+b, mi_res_id=/subscriptions/...),
+ * and the other SDKs encode a plus as %2B; no resource or ARM id has a space.
+ */
 static int
 query_value(const char *query, size_t len, const char *name, char *out, size_t size)
 {
 	int count = 0;
 
-	return http_query_get(query, len, name, out, size, &count);
+	return http_query_get_rfc3986(query, len, name, out, size, &count);
 }
 
 static const struct config_identity *
@@ -341,8 +346,15 @@ wait_cancelled(struct http_request *req, void *arg)
 	wait_free(w);
 }
 
+/*
+ * The selectors SDKs send: IMDS's client_id, object_id, msi_res_id; App
+ * Service's client_id, principal_id/object_id, mi_res_id; and msi-res-id, with
+ * hyphens, which .NET's DefaultAzureCredential probe names a resource id by.
+ * Every name here is a selector: one the list lacked would be ignored like any
+ * unknown parameter, and the caller would get the default identity's token.
+ */
 static const char *const selector_names[] = {
-    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id",
+    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id", "msi-res-id",
 };
 
 /* Everything after the protocol's own checks: parameters, identity, resource, cache. */
@@ -500,14 +512,15 @@ method_get(struct compat_listener *l, struct http_request *req)
 }
 
 /*
- * The IMDS token path as clients build it: "/metadata/identity/oauth2/token"
- * with an optional trailing "/" (msal-node), an extra leading "/" (a host
- * variable ending in "/"), and "metadata" in any case (NMI's routing).
+ * "/metadata" + tail as clients build IMDS paths: with an optional trailing
+ * "/" (msal-node), an extra leading "/" (a host variable ending in "/"), and
+ * "metadata" in any case (NMI's routing).  With subpaths, tail may also be
+ * followed by "/" and anything.
  */
 static bool
-imds_path(const char *path, size_t len)
+metadata_path(const char *path, size_t len, const char *tail, bool subpaths)
 {
-	size_t tail = strlen(IMDS_PATH);
+	size_t tlen = strlen(tail);
 
 	if (len >= 2 && path[0] == '/' && path[1] == '/') {
 		path++;
@@ -515,8 +528,46 @@ imds_path(const char *path, size_t len)
 	}
 	if (len > 0 && path[len - 1] == '/')
 		len--;
-	return len == 9 + tail && strncasecmp(path, "/metadata", 9) == 0 &&
-	       memcmp(path + 9, IMDS_PATH, tail) == 0;
+	if (len < 9 + tlen || strncasecmp(path, "/metadata", 9) != 0 ||
+	    memcmp(path + 9, tail, tlen) != 0)
+		return false;
+	return len == 9 + tlen || (subpaths && path[9 + tlen] == '/');
+}
+
+/* The IMDS token path, "/metadata/identity/oauth2/token". */
+static bool
+imds_path(const char *path, size_t len)
+{
+	return metadata_path(path, len, IMDS_PATH, false);
+}
+
+/*
+ * IMDS paths that MSAL.NET asks while it discovers mTLS proof-of-possession
+ * (a token request with isProofOfPossessionEnabled): GET
+ * /metadata/identity/getplatformmetadata, where a 400 means "IMDSv2 is here",
+ * and GET /metadata/instance/compute.  bearerd serves neither, and answers 403
+ * rather than 404, which Azure.Identity's pipeline retries five times (about 25
+ * s each), and rather than 400.  MSAL then settles for a bearer token from the
+ * IMDSv1 path.  Answered before the Metadata check: that 400 would be the
+ * "IMDSv2 is here" answer.  true when path was one of them and is answered.
+ */
+static bool
+imds_unserved(struct compat_listener *l, struct http_request *req, const char *path, size_t len)
+{
+	if (metadata_path(path, len, "/identity/getplatformmetadata", false)) {
+		reply_error(l, req, 403, "forbidden",
+			    "IMDSv2 (mTLS proof of possession) is not available here; ask "
+			    "/metadata/identity/oauth2/token for a bearer token",
+			    0);
+		return true;
+	}
+	if (metadata_path(path, len, "/instance", true)) {
+		reply_error(l, req, 403, "forbidden",
+			    "bearerd serves managed-identity tokens only, not instance metadata",
+			    0);
+		return true;
+	}
+	return false;
 }
 
 static void
@@ -530,7 +581,9 @@ imds_handle(struct http_request *req, void *arg)
 
 	http_request_path(req, &path, &plen, &query, &qlen);
 	if (!imds_path(path, plen)) {
-		reply_error(l, req, 404, "not_found", "The requested resource was not found", 0);
+		if (!imds_unserved(l, req, path, plen))
+			reply_error(l, req, 404, "not_found",
+				    "The requested resource was not found", 0);
 		return;
 	}
 	if (!method_get(l, req))

@@ -714,9 +714,10 @@ key_matches(const char *key, size_t len, const char *name)
 	return match && name[i] == '\0';
 }
 
-int
-http_query_get(const char *query, size_t query_len, const char *name, char *out, size_t out_size,
-	       int *count)
+/* http_query_get and http_query_get_rfc3986: plus_is_space says what '+' in a value is. */
+static int
+query_get(const char *query, size_t query_len, const char *name, bool plus_is_space, char *out,
+	  size_t out_size, int *count)
 {
 	const char *p = query, *end = query + query_len;
 	int found = 0, r;
@@ -735,7 +736,7 @@ http_query_get(const char *query, size_t query_len, const char *name, char *out,
 			if (r > 0) {
 				/* The first value is returned; later ones are only validated and
 				 * counted. */
-				r = decode(val, (size_t)(pair_end - val), true,
+				r = decode(val, (size_t)(pair_end - val), plus_is_space,
 					   found == 0 ? out : NULL, out_size, NULL);
 				if (r < 0)
 					return r;
@@ -747,6 +748,20 @@ http_query_get(const char *query, size_t query_len, const char *name, char *out,
 	if (count != NULL)
 		*count = found;
 	return found > 0 ? 0 : -ENOENT;
+}
+
+int
+http_query_get(const char *query, size_t query_len, const char *name, char *out, size_t out_size,
+	       int *count)
+{
+	return query_get(query, query_len, name, true, out, out_size, count);
+}
+
+int
+http_query_get_rfc3986(const char *query, size_t query_len, const char *name, char *out,
+		       size_t out_size, int *count)
+{
+	return query_get(query, query_len, name, false, out, out_size, count);
 }
 
 int

@@ -71,6 +71,15 @@ const struct http_header *http_head_find(const struct http_head *h, const char *
 int http_query_get(const char *query, size_t query_len, const char *name, char *out,
 		   size_t out_size, int *count);
 /*
+ * http_query_get for a query whose values follow RFC 3986 rather than HTML
+ * forms: '+' in a value stays '+' (only %XX is decoded; names are compared as
+ * http_query_get compares them).  The compat listeners use it because
+ * MSAL.NET puts managed-identity query values on the wire unencoded, so a '+'
+ * in a resource or an ARM id is a plus there, not a space.
+ */
+int http_query_get_rfc3986(const char *query, size_t query_len, const char *name, char *out,
+			   size_t out_size, int *count);
+/*
  * Decodes %XX escapes of one path segment into out, NUL-terminated ('+' stays
  * '+'); *out_len (may be NULL) gets the decoded length.  -EINVAL on a bad escape
  * or %00, -ENOSPC when it does not fit out_size.

@@ -38,10 +38,12 @@
 #include "notify.h"
 #include "source.h"
 
-#define SHUTDOWN_GRACE_S 1  /* beyond wait_timeout, for replies to drain */
-#define READY_POLL_MS	 50 /* how often start-up checks the prefetch audiences */
-#define READY_MAX_WAIT_S 30 /* READY=1 anyway after this; /readyz keeps telling the truth */
-#define GC_INTERVAL_S	 1  /* how often retired configurations and sources are checked */
+#define SHUTDOWN_GRACE_S 1    /* beyond wait_timeout, for replies to drain */
+#define READY_POLL_MS	 50   /* how often start-up checks the prefetch audiences */
+#define READY_MAX_WAIT_S 30   /* READY=1 anyway after this; /readyz keeps telling the truth */
+#define GC_INTERVAL_S	 1    /* how often retired configurations and sources are checked */
+#define CLOCK_CHECK_MS	 1000 /* how often the clocks are compared (suspend, wall steps) */
+#define CLOCK_JUMP_MS	 2000 /* the clocks moving apart by more than this is a jump */
 
 /*
  * One loaded configuration.  Sources built from it keep pointers into it,
@@ -79,6 +81,11 @@ TAILQ_HEAD(gen_list, gen);
 TAILQ_HEAD(slot_list, slot);
 TAILQ_HEAD(call_list, upstream_call);
 
+/* The three clocks read together, to see them move apart. */
+struct clock_sample {
+	int64_t mono, boot, wall;
+};
+
 struct daemon {
 	struct event_base *base;
 	struct config *cfg; /* gen->cfg */
@@ -104,25 +111,42 @@ struct daemon {
 	struct event *drain_timer;
 	struct event *ready_timer, *watchdog_timer;
 	int64_t ready_deadline_ms;
+	struct event *clock_timer;
+	struct clock_sample clocks; /* at the last check */
 	char *unlink_path;
 	int64_t stop_deadline_ms;
 };
 
 static int64_t
-mono_ms(void *ctx)
+clock_ms(clockid_t id)
 {
 	struct timespec ts;
 
-	(void)ctx;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Short intervals only (timeouts, grace periods): it stands still while suspended. */
 static int64_t
-wall_s(void *ctx)
+mono_ms(void *ctx)
 {
 	(void)ctx;
-	return (int64_t)time(NULL);
+	return clock_ms(CLOCK_MONOTONIC);
+}
+
+/* The cache's clock: token lifetimes run on while the host is suspended. */
+static int64_t
+boot_ms(void *ctx)
+{
+	(void)ctx;
+	return clock_ms(CLOCK_BOOTTIME);
+}
+
+static int64_t
+wall_ms(void *ctx)
+{
+	(void)ctx;
+	return clock_ms(CLOCK_REALTIME);
 }
 
 static uint32_t
@@ -346,7 +370,8 @@ daemon_arm(void *ctx, int64_t deadline_ms)
 		evtimer_del(d->cache_timer);
 		return;
 	}
-	delay = deadline_ms - mono_ms(NULL);
+	/* libevent's timers run on the monotonic clock: on_clock_check catches a late one */
+	delay = deadline_ms - boot_ms(NULL);
 	if (delay < 0)
 		delay = 0;
 	tv.tv_sec = delay / 1000;
@@ -355,8 +380,8 @@ daemon_arm(void *ctx, int64_t deadline_ms)
 }
 
 static const struct cache_ops daemon_cache_ops = {
-    .now_ms = mono_ms,
-    .wall_s = wall_s,
+    .boot_ms = boot_ms,
+    .wall_ms = wall_ms,
     .random = random_u32,
     .fetch = daemon_fetch,
     .cancel = daemon_cancel,
@@ -373,6 +398,58 @@ on_cache_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	cache_run(d->cache);
+}
+
+static void
+clock_sample(struct clock_sample *s)
+{
+	s->mono = clock_ms(CLOCK_MONOTONIC);
+	s->boot = clock_ms(CLOCK_BOOTTIME);
+	s->wall = clock_ms(CLOCK_REALTIME);
+}
+
+/*
+ * Compares the clocks every CLOCK_CHECK_MS.  The boot clock moving ahead of
+ * the monotonic one is time spent suspended (every timer is late by it); the
+ * wall clock moving apart from the boot clock is a step (NTP, an operator, a
+ * VM restored from a snapshot).  Either way the cache re-evaluates every
+ * token and refresh now instead of waiting for a timer.  A timerfd with
+ * TFD_TIMER_CANCEL_ON_SET would see wall-clock steps, but not a suspend.
+ */
+static void
+on_clock_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	struct clock_sample now, *then = &d->clocks;
+	int64_t slept, stepped;
+
+	(void)fd;
+	(void)what;
+	clock_sample(&now);
+	slept = (now.boot - now.mono) - (then->boot - then->mono);
+	stepped = (now.wall - now.boot) - (then->wall - then->boot);
+	*then = now;
+	if (llabs(slept) <= CLOCK_JUMP_MS && llabs(stepped) <= CLOCK_JUMP_MS)
+		return;
+	if (llabs(stepped) > CLOCK_JUMP_MS)
+		log_warnx("the wall clock was stepped: re-evaluating every token",
+			  "step_ms=%lld suspended_ms=%lld", (long long)stepped, (long long)slept);
+	else
+		log_info("resumed from a suspend: re-evaluating every token", "suspended_ms=%lld",
+			 (long long)slept);
+	cache_clock_jumped(d->cache);
+}
+
+static int
+clock_check_setup(struct daemon *d)
+{
+	struct timeval tick = {CLOCK_CHECK_MS / 1000, (CLOCK_CHECK_MS % 1000) * 1000};
+
+	clock_sample(&d->clocks);
+	d->clock_timer = event_new(d->base, -1, EV_PERSIST, on_clock_check, d);
+	if (d->clock_timer == NULL || event_add(d->clock_timer, &tick) < 0)
+		return -ENOMEM;
+	return 0;
 }
 
 /* Is a daemon answering on path?  Decides whether a leftover socket may be replaced. */
@@ -710,6 +787,7 @@ daemon_reload(struct daemon *d)
 	if (r < 0)
 		goto fail;
 	/* committed: nothing below fails but for memory */
+	(void)api_ready(d->api, false, NULL); /* latch on the old entries before any is dropped */
 	reload_drop_entries(d, nslots, n);
 	if (api_reconfigure(d->api, ncfg, nsrc) < 0)
 		fatalx("out of memory during reload", "");
@@ -781,7 +859,7 @@ static void
 on_ready_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	bool ready = api_ready(d->api, NULL);
+	bool ready = api_ready(d->api, false, NULL);
 
 	(void)fd;
 	(void)what;
@@ -978,6 +1056,9 @@ daemon_setup(struct daemon *d)
 	r = cache_new(&d->cache, &cp, &daemon_cache_ops, d);
 	if (r < 0)
 		return r;
+	r = clock_check_setup(d);
+	if (r < 0)
+		return r;
 	r = api_new(&d->api, d->cache, d->cfg, d->sources);
 	if (r < 0)
 		return r;
@@ -1075,6 +1156,8 @@ daemon_free_configs(struct daemon *d)
 static void
 daemon_teardown(struct daemon *d)
 {
+	if (d->clock_timer != NULL)
+		event_free(d->clock_timer);
 	if (d->watchdog_timer != NULL)
 		event_free(d->watchdog_timer);
 	if (d->ready_timer != NULL)

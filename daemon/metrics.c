@@ -84,6 +84,11 @@ static const struct family_def families[METRICS_N_FAMILIES] = {
 			 "Configuration reloads (SIGHUP), by result.",
 			 KIND_COUNTER,
 			 {"result", NULL}},
+    [METRICS_READY] = {"bearerd_ready",
+		       "1 when ready: mode=\"latched\" as /readyz (every prefetch audience has "
+		       "held a token), mode=\"strict\" as /readyz?strict=1 (each holds one now).",
+		       KIND_GAUGE,
+		       {"mode", NULL}},
 };
 
 /* Prometheus' default buckets, in seconds; a last, implicit one is +Inf. */

@@ -28,6 +28,7 @@ enum metrics_family {
 	METRICS_CACHE_ENTRIES,		 /* gauge */
 	METRICS_BUILD_INFO,		 /* gauge {version} = 1 */
 	METRICS_RELOADS,		 /* counter {result} */
+	METRICS_READY,			 /* gauge {mode}: latched / strict readiness, 1 or 0 */
 	METRICS_N_FAMILIES,
 };
 

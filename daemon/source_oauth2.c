@@ -359,12 +359,17 @@ on_early(evutil_socket_t fd, short events, void *arg)
 	request_free(q);
 }
 
+/*
+ * The age of what was read at then, on the boot clock: a projected token
+ * read before a suspend has aged by the time slept, which the monotonic
+ * clock would not count.
+ */
 static double
 age_s(const struct timespec *then)
 {
 	struct timespec now;
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
+	clock_gettime(CLOCK_BOOTTIME, &now);
 	return (double)(now.tv_sec - then->tv_sec) + (double)(now.tv_nsec - then->tv_nsec) / 1e9;
 }
 
@@ -387,7 +392,7 @@ federated_assertion(struct oauth2_source *src, char *msg, size_t size)
 	src->fed_token = tok;
 	src->fed_len = len;
 	src->fed_stale = false;
-	clock_gettime(CLOCK_MONOTONIC, &src->fed_read_at);
+	clock_gettime(CLOCK_BOOTTIME, &src->fed_read_at);
 	return 0;
 }
 

@@ -13,7 +13,8 @@ script its behaviour through a control API on the same port:
                          "retry_after": null, "delay": 0, "same_token": false,
                          "body": null, "sequence": null,
                          "identity_header": "fake-identity-header",
-                         "error_message": null}
+                         "error_message": null,
+                         "roles": ["Sample.Read", "Sample.Write"]}
         replaces the behaviour (omitted keys take these defaults).  sequence
         scripts the next answers: a list whose items (a status, or
         {"status", "retry_after", "error_body"}) are used one per token
@@ -37,9 +38,17 @@ section 2.1, 2019-08-01 protocol):
         "{header}" in it replaced by the X-IDENTITY-HEADER value presented
         (an upstream that echoes the secret, for the redaction tests).
 
+With --jwt-key PEM (an RSA private key) the tokens are RS256 JWTs signed with
+it (header kid = --jwt-kid), with claims iss (--jwt-issuer), aud (the
+resource), sub (the selector as "name=value", or "system"), roles (the
+config's "roles"), iat, nbf and exp (= expires_on), so that an API can verify
+them against the key's JWKS (tests/fakes/protected_api.py --jwks-file).
+
 Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
+                    [--jwt-key PEM [--jwt-kid KID] [--jwt-issuer ISS]]
 The chosen port is written to PATH once the socket listens.
-Standard library only.  Token values never appear in the log.
+Standard library only, but for --jwt-key (python3-jwt).  Token values never
+appear in the log.
 """
 
 import argparse
@@ -71,6 +80,7 @@ DEFAULT_CONFIG = {
     "sequence": None,
     "identity_header": "fake-identity-header",
     "error_message": None,
+    "roles": ["Sample.Read", "Sample.Write"],
 }
 
 CONFIG_TYPES = {
@@ -84,6 +94,7 @@ CONFIG_TYPES = {
     "sequence": (list, type(None)),
     "identity_header": (str,),
     "error_message": (str, type(None)),
+    "roles": (list,),
 }
 
 ERROR_NAMES = {
@@ -102,6 +113,7 @@ ERROR_NAMES = {
 }
 
 QUIET = False
+JWT = None  # {"key", "kid", "issuer"} with --jwt-key
 
 
 def log(msg):
@@ -169,6 +181,8 @@ def validate_config(doc):
         raise ValueError("delay out of range")
     if cfg["retry_after"] is not None and cfg["retry_after"] < 0:
         raise ValueError("retry_after must be >= 0")
+    if not all(isinstance(r, str) for r in cfg["roles"]):
+        raise ValueError("roles must be a list of strings")
     if cfg["sequence"] is not None:
         cfg["sequence"] = [validate_step(step) for step in cfg["sequence"]]
     return cfg
@@ -343,8 +357,11 @@ class Handler(BaseHTTPRequestHandler):
                 token, expires_on = held
             else:
                 STATE.serial += 1
-                token = "fake.%d.%s" % (STATE.serial, secrets.token_hex(16))
                 expires_on = now + int(cfg["lifetime"])
+                if JWT is not None:
+                    token = jwt_token(resource, selector, cfg, now, expires_on, STATE.serial)
+                else:
+                    token = "fake.%d.%s" % (STATE.serial, secrets.token_hex(16))
                 STATE.current[key] = (token, expires_on)
                 STATE.issued.append(token)
         return token, expires_on, now
@@ -456,6 +473,16 @@ class Handler(BaseHTTPRequestHandler):
         return 200, json.dumps(doc), extra
 
 
+def jwt_token(resource, selector, cfg, now, expires_on, serial):
+    """An RS256 JWT for (resource, selector), verifiable with --jwt-key's public key."""
+    import jwt
+    claims = {"iss": JWT["issuer"], "aud": resource,
+              "sub": "%s=%s" % selector if selector else "system",
+              "roles": list(cfg["roles"]), "iat": now, "nbf": now, "exp": expires_on,
+              "jti": "fake-%d" % serial}
+    return jwt.encode(claims, JWT["key"], algorithm="RS256", headers={"kid": JWT["kid"]})
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -469,13 +496,19 @@ class Server(ThreadingHTTPServer):
 
 
 def main():
-    global QUIET
+    global QUIET, JWT
     ap = argparse.ArgumentParser(description="fake Azure IMDS token endpoint (loopback only)")
     ap.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
     ap.add_argument("--port-file", help="write the chosen port here once listening")
     ap.add_argument("--quiet", action="store_true", help="no request log on stderr")
+    ap.add_argument("--jwt-key", help="issue RS256 JWTs signed with this RSA private key (PEM)")
+    ap.add_argument("--jwt-kid", default="fake-imds-key", help="the JWTs' kid")
+    ap.add_argument("--jwt-issuer", default="fake-imds", help="the JWTs' iss")
     args = ap.parse_args()
     QUIET = args.quiet
+    if args.jwt_key:
+        with open(args.jwt_key) as f:
+            JWT = {"key": f.read(), "kid": args.jwt_kid, "issuer": args.jwt_issuer}
 
     server = Server(("127.0.0.1", args.port), Handler)  # binds and listens
     port = server.server_address[1]

@@ -92,20 +92,33 @@ check(int ok, const char *what)
 }
 
 static int64_t
-mono_ms(void *ctx)
+clock_ms(clockid_t id)
 {
 	struct timespec ts;
 
-	(void)ctx;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int64_t
-wall_s(void *ctx)
+mono_ms(void *ctx)
 {
 	(void)ctx;
-	return (int64_t)time(NULL);
+	return clock_ms(CLOCK_MONOTONIC);
+}
+
+static int64_t
+boot_ms(void *ctx)
+{
+	(void)ctx;
+	return clock_ms(CLOCK_BOOTTIME);
+}
+
+static int64_t
+wall_ms(void *ctx)
+{
+	(void)ctx;
+	return clock_ms(CLOCK_REALTIME);
 }
 
 /* Deterministic: the same input takes the same path. */
@@ -136,7 +149,7 @@ arm(void *ctx, int64_t deadline_ms)
 		evtimer_del(g.cache_timer);
 		return;
 	}
-	delay = deadline_ms - mono_ms(NULL);
+	delay = deadline_ms - boot_ms(NULL);
 	if (delay < 0)
 		delay = 0;
 	tv.tv_sec = delay / 1000;
@@ -145,8 +158,8 @@ arm(void *ctx, int64_t deadline_ms)
 }
 
 static const struct cache_ops ops = {
-    .now_ms = mono_ms,
-    .wall_s = wall_s,
+    .boot_ms = boot_ms,
+    .wall_ms = wall_ms,
     .random = rnd,
     .fetch = fetch,
     .arm = arm,

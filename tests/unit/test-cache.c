@@ -15,7 +15,8 @@
 #define MAX_PENDING 64
 
 struct fake {
-	int64_t now_ms;
+	int64_t now_ms;	      /* the boot clock */
+	int64_t wall_step_ms; /* the wall clock's distance from WALL_EPOCH_MS + now_ms */
 	int64_t armed_ms;
 	uint32_t rnd;
 	int fetches;
@@ -47,11 +48,13 @@ fake_now(void *ctx)
 	return F.now_ms;
 }
 
+#define WALL_EPOCH_MS 1700000000000LL /* the wall clock at boot-clock 0, before any step */
+
 static int64_t
 fake_wall(void *ctx)
 {
 	(void)ctx;
-	return 1700000000 + F.now_ms / 1000;
+	return WALL_EPOCH_MS + F.now_ms + F.wall_step_ms;
 }
 
 static uint32_t
@@ -119,8 +122,8 @@ fake_fetched(void *ctx, const struct cache_fetch_info *info)
 }
 
 static const struct cache_ops fake_ops = {
-    .now_ms = fake_now,
-    .wall_s = fake_wall,
+    .boot_ms = fake_now,
+    .wall_ms = fake_wall,
     .random = fake_random,
     .fetch = fake_fetch,
     .cancel = fake_cancel,
@@ -1095,6 +1098,215 @@ test_dynamic_rate_per_caller(void **state)
 	cache_free(c);
 }
 
+/* A prefetched 1 h token received at boot-clock 0 (no jitter), refreshes failing from now on. */
+static struct cache_entry *
+one_token(struct cache *c)
+{
+	struct cache_entry *e;
+
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	complete("tok-A", 3600, 0, 0, 0);
+	assert_true(cache_entry_ready(c, e));
+	return e;
+}
+
+/*
+ * A suspend: the boot and the wall clock run on together while no timer
+ * fires.  The token that ran out meanwhile is not served, and the clock-jump
+ * call refreshes at once instead of waiting for the late timer.
+ */
+static void
+test_suspend_expires_token(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+	struct cache_status st;
+
+	(void)state;
+	F.now_ms += 2 * 3600 * 1000; /* slept two hours; the timer (at 2700 s) never ran */
+	assert_false(cache_entry_ready(c, e));
+	cache_entry_status(c, e, &st);
+	assert_int_equal(st.expires_in, -1);
+	cache_clock_jumped(c);
+	assert_int_equal(F.npending, 1);
+	assert_int_equal(F.fetches, 2);
+	assert_string_equal(F.reason, "prefetch"); /* the last report, the new one is in flight */
+	/* a request meanwhile waits for the new token: never the old one */
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 200);
+	assert_string_equal(F.last_token, "tok-B");
+	assert_int_equal(F.last.expires_in, 3600);
+	cache_free(c);
+}
+
+/* A request that finds the cache's deadline long past has the loop run it (a timer slept). */
+static void
+test_late_timer_rearmed_by_request(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+
+	(void)state;
+	assert_int_equal(F.armed_ms, 2700 * 1000);
+	F.now_ms = 2705 * 1000; /* 5 s past it, and the timer has not fired */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-A");
+	assert_int_equal(F.armed_ms, F.now_ms);
+	/* a timer merely due now is left to fire by itself */
+	cache_run(c);
+	complete("tok-B", 3600, 0, 0, 0);
+	F.armed_ms = F.now_ms + 10;
+	F.now_ms += 500;
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.armed_ms, F.now_ms - 490);
+	cache_free(c);
+}
+
+/*
+ * The wall clock stepped ahead past the token's expiry, the boot clock not:
+ * every hand-out refuses the token (a new one is fetched), readiness sees
+ * it, and the token is gone from status.
+ */
+static void
+test_wall_forward_refuses_token(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+	struct cache_status st;
+
+	(void)state;
+	advance_to(c, 600 * 1000);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.last.expires_in, 3000);
+	F.wall_step_ms = 7200 * 1000;
+	assert_false(cache_entry_ready(c, e));
+	assert_true(cache_entry_was_ready(e));
+	cache_entry_status(c, e, &st);
+	assert_int_equal(st.expires_in, -1);
+	assert_int_not_equal(st.state, CACHE_VALID);
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	assert_int_equal(F.fetches, 2);
+	assert_string_equal(F.last_token, "tok-A"); /* nothing new was answered */
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 200);
+	assert_string_equal(F.last_token, "tok-B");
+	/* the new token's wall-clock expiry is from the stepped clock */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.last.expires_in, 3600);
+	cache_free(c);
+}
+
+/* The same token refused by the wall clock alone at its edge: min_validity counts on it too. */
+static void
+test_wall_forward_min_validity(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+
+	(void)state;
+	advance_to(c, 600 * 1000);
+	F.wall_step_ms = 2699 * 1000; /* 301 s left on the wall clock, 3000 s on the boot clock */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.last.expires_in, 301);
+	F.wall_step_ms += 1000; /* 300 s: not more than min_validity */
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+}
+
+/*
+ * A forward step that cuts a lifetime short, still valid: the jump call
+ * plans the refresh from what is left (1500 s after the step, not 2100 s).
+ */
+static void
+test_wall_forward_replans_refresh(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+	struct cache_status st;
+
+	(void)state;
+	advance_to(c, 600 * 1000);
+	cache_entry_status(c, e, &st);
+	assert_int_equal(st.refresh_in, 2100);
+	F.wall_step_ms = 600 * 1000; /* 2400 s left on the wall clock */
+	cache_clock_jumped(c);
+	cache_entry_status(c, e, &st);
+	assert_int_equal(st.expires_in, 2400);
+	assert_int_equal(st.refresh_in, 1500);
+	assert_int_equal(F.armed_ms, (600 + 1500) * 1000);
+	advance_to(c, 2100 * 1000 - 1);
+	assert_int_equal(F.fetches, 1);
+	advance_to(c, 2100 * 1000);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+}
+
+/*
+ * The wall clock stepped back an hour (NTP): the token still ends at its
+ * boot-clock expiry, and expires_on, which clients judge by, follows.
+ */
+static void
+test_wall_backward_never_stretches(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e = one_token(c);
+	struct cache_answer a;
+	struct cache_waiter *w;
+	int64_t t, served_until = 0;
+	uint64_t gen;
+
+	(void)state;
+	advance_to(c, 600 * 1000);
+	assert_int_equal(cache_request(c, e, 0, on_answer, NULL, &a, &w), 0);
+	gen = a.token->generation;
+	assert_int_equal(a.token->expires_on, WALL_EPOCH_MS / 1000 + 3600);
+	F.wall_step_ms = -3600 * 1000;
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.last.expires_in, 3000);
+	cache_clock_jumped(c);
+	assert_int_equal(cache_request(c, e, 0, on_answer, NULL, &a, &w), 0);
+	assert_int_equal(a.token->expires_on, WALL_EPOCH_MS / 1000 - 3600 + 3600);
+	assert_int_not_equal(a.token->generation, gen);
+	/* the upstream fails from now on: served until the boot clock says so, not an hour more */
+	for (t = 601; t < 2 * 3600; t++) {
+		advance_to(c, t * 1000);
+		while (F.npending > 0)
+			complete(NULL, 0, 500, -1, 0);
+		if (request(c, e, 0, NULL) == 200)
+			served_until = t;
+	}
+	assert_int_equal(served_until, 3600 - 300 - 1);
+	cache_free(c);
+}
+
+/* Readiness latches on the entry: once it held a valid token, losing it does not undo that. */
+static void
+test_was_ready_latches(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	cache_entry_prefetch(c, e);
+	complete(NULL, 0, 500, -1, 0);
+	assert_false(cache_entry_was_ready(e));
+	advance_to(c, F.armed_ms);
+	complete("tok-A", 3600, 0, 0, 0);
+	assert_true(cache_entry_was_ready(e));
+	for (int64_t t = 0; t < 2 * 3600 * 1000; t += 1000) {
+		advance_to(c, F.now_ms + 1000);
+		while (F.npending > 0)
+			complete(NULL, 0, 500, -1, 0);
+	}
+	assert_false(cache_entry_ready(c, e));
+	assert_true(cache_entry_was_ready(e));
+	cache_free(c);
+}
+
 int
 main(void)
 {
@@ -1127,6 +1339,13 @@ main(void)
 	    cmocka_unit_test(test_full_queue_fails_fast),
 	    cmocka_unit_test(test_drop_cancels_queued_fetch),
 	    cmocka_unit_test(test_dynamic_rate_per_caller),
+	    cmocka_unit_test(test_suspend_expires_token),
+	    cmocka_unit_test(test_late_timer_rearmed_by_request),
+	    cmocka_unit_test(test_wall_forward_refuses_token),
+	    cmocka_unit_test(test_wall_forward_min_validity),
+	    cmocka_unit_test(test_wall_forward_replans_refresh),
+	    cmocka_unit_test(test_wall_backward_never_stretches),
+	    cmocka_unit_test(test_was_ready_latches),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

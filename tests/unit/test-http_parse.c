@@ -393,6 +393,33 @@ test_query_get(void **state)
 	assert_string_equal(out, "b=c");
 }
 
+/* MSAL.NET's unencoded values: '+' is a plus, %XX still decodes, names as before. */
+static void
+test_query_get_rfc3986(void **state)
+{
+	const char *q = "api-version=2019-08-01&resource=api://a+b%2Bc%20d&mi%5Fres+id=/x+y";
+	char out[64];
+	int count = -1;
+
+	(void)state;
+	assert_int_equal(http_query_get_rfc3986(q, strlen(q), "resource", out, sizeof(out), &count),
+			 0);
+	assert_string_equal(out, "api://a+b+c d");
+	assert_int_equal(count, 1);
+	/* the form rule, for comparison: the same bytes with '+' as a space */
+	assert_int_equal(query(q, "resource", out, sizeof(out), &count), 0);
+	assert_string_equal(out, "api://a b+c d");
+	/* names are form-decoded alike ('+' in a name is a space), so duplicates stay duplicates */
+	assert_int_equal(
+	    http_query_get_rfc3986(q, strlen(q), "mi_res id", out, sizeof(out), &count), 0);
+	assert_string_equal(out, "/x+y");
+	assert_int_equal(http_query_get_rfc3986("a=1&a=+", 7, "a", out, sizeof(out), &count), 0);
+	assert_int_equal(count, 2);
+	assert_int_equal(http_query_get_rfc3986("a=%zz", 5, "a", out, sizeof(out), &count),
+			 -EINVAL);
+	assert_int_equal(http_query_get_rfc3986("b=1", 3, "a", out, sizeof(out), &count), -ENOENT);
+}
+
 static void
 test_query_get_errors(void **state)
 {
@@ -527,6 +554,7 @@ main(void)
 	    cmocka_unit_test(test_mutations),
 	    cmocka_unit_test(test_head_find),
 	    cmocka_unit_test(test_query_get),
+	    cmocka_unit_test(test_query_get_rfc3986),
 	    cmocka_unit_test(test_query_get_errors),
 	    cmocka_unit_test(test_percent_decode),
 	    cmocka_unit_test(test_response_heads),
