@@ -102,6 +102,9 @@ def test_flood_of_new_resources_leaves_configured_audiences_prompt(fake, start_d
     finally:
         stop.set()
         flooder.join(60)
+    counts = {st: flood_statuses.count(st) for st in set(flood_statuses)}
+    print(f"configured audiences (status, seconds): {[(s, round(t, 2)) for s, t, _ in results]}"
+          f"; flood answers by status: {counts}; upstream requests: {fake.stats()['requests']}")
     # each configured audience answered 200 within wait_timeout: no 504
     assert [s for s, _, _ in results] == [200, 200, 200], results
     assert all(elapsed < WAIT_TIMEOUT for _, elapsed, _ in results), results

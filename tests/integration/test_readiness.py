@@ -130,8 +130,9 @@ def test_latch_survives_a_reload_that_replaces_the_identity(fake, start_daemon):
     wait_for(lambda: "reporting ready before every prefetch audience" in d.logs(), timeout=40,
              what="start-up to stop waiting")
     fake.configure(lifetime=3600)
+    # the refresh waits for the end of the backoff that 30 s of failures built (at most 60 s)
     assert d.ctl("refresh", "api").returncode == 0
-    wait_for(lambda: "token fetch recovered" in d.logs(), what="the first token")
+    wait_for(lambda: "token fetch recovered" in d.logs(), timeout=70, what="the first token")
     fake.configure(**OUTAGE)
     other = "client_id = 00000000-0000-0000-0000-0000000000aa\n"  # another identity
     d.config.write_text(d.config.read_text().replace("source = azure-imds\n",
