@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <strings.h>
 
@@ -596,8 +597,34 @@ route_token_dynamic(struct api *a, struct http_request *req, const char *query, 
 		e = aa->entry;
 		m_ok = aa->m_ok;
 	} else {
-		r = cache_entry_get(a->cache, a->sources[config_identity_index(a->cfg, id)],
-				    id->name, resource, false, &e);
+		uid_t uid = (uid_t)-1;
+		gid_t gid = (gid_t)-1;
+		pid_t pid;
+		bool known = http_request_peer(req, &uid, &gid, &pid) == 0;
+
+		/*
+		 * Any resource may name a restricted audience's API in another
+		 * spelling: the identity's own rule decides (config.c keeps it
+		 * within every restricted audience's).
+		 */
+		if (config_acl_restricts(&id->dynamic_allow) &&
+		    (!known || !config_acl_allows(&id->dynamic_allow, uid, gid))) {
+			count_answer(a, NULL, "", 403);
+			reply_json_error(
+			    req, 403, "forbidden",
+			    "this user may not have dynamic resources of this identity", 0);
+			goto done;
+		}
+		r = cache_entry_get_dynamic(
+		    a->cache, a->sources[config_identity_index(a->cfg, id)], id->name, resource,
+		    known ? CACHE_CALLER_UID(uid) : CACHE_CALLER_UNKNOWN, &e);
+		if (r == -EAGAIN) {
+			count_answer(a, NULL, "", 429);
+			reply_json_error(req, 429, "too_many_requests",
+					 "this user asks for too many new resources; retry shortly",
+					 1);
+			goto done;
+		}
 		if (r < 0) {
 			reply_json_error(req, 503, "temporarily_unavailable",
 					 "too many cached resources are in use; retry shortly", 1);
@@ -645,7 +672,32 @@ struct status_ctx {
 	struct api *api;
 	struct evbuffer *b;
 	bool first;
+	bool all;   /* root or bearerd's own user: every entry */
+	bool known; /* the peer's uid and gid were read */
+	uid_t uid;
+	gid_t gid;
 };
+
+/*
+ * Whether the status caller may see an entry: a configured audience it may
+ * use, or a dynamic resource of an identity it may ask for them on the
+ * socket.  Resource names say what others work on; they are not for all.
+ */
+static bool
+status_visible(const struct status_ctx *s, const struct config_audience *aud,
+	       const struct config_identity *id)
+{
+	if (s->all)
+		return true;
+	if (aud != NULL)
+		return config_audience_allows(aud, s->known ? s->uid : (uid_t)-1,
+					      s->known ? s->gid : (gid_t)-1);
+	if (id == NULL || !id->dynamic_resources)
+		return false;
+	if (!config_acl_restricts(&id->dynamic_allow))
+		return true;
+	return s->known && config_acl_allows(&id->dynamic_allow, s->uid, s->gid);
+}
 
 static const struct config_audience *
 audience_for_entry(struct api *a, const struct cache_entry *e)
@@ -666,6 +718,8 @@ status_one(void *arg, struct cache_entry *e)
 
 	cache_entry_status(s->api->cache, e, &st);
 	id = config_identity_find(s->api->cfg, st.identity);
+	if (!status_visible(s, aud, id))
+		return;
 	evbuffer_add_printf(s->b, "%s{\"audience\":", s->first ? "" : ",");
 	s->first = false;
 	if (aud != NULL)
@@ -691,7 +745,10 @@ static void
 route_status(struct api *a, struct http_request *req)
 {
 	struct status_ctx s = {.api = a, .b = evbuffer_new(), .first = true};
+	pid_t pid;
 
+	s.known = http_request_peer(req, &s.uid, &s.gid, &pid) == 0;
+	s.all = s.known && (s.uid == 0 || s.uid == geteuid());
 	if (s.b == NULL) {
 		reply_json_error(req, 500, "server_error", "out of memory", 0);
 		return;
@@ -789,6 +846,22 @@ api_set_compat(struct api *a, struct compat *compat)
 	a->compat = compat;
 }
 
+/* [compat] env_allow_uids/gids (when set), or root, or bearerd's own user. */
+static bool
+env_allowed(struct api *a, struct http_request *req)
+{
+	const struct config_acl *acl = &a->cfg->compat.env_allow;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+
+	if (!config_acl_restricts(acl))
+		return true;
+	if (http_request_peer(req, &uid, &gid, &pid) < 0)
+		return false;
+	return uid == 0 || uid == geteuid() || config_acl_allows(acl, uid, gid);
+}
+
 /* IDENTITY_ENDPOINT and IDENTITY_HEADER for `bearerctl env`. */
 static void
 route_compat_env(struct api *a, struct http_request *req)
@@ -801,7 +874,12 @@ route_compat_env(struct api *a, struct http_request *req)
 		reply_json_error(req, 500, "server_error", "out of memory", 0);
 		return;
 	}
-	if (compat_env(a->compat, b) < 0) {
+	if (!env_allowed(a, req)) {
+		reply_json_error(req, 403, "forbidden",
+				 "this user may not read the App Service secret (env_allow_uids, "
+				 "env_allow_gids)",
+				 0);
+	} else if (compat_env(a->compat, b) < 0) {
 		reply_json_error(req, 404, "not_found",
 				 "no App Service compatible listener is configured", 0);
 	} else {
@@ -884,6 +962,43 @@ route_metrics(struct api *a, struct http_request *req)
 	evbuffer_free(b);
 }
 
+/*
+ * POST /v1/refresh/AUD: 202 when a refresh started or is running; 202
+ * "deferred" with refresh_in when it must wait (a backoff after a failure,
+ * or CACHE_FORCED_INTERVAL_S after the last fetch), every request until then
+ * being the same refresh; 503 when it could not start.
+ */
+static void
+route_refresh(struct api *a, struct http_request *req, struct api_audience *aud)
+{
+	int64_t refresh_in = 1;
+	int r = cache_refresh(a->cache, aud->entry, &refresh_in);
+	struct evbuffer *b;
+
+	if (r == 0 || r == -EALREADY) {
+		log_info("refresh requested", "audience=%s%s", aud->cfg->name,
+			 r == 0 ? "" : " joined=yes");
+		REPLY_LITERAL(req, 202, NULL, "{\"status\":\"refreshing\"}");
+		return;
+	}
+	if (r != -EAGAIN) {
+		/* the fetch could not start: recorded like an upstream failure */
+		reply_json_error(req, 503, "temporarily_unavailable",
+				 "the refresh could not start; see the audience's status", 1);
+		return;
+	}
+	log_debug("refresh deferred", "audience=%s refresh_in=%lld", aud->cfg->name,
+		  (long long)refresh_in);
+	b = evbuffer_new();
+	if (b == NULL) {
+		reply_json_error(req, 500, "server_error", "out of memory", 0);
+		return;
+	}
+	evbuffer_add_printf(b, "{\"status\":\"deferred\",\"refresh_in\":%" PRId64 "}", refresh_in);
+	http_reply_buffer(req, 202, "application/json", NULL, b);
+	evbuffer_free(b);
+}
+
 void
 api_handle(struct http_request *req, void *arg)
 {
@@ -921,9 +1036,7 @@ api_handle(struct http_request *req, void *arg)
 			reply_json_error(req, 403, "forbidden",
 					 "this user may not refresh this audience", 0);
 		} else {
-			cache_refresh(a->cache, aud->entry);
-			log_info("refresh requested", "audience=%s", aud->cfg->name);
-			REPLY_LITERAL(req, 202, NULL, "{\"status\":\"refreshing\"}");
+			route_refresh(a, req, aud);
 		}
 	} else if (!path_is(path, path_len, "/v1/status") && !path_is(path, path_len, "/healthz") &&
 		   !path_is(path, path_len, "/readyz") &&

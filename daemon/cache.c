@@ -31,6 +31,10 @@
 #define BACKOFF_PERMANENT_MS 30000 /* a caller/config error: asking again soon will not help */
 #define LONG_LIFETIME_S	     7200  /* half-life refresh from here on, as MSAL does */
 #define SAME_TOKEN_FLOOR_MS  10000
+#define FORCED_INTERVAL_MS   (CACHE_FORCED_INTERVAL_S * 1000)
+#define CALLER_BUCKETS	     64 /* callers tracked for dynamic_rate; the idlest is forgotten */
+#define STR(x)		     #x
+#define XSTR(x)		     STR(x)
 #define LATE_TIMER_MS	     1000 /* a timer this late slept through a suspend */
 
 struct cache_waiter {
@@ -54,6 +58,9 @@ struct cache_entry {
 	bool in_flight;
 	bool dropped;		  /* out of the tree; freed when its fetch returns */
 	bool failed;		  /* the last fetch failed */
+	bool fetch_for_token;	  /* the fetch in flight is cache_refresh_token's */
+	bool forced_pending;	  /* a forced fetch is due at refresh_at_ms */
+	bool forced_for_token;	  /* ... for cache_refresh_token */
 	bool was_ready;		  /* has held a valid token (the latched readiness) */
 	bool loss_logged;	  /* keep_fresh: said that its last valid token ran out */
 	const char *fetch_reason; /* of the fetch in flight (a string literal) */
@@ -64,6 +71,9 @@ struct cache_entry {
 	int64_t backoff_until_ms;
 	int backoff_attempt;
 	int64_t last_used_ms;
+	int64_t last_fetch_ms;	/* when the last fetch started, INT64_MIN before the first */
+	int64_t max_lifetime_s; /* the longest expires_in received, 0 before a token */
+	uint64_t refreshed_gen; /* the token cache_refresh_token refreshed, or that it brought */
 
 	long last_status;
 	char *last_error; /* NULL after a success: most entries never fail */
@@ -75,6 +85,14 @@ struct cache_entry {
 };
 
 TAILQ_HEAD(cache_lru, cache_entry);
+
+/* A caller's allowance of new dynamic entries (a token bucket). */
+struct caller_bucket {
+	uint64_t key;
+	int64_t at_ms; /* of the last refill */
+	double tokens;
+	bool used;
+};
 
 struct cache {
 	struct cache_params p;
@@ -89,6 +107,7 @@ struct cache {
 	int64_t wall_now_ms; /* the wall clock read with the boot clock by cache_now */
 	uint64_t generation;
 	bool running; /* inside cache_run: it re-arms at the end */
+	struct caller_bucket callers[CALLER_BUCKETS];
 };
 
 /*
@@ -224,26 +243,33 @@ entry_evictable(const struct cache_entry *e)
 	return TAILQ_EMPTY(&e->waiters);
 }
 
+static void entry_fetch_done(void *arg, struct token_result *res);
+
 void
 cache_entry_drop(struct cache *c, struct cache_entry *e)
 {
-	entry_unlink(c, e);
-	if (e->in_flight) {
-		struct cache_waiter *w;
+	struct cache_waiter *w;
 
+	entry_unlink(c, e);
+	/* a fetch still queued in its source is withdrawn: it would only delay others */
+	if (e->in_flight && c->ops->cancel != NULL &&
+	    c->ops->cancel(c->ctx, e->src, entry_fetch_done, e) == 0)
+		e->in_flight = false;
+	token_wipe(&e->tok);
+	while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
+		struct cache_answer a = {.status = 503,
+					 .retry_after = 1,
+					 .error = "temporarily_unavailable",
+					 .description = "the audience was removed"};
+
+		TAILQ_REMOVE(&e->waiters, w, link);
+		w->cb(w->arg, &a);
+		free(w);
+	}
+	if (e->in_flight) {
+		/* freed when the fetch returns */
 		e->dropped = true;
 		TAILQ_INSERT_TAIL(&c->dropped, e, lru);
-		token_wipe(&e->tok);
-		while ((w = TAILQ_FIRST(&e->waiters)) != NULL) {
-			struct cache_answer a = {.status = 503,
-						 .retry_after = 1,
-						 .error = "temporarily_unavailable",
-						 .description = "the audience was removed"};
-
-			TAILQ_REMOVE(&e->waiters, w, link);
-			w->cb(w->arg, &a);
-			free(w);
-		}
 		return;
 	}
 	entry_free(c, e);
@@ -295,6 +321,7 @@ cache_entry_get(struct cache *c, struct source *src, const char *identity, const
 	e->pinned = pinned;
 	e->refresh_at_ms = INT64_MAX;
 	e->last_used_ms = cache_now(c);
+	e->last_fetch_ms = INT64_MIN;
 	TAILQ_INIT(&e->waiters);
 	if (tsearch(e, &c->tree, entry_cmp) == NULL) {
 		entry_free(c, e);
@@ -308,6 +335,63 @@ cache_entry_get(struct cache *c, struct source *src, const char *identity, const
 	cache_want_run(c, e->last_used_ms + c->p.idle_timeout * 1000);
 	*out = e;
 	return 0;
+}
+
+/* Takes one new dynamic entry from caller's allowance; false when it has none left. */
+static bool
+caller_admit(struct cache *c, uint64_t key)
+{
+	double rate = (double)c->p.dynamic_rate, cap = 2.0 * rate;
+	int64_t now = cache_now(c);
+	struct caller_bucket *b = NULL, *idlest = NULL;
+
+	if (c->p.dynamic_rate == 0)
+		return true;
+	for (size_t i = 0; i < CALLER_BUCKETS; i++) {
+		struct caller_bucket *x = &c->callers[i];
+
+		if (x->used && x->key == key) {
+			b = x;
+			break;
+		}
+		if (x->used) {
+			x->tokens += (double)(now - x->at_ms) * rate / 1000.0;
+			if (x->tokens > cap)
+				x->tokens = cap;
+			x->at_ms = now;
+		}
+		/* a free slot, or a full bucket (as good as none), else the fullest */
+		if (idlest == NULL || !x->used || (idlest->used && x->tokens > idlest->tokens))
+			idlest = x;
+	}
+	if (b == NULL) {
+		b = idlest;
+		*b = (struct caller_bucket){.key = key, .at_ms = now, .tokens = cap, .used = true};
+	}
+	b->tokens += (double)(now - b->at_ms) * rate / 1000.0;
+	if (b->tokens > cap)
+		b->tokens = cap;
+	b->at_ms = now;
+	if (b->tokens < 1.0)
+		return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+int
+cache_entry_get_dynamic(struct cache *c, struct source *src, const char *identity,
+			const char *resource, uint64_t caller, struct cache_entry **out)
+{
+	struct cache_entry key = {.identity = (char *)identity, .resource = (char *)resource};
+	struct cache_entry **found = tfind(&key, &c->tree, entry_cmp);
+
+	if (found != NULL) {
+		*out = *found;
+		return 0;
+	}
+	if (!caller_admit(c, caller))
+		return -EAGAIN;
+	return cache_entry_get(c, src, identity, resource, false, out);
 }
 
 /*
@@ -445,8 +529,6 @@ cache_entry_set_user(struct cache_entry *e, void *user)
 	e->user = user;
 }
 
-static void entry_fetch_done(void *arg, struct token_result *res);
-
 static void
 answer_ok(struct cache_entry *e, int64_t now, struct cache_answer *a)
 {
@@ -467,14 +549,49 @@ answer_failure(struct cache_entry *e, int64_t now, struct cache_answer *a)
 	};
 }
 
+/* A token that does not have what one caller asks for; a new one comes at most so often. */
 static void
-answer_too_short(struct cache_answer *a)
+answer_too_short(struct cache_entry *e, int64_t now, struct cache_answer *a)
+{
+	int64_t wait =
+	    e->last_fetch_ms != INT64_MIN ? e->last_fetch_ms + FORCED_INTERVAL_MS - now : 0;
+
+	*a = (struct cache_answer){
+	    .status = 503,
+	    .retry_after = wait > 0 ? ceil_s(wait) : 1,
+	    .error = "temporarily_unavailable",
+	    .description =
+		"the upstream's token does not have the requested validity left "
+		"(a new one is fetched at most every " XSTR(CACHE_FORCED_INTERVAL_S) " s)",
+	};
+}
+
+/* More than any token of this entry has lived: no fetch will help. */
+static bool
+beyond_lifetime(const struct cache_entry *e, int64_t min_validity_ms)
+{
+	return e->max_lifetime_s > 0 && min_validity_ms / 1000 >= e->max_lifetime_s;
+}
+
+static void
+answer_beyond_lifetime(struct cache_answer *a)
+{
+	*a = (struct cache_answer){
+	    .status = 400,
+	    .error = "invalid_request",
+	    .description = "min_validity is more than this audience's tokens live: ask for less",
+	};
+}
+
+static void
+answer_busy(struct cache_answer *a)
 {
 	*a = (struct cache_answer){
 	    .status = 503,
 	    .retry_after = 1,
 	    .error = "temporarily_unavailable",
-	    .description = "the upstream's token does not have the requested validity left",
+	    .description = "too many new resources are waiting for this identity's upstream; "
+			   "retry shortly",
 	};
 }
 
@@ -482,6 +599,10 @@ answer_too_short(struct cache_answer *a)
 static int
 entry_start_fetch(struct cache *c, struct cache_entry *e, const char *reason)
 {
+	/* configured audiences and tokens in use go ahead of new dynamic resources */
+	enum source_priority prio =
+	    e->pinned || e->tok.value != NULL ? SOURCE_PRIO_HIGH : SOURCE_PRIO_LOW;
+	int64_t last = e->last_fetch_ms;
 	int r;
 
 	if (e->in_flight)
@@ -489,7 +610,20 @@ entry_start_fetch(struct cache *c, struct cache_entry *e, const char *reason)
 	e->in_flight = true;
 	e->fetch_reason = reason;
 	e->refresh_at_ms = INT64_MAX;
-	r = c->ops->fetch(c->ctx, e->src, e->resource, entry_fetch_done, e);
+	e->last_fetch_ms = cache_now(c);
+	/* whatever starts this fetch, it is also the forced refresh that was due */
+	e->fetch_for_token = e->forced_for_token;
+	r = c->ops->fetch(c->ctx, e->src, e->resource, prio, entry_fetch_done, e);
+	if (r == -ENOBUFS) {
+		/* the source's queue is full: nothing started, nothing to record */
+		e->in_flight = false;
+		e->fetch_reason = NULL;
+		e->fetch_for_token = false;
+		e->last_fetch_ms = last;
+		return r;
+	}
+	e->forced_pending = false;
+	e->forced_for_token = false;
 	if (r < 0) {
 		struct token_result res;
 
@@ -520,6 +654,7 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 	int64_t minv_ms =
 	    (min_validity > c->p.min_validity ? min_validity : c->p.min_validity) * 1000;
 	struct cache_waiter *w;
+	int r;
 
 	/*
 	 * A deadline long overdue means the timer fired late, as after a
@@ -543,12 +678,29 @@ cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, cach
 		}
 		return 0;
 	}
+	/* asking for more than tokens of this audience live: a fetch would not help */
+	if (beyond_lifetime(e, minv_ms)) {
+		answer_beyond_lifetime(now_answer);
+		return 0;
+	}
 	if (!e->in_flight) {
 		if (e->failed && now < e->backoff_until_ms) {
 			answer_failure(e, now, now_answer);
 			return 0;
 		}
-		if (entry_start_fetch(c, e, fetch_reason_for_request(e)) < 0 || !e->in_flight) {
+		/* only this caller wants more than the token has: at most one such fetch so often
+		 */
+		if (token_usable(e, now, c->p.min_validity * 1000) &&
+		    now < e->last_fetch_ms + FORCED_INTERVAL_MS) {
+			answer_too_short(e, now, now_answer);
+			return 0;
+		}
+		r = entry_start_fetch(c, e, fetch_reason_for_request(e));
+		if (r == -ENOBUFS) {
+			answer_busy(now_answer);
+			return 0;
+		}
+		if (r < 0 || !e->in_flight) {
 			/* failed at once: e->failed and the backoff are set */
 			if (token_usable(e, now, minv_ms))
 				answer_ok(e, now, now_answer);
@@ -579,11 +731,71 @@ cache_waiter_cancel(struct cache *c, struct cache_waiter *w)
 	free(w);
 }
 
-void
-cache_refresh(struct cache *c, struct cache_entry *e)
+/*
+ * When a forced fetch may start: after a failure, once its backoff ends
+ * (a wrong secret waits its 30 s whoever asks); after a success, no sooner
+ * than FORCED_INTERVAL_MS after the last fetch started, unless it replaces
+ * a rejected token (for_token), which its once-per-token rule bounds: a
+ * revoked token is replaced at once.
+ */
+static int64_t
+forced_earliest(const struct cache_entry *e, bool for_token)
 {
-	e->last_used_ms = cache_now(c);
-	entry_start_fetch(c, e, "forced");
+	if (e->failed)
+		return e->backoff_until_ms;
+	if (for_token || e->last_fetch_ms == INT64_MIN)
+		return INT64_MIN;
+	return e->last_fetch_ms + FORCED_INTERVAL_MS;
+}
+
+/* A fetch a caller forces: started, joined, or deferred (coalesced) to when it may start. */
+static int
+forced_fetch(struct cache *c, struct cache_entry *e, uint64_t generation, int64_t *retry_after_s)
+{
+	int64_t now = cache_now(c), at = forced_earliest(e, generation != 0);
+	int r = -EAGAIN;
+
+	e->last_used_ms = now;
+	if (e->in_flight) {
+		if (generation != 0)
+			e->refreshed_gen = generation; /* what comes back is that token's refresh */
+		return -EALREADY;
+	}
+	e->forced_pending = true;
+	if (generation != 0) {
+		e->forced_for_token = true;
+		e->refreshed_gen = generation;
+	}
+	if (at <= now) {
+		r = entry_start_fetch(c, e, "forced");
+		if (r != -ENOBUFS)
+			return r; /* 0, or a failure recorded like an upstream one */
+		at = now + 1000;
+	}
+	/* every forced refresh until then is this one */
+	if (at < e->refresh_at_ms)
+		e->refresh_at_ms = at;
+	cache_want_run(c, e->refresh_at_ms);
+	*retry_after_s = ceil_s(e->refresh_at_ms - now);
+	return -EAGAIN;
+}
+
+int
+cache_refresh(struct cache *c, struct cache_entry *e, int64_t *retry_after_s)
+{
+	return forced_fetch(c, e, 0, retry_after_s);
+}
+
+int
+cache_refresh_token(struct cache *c, struct cache_entry *e, uint64_t generation,
+		    int64_t *retry_after_s)
+{
+	if (e->tok.value == NULL || generation == 0 || generation != e->tok.generation)
+		return -ESTALE;
+	/* one in flight is joined; a token refreshed once this way is not refreshed again */
+	if (!e->in_flight && generation == e->refreshed_gen)
+		return -ESTALE;
+	return forced_fetch(c, e, generation, retry_after_s);
 }
 
 void
@@ -655,8 +867,10 @@ entry_answer_waiters(struct cache *c, struct cache_entry *e, int64_t now)
 			answer_ok(e, now, &a);
 		else if (e->failed)
 			answer_failure(e, now, &a);
+		else if (beyond_lifetime(e, w->min_validity_ms))
+			answer_beyond_lifetime(&a);
 		else
-			answer_too_short(&a);
+			answer_too_short(e, now, &a);
 		w->cb(w->arg, &a);
 		free(w);
 	}
@@ -739,9 +953,11 @@ entry_fetch_done(void *arg, struct token_result *res)
 	struct cache_entry *e = arg;
 	struct cache *c = e->cache;
 	int64_t now = cache_now(c);
+	bool for_token = e->fetch_for_token;
 	char clean[256];
 
 	e->in_flight = false;
+	e->fetch_for_token = false;
 	e->fetches++;
 	if (e->dropped) {
 		entry_report(c, e, res, res->error != 0 || res->access_token == NULL);
@@ -785,6 +1001,9 @@ entry_fetch_done(void *arg, struct token_result *res)
 			e->last_status = 0;
 			clear_error(e);
 			e->refresh_at_ms = now + next;
+			/* asked to replace this token, the upstream would not: do not ask again */
+			if (for_token)
+				e->refreshed_gen = e->tok.generation;
 		}
 	} else {
 		token_wipe(&e->tok);
@@ -797,6 +1016,11 @@ entry_fetch_done(void *arg, struct token_result *res)
 		e->tok.expires_wall_ms = c->wall_now_ms + res->expires_in * 1000;
 		e->tok.expires_on = floor_s(e->tok.expires_wall_ms);
 		e->tok.generation = ++c->generation;
+		if (res->expires_in > e->max_lifetime_s)
+			e->max_lifetime_s = res->expires_in;
+		/* a token that replaced a rejected one is not replaced the same way again */
+		if (for_token)
+			e->refreshed_gen = e->tok.generation;
 		e->was_ready = true;
 		e->loss_logged = false;
 		/* once per fetch, however many requests were waiting for it */
@@ -895,7 +1119,10 @@ entry_run(struct cache *c, struct cache_entry *e, int64_t now, bool *drop)
 		next = idle_at;
 	}
 	if (!e->in_flight && e->refresh_at_ms <= now)
-		entry_start_fetch(c, e, e->failed ? "retry" : "scheduled");
+		entry_start_fetch(c, e,
+				  e->forced_pending ? "forced"
+				  : e->failed	    ? "retry"
+						    : "scheduled");
 	if (!e->in_flight && e->refresh_at_ms < next)
 		next = e->refresh_at_ms;
 	if (e->tok.value != NULL && now + token_left_ms(e, now) < next)

@@ -27,6 +27,7 @@ struct cache_params {
 	int64_t idle_timeout;	 /* s: drop entries nobody asked for this long */
 	int64_t wait_timeout_ms; /* how long a request waits for a fetch */
 	size_t max_entries;	 /* bound on dynamic entries */
+	unsigned dynamic_rate;	 /* new dynamic entries per second per caller; 0: no limit */
 };
 
 /* What became of one fetch, for metrics (cache_ops.fetched). */
@@ -50,9 +51,18 @@ struct cache_ops {
 	/* The wall clock (CLOCK_REALTIME) in milliseconds since the epoch. */
 	int64_t (*wall_ms)(void *ctx);
 	uint32_t (*random)(void *ctx);
-	/* Starts an upstream fetch; done is called later, exactly once. */
-	int (*fetch)(void *ctx, struct source *src, const char *resource, source_done_fn *done,
-		     void *arg);
+	/*
+	 * Starts an upstream fetch; done is called later, exactly once.  prio
+	 * orders it in the source's queue; -ENOBUFS when that queue has no room
+	 * for a SOURCE_PRIO_LOW fetch (nothing started, done never called).
+	 */
+	int (*fetch)(void *ctx, struct source *src, const char *resource, enum source_priority prio,
+		     source_done_fn *done, void *arg);
+	/*
+	 * Optional: withdraws a fetch that has not left yet (0: done will not be
+	 * called), or says it cannot (-EBUSY: done will be).
+	 */
+	int (*cancel)(void *ctx, struct source *src, source_done_fn *done, void *arg);
 	/* Asks for cache_run at deadline_ms on the boot clock (INT64_MAX: nothing due). */
 	void (*arm)(void *ctx, int64_t deadline_ms);
 	/* Frees what was stored with cache_entry_set_user (may be NULL). */
@@ -79,12 +89,12 @@ struct cache_token {
 };
 
 struct cache_answer {
-	int status;			 /* 200, 503 or 504 */
+	int status;			 /* 200, 400 (min_validity no token meets), 503 or 504 */
 	const struct cache_token *token; /* with 200; valid until the callback returns */
 	int64_t expires_in;		 /* s, with 200 */
 	int64_t retry_after;		 /* s, with 503 and 504 */
-	const char *error;		 /* with 503/504: short code */
-	const char *description;	 /* with 503/504 */
+	const char *error;		 /* with 400/503/504: short code */
+	const char *description;	 /* with 400/503/504 */
 };
 
 typedef void cache_answer_fn(void *arg, const struct cache_answer *a);
@@ -115,7 +125,29 @@ void cache_set_params(struct cache *c, const struct cache_params *p);
  */
 int cache_entry_get(struct cache *c, struct source *src, const char *identity, const char *resource,
 		    bool pinned, struct cache_entry **out);
-/* Drops an entry (reload removed its audience); a fetch in flight is ignored. */
+/*
+ * Keys for cache_entry_get_dynamic's per-caller limit: a uid on the Unix
+ * socket, a TCP listener (whose callers cannot be told apart), or a peer
+ * whose uid could not be read.
+ */
+#define CACHE_CALLER_UID(uid)	 ((uint64_t)(uid))
+#define CACHE_CALLER_LISTENER(n) ((UINT64_C(1) << 32) | (uint64_t)(n))
+#define CACHE_CALLER_UNKNOWN	 (UINT64_C(2) << 32)
+
+/*
+ * cache_entry_get for a dynamic entry asked for by caller: creating one
+ * counts against that caller's dynamic_rate (a token bucket: dynamic_rate
+ * per second, bursts of twice that), so that one caller's flood of new
+ * resources cannot crowd out everyone else.  -EAGAIN when over it (retry in
+ * a second); -ENOSPC as cache_entry_get.
+ */
+int cache_entry_get_dynamic(struct cache *c, struct source *src, const char *identity,
+			    const char *resource, uint64_t caller, struct cache_entry **out);
+/*
+ * Drops an entry (reload removed its audience, or eviction): waiters get a
+ * 503, a fetch still queued in its source is withdrawn, one in flight is
+ * ignored.
+ */
 void cache_entry_drop(struct cache *c, struct cache_entry *e);
 /* Starts fetching now if there is no token (prefetch), and keeps it fresh while idle. */
 void cache_entry_prefetch(struct cache *c, struct cache_entry *e);
@@ -148,8 +180,32 @@ int cache_request(struct cache *c, struct cache_entry *e, int64_t min_validity, 
 /* Forgets a waiter whose client went away. */
 void cache_waiter_cancel(struct cache *c, struct cache_waiter *w);
 
-/* Forces a refresh, joined with one in flight.  Ignores backoff. */
-void cache_refresh(struct cache *c, struct cache_entry *e);
+/* Forced fetches of one entry start at least this far apart. */
+#define CACHE_FORCED_INTERVAL_S 5
+
+/*
+ * Forces a refresh (POST /v1/refresh): 0 when one starts, -EALREADY when one
+ * is in flight (joined).  So that callers cannot make bearerd hammer the
+ * upstream, it never starts inside a backoff (after a failure) nor within
+ * CACHE_FORCED_INTERVAL_S of the last fetch (after a success): then it is
+ * deferred to that time, every forced refresh until then being the same one,
+ * and -EAGAIN says so with *retry_after_s.  Another negative errno when the
+ * fetch could not start (recorded as a failure).
+ */
+int cache_refresh(struct cache *c, struct cache_entry *e, int64_t *retry_after_s);
+
+/*
+ * Refreshes because the token of that generation was rejected (a proxied
+ * API's invalid_token, a CAE challenge): at most once per token, which bounds
+ * it instead of CACHE_FORCED_INTERVAL_S (a revoked token is replaced at
+ * once), and never inside a backoff.  -ESTALE, and nothing happens, when the
+ * entry no longer holds that token (a newer one is there already), when the
+ * token came from such a refresh itself or had one (done, deferred, or
+ * answered with the same token by an upstream cache); otherwise as
+ * cache_refresh.
+ */
+int cache_refresh_token(struct cache *c, struct cache_entry *e, uint64_t generation,
+			int64_t *retry_after_s);
 
 /* Performs everything due now: refreshes, wait timeouts, idle eviction. */
 void cache_run(struct cache *c);

@@ -432,8 +432,21 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 			    "bearerd is not configured to hand out tokens for this resource", 0);
 		goto done;
 	}
-	r = cache_entry_get(c->cache, c->sources[config_identity_index(c->cfg, id)], id->name,
-			    w->resource, aud != NULL, &e);
+	/* a new resource counts against the listener's dynamic_rate: its callers are one */
+	if (aud != NULL)
+		r = cache_entry_get(c->cache, c->sources[config_identity_index(c->cfg, id)],
+				    id->name, w->resource, true, &e);
+	else
+		r = cache_entry_get_dynamic(c->cache, c->sources[config_identity_index(c->cfg, id)],
+					    id->name, w->resource, CACHE_CALLER_LISTENER(l->kind),
+					    &e);
+	if (r == -EAGAIN) {
+		count_answer(c, id, w->resource, 429, false);
+		reply_error(l, req, 429, "too_many_requests",
+			    "too many new resources were asked for on this listener; retry shortly",
+			    1);
+		goto done;
+	}
 	if (r < 0) {
 		count_answer(c, id, w->resource, r == -ENOSPC ? 429 : 500, false);
 		reply_error(l, req, r == -ENOSPC ? 429 : 500,

@@ -67,12 +67,14 @@
 #define DEFAULT_MAX_CONNS     1024
 #define DEFAULT_HEADER_TMO    10
 #define DEFAULT_KEEPALIVE_TMO 60
+#define DEFAULT_DYNAMIC_RATE  10 /* new dynamic entries per second per caller */
 
 static const char *const bkey_names[BK__N] = {
     "socket",	      "socket_mode",	   "socket_group",    "log_level",
     "min_validity",   "refresh_margin",	   "max_entries",     "idle_timeout",
     "wait_timeout",   "ca_file",	   "max_connections", "max_connections_per_uid",
     "header_timeout", "keepalive_timeout", "metrics_listen",  "metrics_allow_non_loopback",
+    "dynamic_rate",
 };
 
 static const char *const ikey_names[IK__N] = {
@@ -107,6 +109,8 @@ static const char *const ikey_names[IK__N] = {
     "extra_params",
     "tls_certificate_file",
     "tls_private_key_file",
+    "dynamic_allow_uids",
+    "dynamic_allow_gids",
 };
 
 /* Sets of sources, as bits (1u << enum config_source). */
@@ -172,7 +176,8 @@ static const char *const akey_names[AK__N] = {
 
 static const char *const ckey_names[CK__N] = {
     "identity",		 "imds_listen", "appservice_listen",  "appservice_secret_file",
-    "dynamic_resources", "resources",	"allow_non_loopback",
+    "dynamic_resources", "resources",	"allow_non_loopback", "env_allow_uids",
+    "env_allow_gids",
 };
 
 #define DEFAULT_SECRET_NAME "identity-header" /* beside the socket */
@@ -472,6 +477,26 @@ out:
 	free(ids);
 	strv_free(words);
 	return r;
+}
+
+/* allow_uids-style keys into an ACL (uids or gids). */
+static void
+parse_acl(struct parser *p, const char *key, const char *v, bool groups, struct config_acl *acl)
+{
+	uint32_t *ids = NULL;
+	size_t n = 0;
+
+	if (parse_ids(p, key, v, groups, &ids, &n) < 0)
+		return;
+	if (groups) {
+		free(acl->gids);
+		acl->gids = ids;
+		acl->n_gids = n;
+	} else {
+		free(acl->uids);
+		acl->uids = ids;
+		acl->n_uids = n;
+	}
 }
 
 /* Sections */
@@ -787,6 +812,10 @@ bearerd_key(struct parser *p, int k, const char *v)
 		break;
 	case BK_METRICS_ALLOW_NON_LOOPBACK:
 		parse_bool(p, key, v, &c->metrics_allow_non_loopback);
+		break;
+	case BK_DYNAMIC_RATE:
+		if (parse_int(p, key, v, 0, 100000, &n) == 0)
+			c->dynamic_rate = (unsigned)n;
 		break;
 	case BK__N:
 		break;
@@ -1165,6 +1194,12 @@ identity_key(struct parser *p, int k, const char *v)
 	case IK_TLS_PRIVATE_KEY_FILE:
 		parse_path(p, key, v, &id->tls_private_key_file);
 		break;
+	case IK_DYNAMIC_ALLOW_UIDS:
+		parse_acl(p, key, v, false, &id->dynamic_allow);
+		break;
+	case IK_DYNAMIC_ALLOW_GIDS:
+		parse_acl(p, key, v, true, &id->dynamic_allow);
+		break;
 	case IK__N:
 		break;
 	}
@@ -1310,6 +1345,12 @@ compat_key(struct parser *p, int k, const char *v)
 		break;
 	case CK_ALLOW_NON_LOOPBACK:
 		parse_bool(p, key, v, &cc->allow_non_loopback);
+		break;
+	case CK_ENV_ALLOW_UIDS:
+		parse_acl(p, key, v, false, &cc->env_allow);
+		break;
+	case CK_ENV_ALLOW_GIDS:
+		parse_acl(p, key, v, true, &cc->env_allow);
 		break;
 	case CK__N:
 		break;
@@ -1976,6 +2017,242 @@ compat_finish(struct parser *p)
 	return 0;
 }
 
+/*
+ * Who may have which token.  A token is handed out under an audience's
+ * rules, but the same principal's token for the same API can also be had
+ * (1) as a dynamic resource spelled another way on the socket, (2) as a
+ * dynamic resource on the compat listeners, whose TCP callers cannot be told
+ * apart, and (3) through another audience of the same principal and API.
+ * Entra resolves case, trailing-slash and GUID variants of a resource to one
+ * API, so no spelling rule closes (1) and (2): the rules here are structural.
+ */
+
+/* An audience that restricts its callers. */
+static bool
+audience_restricted(const struct config_audience *a)
+{
+	return a->allow_uids != NULL || a->allow_gids != NULL;
+}
+
+/* Whether id's source was understood: rules about a broken identity would only add noise. */
+static bool
+identity_ok(const struct parser *p, const struct config_identity *id)
+{
+	return p->iinfo[id - p->c->identities].source_state == SOURCE_OK;
+}
+
+/* An audience with a valid identity and a resource (a missing key was reported already). */
+static bool
+audience_ok(const struct parser *p, const struct config_audience *a)
+{
+	return a->identity != NULL && a->resource != NULL && identity_ok(p, a->identity);
+}
+
+static bool
+id_listed(const uint32_t *ids, size_t n, uint32_t id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+/* The same set of ids, in any order (a list may repeat an id: "root 0"). */
+static bool
+ids_same(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
+{
+	for (size_t i = 0; i < na; i++)
+		if (!id_listed(b, nb, a[i]))
+			return false;
+	for (size_t i = 0; i < nb; i++)
+		if (!id_listed(a, na, b[i]))
+			return false;
+	return (a == NULL) == (b == NULL);
+}
+
+static bool
+audience_rules_same(const struct config_audience *a, const struct config_audience *b)
+{
+	return ids_same(a->allow_uids, a->n_allow_uids, b->allow_uids, b->n_allow_uids) &&
+	       ids_same(a->allow_gids, a->n_allow_gids, b->allow_gids, b->n_allow_gids);
+}
+
+/* " (through identity 'J', which may be the same principal)" when a belongs to another. */
+static void
+through(char *buf, size_t size, const struct config_audience *a, const struct config_identity *id)
+{
+	if (a->identity == id)
+		buf[0] = '\0';
+	else
+		snprintf(buf, size, " (through identity '%s', which may be the same principal)",
+			 a->identity->name);
+}
+
+/* (1): a dynamic identity with restricted audiences needs dynamic_allow_*, within their rules. */
+static void
+dynamic_rules_finish(struct parser *p, size_t i)
+{
+	const struct config *c = p->c;
+	const struct config_identity *id = &c->identities[i];
+	const struct ident_info *info = &p->iinfo[i];
+	const struct config_acl *acl = &id->dynamic_allow;
+	int uline = info->key_line[IK_DYNAMIC_ALLOW_UIDS];
+	int gline = info->key_line[IK_DYNAMIC_ALLOW_GIDS];
+	const struct config_audience *first = NULL;
+	char via[200];
+
+	if (!identity_ok(p, id))
+		return;
+	if (!id->dynamic_resources) {
+		if (uline != 0 || gline != 0)
+			perr_at(p, uline != 0 ? uline : gline,
+				"%s: used only with dynamic_resources = yes",
+				uline != 0 ? "dynamic_allow_uids" : "dynamic_allow_gids");
+		return;
+	}
+	for (size_t k = 0; k < c->n_audiences; k++) {
+		const struct config_audience *a = &c->audiences[k];
+
+		if (!audience_ok(p, a) || !audience_restricted(a) ||
+		    !config_identity_same_principal(a->identity, id))
+			continue;
+		if (first == NULL)
+			first = a;
+		through(via, sizeof(via), a, id);
+		for (size_t u = 0; u < acl->n_uids; u++)
+			if (!id_listed(a->allow_uids, a->n_allow_uids, acl->uids[u]))
+				perr_at(p, uline,
+					"dynamic_allow_uids: uid %u is not in allow_uids of "
+					"audience '%s' (line %d)%s, whose token a dynamic resource "
+					"naming the same API another way would get",
+					(unsigned)acl->uids[u], a->name, a->line, via);
+		for (size_t g = 0; g < acl->n_gids; g++)
+			if (!id_listed(a->allow_gids, a->n_allow_gids, acl->gids[g]))
+				perr_at(p, gline,
+					"dynamic_allow_gids: gid %u is not in allow_gids of "
+					"audience '%s' (line %d)%s, whose token a dynamic resource "
+					"naming the same API another way would get",
+					(unsigned)acl->gids[g], a->name, a->line, via);
+	}
+	if (first == NULL || config_acl_restricts(acl))
+		return;
+	through(via, sizeof(via), first, id);
+	perr_at(p,
+		info->key_line[IK_DYNAMIC_RESOURCES] != 0 ? info->key_line[IK_DYNAMIC_RESOURCES]
+							  : id->line,
+		"dynamic_resources: identity '%s' has the restricted audience '%s' (line %d)%s; a "
+		"dynamic resource naming the same API another way (case, a trailing slash, "
+		"/.default, the app's GUID) would get its token for any caller: set "
+		"dynamic_allow_uids or dynamic_allow_gids to callers every restricted audience "
+		"allows, or dynamic_resources = no",
+		id->name, first->name, first->line, via);
+}
+
+/* An identity the compat listeners may answer for: the default one, or one a selector names. */
+static bool
+compat_reachable(const struct config *c, const struct config_identity *id)
+{
+	return id == c->compat.identity || id->client_id != NULL || id->object_id != NULL ||
+	       id->msi_res_id != NULL;
+}
+
+/* (2): the compat listeners cannot tell callers apart: no dynamic resources near restrictions. */
+static void
+compat_rules_finish(struct parser *p)
+{
+	const struct config *c = p->c;
+	const struct config_compat *cc = &c->compat;
+	bool dynamic = cc->dynamic_resources && cc->resources == NULL;
+	bool reported = false;
+	char via[200];
+
+	if (cc->line == 0)
+		return;
+	for (size_t i = 0; i < c->n_identities; i++) {
+		const struct config_identity *id = &c->identities[i];
+
+		if (!identity_ok(p, id) || !compat_reachable(c, id))
+			continue;
+		for (size_t k = 0; k < c->n_audiences; k++) {
+			const struct config_audience *a = &c->audiences[k];
+
+			if (!audience_ok(p, a) || !audience_restricted(a) ||
+			    !config_identity_same_principal(a->identity, id))
+				continue;
+			through(via, sizeof(via), a, id);
+			if (dynamic && !reported) {
+				reported = true;
+				perr_at(
+				    p, p->compat_lines[CK_DYNAMIC_RESOURCES],
+				    "dynamic_resources: the compat listeners may answer for "
+				    "identity '%s', which has the restricted audience '%s' "
+				    "(line %d)%s; their TCP callers cannot be told apart, so a "
+				    "resource naming the same API another way would hand its "
+				    "token to anyone: set dynamic_resources = no (and list what "
+				    "SDKs need in 'resources')",
+				    id->name, a->name, a->line, via);
+			}
+			for (size_t r = 0; cc->resources != NULL && cc->resources[r] != NULL; r++)
+				/* the audience's own resource is that audience (403 on TCP) */
+				if (!(a->identity == id &&
+				      strcmp(cc->resources[r], a->resource) == 0) &&
+				    config_resources_alike(cc->resources[r], a->resource))
+					perr_at(
+					    p, p->compat_lines[CK_RESOURCES],
+					    "resources: '%.128s' names the API of the restricted "
+					    "audience '%s' (line %d)%s, and the compat listeners "
+					    "cannot tell callers apart",
+					    cc->resources[r], a->name, a->line, via);
+		}
+	}
+}
+
+/* (3): two audiences that get one token must let the same callers have it. */
+static void
+alias_rules_finish(struct parser *p)
+{
+	const struct config *c = p->c;
+
+	for (size_t i = 0; i < c->n_audiences; i++) {
+		const struct config_audience *a = &c->audiences[i];
+
+		if (!audience_ok(p, a) || !audience_restricted(a))
+			continue;
+		for (size_t j = 0; j < c->n_audiences; j++) {
+			const struct config_audience *b = &c->audiences[j];
+			const struct config_audience *first = i < j ? a : b, *later = i < j ? b : a;
+			bool same_entry;
+
+			/* a pair of restricted audiences is looked at once, from the first */
+			if (j == i || !audience_ok(p, b) || (audience_restricted(b) && j < i))
+				continue;
+			if (!config_identity_same_principal(a->identity, b->identity) ||
+			    !config_resources_alike(a->resource, b->resource) ||
+			    audience_rules_same(a, b))
+				continue;
+			same_entry =
+			    a->identity == b->identity && strcmp(a->resource, b->resource) == 0;
+			perr_at(p, later->line,
+				"audience '%s': gets the same token as audience '%s' (line %d), "
+				"%s, but their allow_uids/allow_gids differ, so one would hand "
+				"out the other's token: give both the same rules, or drop one",
+				later->name, first->name, first->line,
+				same_entry
+				    ? "one cache entry for the same identity and resource"
+				    : "the same principal and a resource naming the same API");
+		}
+	}
+}
+
+static void
+access_finish(struct parser *p)
+{
+	for (size_t i = 0; i < p->c->n_identities; i++)
+		dynamic_rules_finish(p, i);
+	compat_rules_finish(p);
+	alias_rules_finish(p);
+}
+
 static int
 config_new(struct config **out)
 {
@@ -1993,6 +2270,7 @@ config_new(struct config **out)
 	c->max_connections = DEFAULT_MAX_CONNS;
 	c->header_timeout = DEFAULT_HEADER_TMO;
 	c->keepalive_timeout = DEFAULT_KEEPALIVE_TMO;
+	c->dynamic_rate = DEFAULT_DYNAMIC_RATE;
 	*out = c;
 	return 0;
 }
@@ -2051,6 +2329,8 @@ load(struct config **out, struct parser *p, FILE *errs)
 			c->metrics_listen->text);
 	if (!p->stop && !p->oom && compat_finish(p) < 0)
 		p->oom = true;
+	if (!p->stop && !p->oom)
+		access_finish(p);
 	if (!p->stop && !p->oom && config_proxy_finish(p) < 0)
 		p->oom = true;
 	if (p->oom) {
@@ -2195,6 +2475,138 @@ config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid)
 	return false;
 }
 
+static bool str_equal(const char *a, const char *b);
+
+bool
+config_acl_restricts(const struct config_acl *acl)
+{
+	return acl->uids != NULL || acl->gids != NULL;
+}
+
+bool
+config_acl_allows(const struct config_acl *acl, uid_t uid, gid_t gid)
+{
+	if (!config_acl_restricts(acl))
+		return true;
+	return id_listed(acl->uids, acl->n_uids, uid) || id_listed(acl->gids, acl->n_gids, gid);
+}
+
+static bool
+str_ieq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcasecmp(a, b) == 0;
+}
+
+/*
+ * Selectors (client_id, object_id, msi_res_id or their App Service names):
+ * only two values of the same kind that differ tell identities apart for
+ * certain.  None may mean the only identity there is, and two kinds may name
+ * the same one.
+ */
+static bool
+selectors_may_match(const char *const *a, const char *const *b, size_t n)
+{
+	size_t ka = n, kb = n;
+
+	for (size_t i = 0; i < n; i++) {
+		if (a[i] != NULL && ka == n)
+			ka = i;
+		if (b[i] != NULL && kb == n)
+			kb = i;
+	}
+	if (ka == n || kb == n || ka != kb)
+		return true;
+	return strcasecmp(a[ka], b[kb]) == 0;
+}
+
+/* Identities whose tokens come from one kind of upstream principal. */
+static int
+source_family(enum config_source s)
+{
+	switch (s) {
+	case CONFIG_SOURCE_ENTRA_SECRET:
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+	case CONFIG_SOURCE_ENTRA_FEDERATED:
+		return CONFIG_SOURCE_ENTRA_SECRET; /* one app, whatever the credential */
+	default:
+		return (int)s;
+	}
+}
+
+bool
+config_identity_same_principal(const struct config_identity *a, const struct config_identity *b)
+{
+	if (a == b)
+		return true;
+	if (source_family(a->source) != source_family(b->source))
+		return false;
+	switch (a->source) {
+	case CONFIG_SOURCE_DEV:
+		return str_equal(a->issuer, b->issuer) && str_equal(a->subject, b->subject);
+	case CONFIG_SOURCE_AZURE_IMDS: {
+		const char *sa[] = {a->client_id, a->object_id, a->msi_res_id};
+		const char *sb[] = {b->client_id, b->object_id, b->msi_res_id};
+
+		return str_equal(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
+	}
+	case CONFIG_SOURCE_AZURE_APPSERVICE: {
+		const char *sa[] = {a->client_id, a->principal_id, a->mi_res_id};
+		const char *sb[] = {b->client_id, b->principal_id, b->mi_res_id};
+
+		return str_equal(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
+	}
+	case CONFIG_SOURCE_ENTRA_SECRET:
+	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
+	case CONFIG_SOURCE_ENTRA_FEDERATED:
+		/* a tenant id and its domain name are one tenant: only the app counts */
+		return str_ieq(a->authority, b->authority) && str_ieq(a->client_id, b->client_id);
+	case CONFIG_SOURCE_OAUTH2:
+		return str_equal(a->token_url, b->token_url) &&
+		       str_equal(a->client_id, b->client_id);
+	}
+	return true;
+}
+
+/* The part of a resource that names its API: see config_resources_alike. */
+static void
+resource_core(const char *s, size_t *off, size_t *len)
+{
+	size_t b = 0, n = strlen(s);
+	bool changed = true;
+
+	while (b < n && isspace((unsigned char)s[b]))
+		b++;
+	while (changed) {
+		changed = false;
+		while (n > b && isspace((unsigned char)s[n - 1])) {
+			n--;
+			changed = true;
+		}
+		while (n > b && s[n - 1] == '/') {
+			n--;
+			changed = true;
+		}
+		if (n - b >= 9 && strncasecmp(s + n - 9, "/.default", 9) == 0) {
+			n -= 9;
+			changed = true;
+		}
+	}
+	*off = b;
+	*len = n - b;
+}
+
+bool
+config_resources_alike(const char *a, const char *b)
+{
+	size_t oa, la, ob, lb;
+
+	resource_core(a, &oa, &la);
+	resource_core(b, &ob, &lb);
+	return la == lb && strncasecmp(a + oa, b + ob, la) == 0;
+}
+
 /*
  * The string fields of struct config_identity, for config_identity_equal and
  * identity_clear; kept next to each other so that a new field lands in both.
@@ -2279,6 +2691,14 @@ config_identity_equal(const struct config_identity *a, const struct config_ident
 }
 
 static void
+acl_clear(struct config_acl *acl)
+{
+	free(acl->uids);
+	free(acl->gids);
+	*acl = (struct config_acl){0};
+}
+
+static void
 identity_clear(struct config_identity *id)
 {
 #define FREE_STR(f)  free(id->f);
@@ -2287,6 +2707,7 @@ identity_clear(struct config_identity *id)
 	IDENTITY_STRVS(FREE_STRV)
 #undef FREE_STR
 #undef FREE_STRV
+	acl_clear(&id->dynamic_allow);
 }
 
 struct config *
@@ -2313,6 +2734,7 @@ config_free(struct config *c)
 	config_listen_free(c->compat.appservice_listen);
 	free(c->compat.appservice_secret_file);
 	strv_free(c->compat.resources);
+	acl_clear(&c->compat.env_allow);
 	config_proxy_free(c->proxy);
 	free(c->path);
 	free(c->socket);

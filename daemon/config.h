@@ -40,6 +40,14 @@ enum config_assertion_alg {
 #define CONFIG_AUD_RESOURCE 0x2u /* resource=<resource> (RFC 8707) */
 #define CONFIG_AUD_AUDIENCE 0x4u /* audience=<resource> (Auth0, Keycloak token exchange) */
 
+/* Who may do something: a peer passes when its uid or primary gid is listed; empty: anyone. */
+struct config_acl {
+	uid_t *uids; /* NULL when no uid is listed */
+	size_t n_uids;
+	gid_t *gids; /* NULL when no gid is listed */
+	size_t n_gids;
+};
+
 struct config_identity {
 	char *name;
 	enum config_source source;
@@ -91,6 +99,13 @@ struct config_identity {
 	int64_t lifetime; /* seconds, default 3600 */
 	/* /v1/token?resource= may create entries for this identity */
 	bool dynamic_resources;
+	/*
+	 * dynamic_allow_uids / dynamic_allow_gids: who may ask for dynamic
+	 * resources of this identity on the socket (empty: anyone).  Required,
+	 * and no wider than every restricted audience's rules, when the identity
+	 * (or one that may be the same principal) has restricted audiences.
+	 */
+	struct config_acl dynamic_allow;
 };
 
 struct config_audience {
@@ -124,6 +139,8 @@ struct config_compat {
 	bool dynamic_resources; /* any resource, bounded by max_entries; default no */
 	char **resources;	/* NULL-terminated allow-list besides the audiences, or NULL */
 	bool allow_non_loopback;
+	/* env_allow_uids / env_allow_gids: who may read GET /v1/compat/env (empty: anyone) */
+	struct config_acl env_allow;
 };
 
 struct config {
@@ -137,6 +154,7 @@ struct config {
 	int64_t idle_timeout;	/* seconds, default 3600 */
 	int64_t wait_timeout;	/* seconds, default 5 */
 	size_t max_entries;	/* default 10000 */
+	unsigned dynamic_rate;	/* new dynamic entries per second per caller, 0: no limit; 10 */
 	char *ca_file;		/* extra trust anchor for every upstream, or NULL */
 	/* bounds on callers, for every listener (http_limits); keys of the same names */
 	unsigned max_connections;	  /* per listener, default 1024 */
@@ -198,6 +216,28 @@ const char *config_source_name(enum config_source s);
  * uid is in allow_uids or the gid is in allow_gids.
  */
 bool config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid);
+
+/* True when acl is empty (no restriction) or lists the uid or the gid. */
+bool config_acl_allows(const struct config_acl *acl, uid_t uid, gid_t gid);
+/* True when acl lists anyone, i.e. restricts. */
+bool config_acl_restricts(const struct config_acl *acl);
+
+/*
+ * True when a and b may fetch tokens as one upstream principal, so that what
+ * one hands out the other could too.  Conservative: the same source family
+ * and upstream, and selectors that do not tell them apart for certain (an
+ * IMDS identity without a selector may be the only user-assigned one; a
+ * client_id and an object_id may name the same identity).
+ */
+bool config_identity_same_principal(const struct config_identity *a,
+				    const struct config_identity *b);
+
+/*
+ * True when two resources may name one API the way Entra resolves them:
+ * equal ignoring ASCII case, surrounding blanks, trailing slashes and a
+ * trailing "/.default".  (An app's GUID and its URI cannot be matched.)
+ */
+bool config_resources_alike(const char *a, const char *b);
 
 /* True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
 bool config_addr_is_loopback(const struct sockaddr_storage *a);

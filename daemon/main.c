@@ -210,7 +210,8 @@ upstream_done(void *arg, struct token_result *res)
 }
 
 static int
-daemon_fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
+daemon_fetch(void *ctx, struct source *src, const char *resource, enum source_priority prio,
+	     source_done_fn *done, void *arg)
 {
 	struct daemon *d = ctx;
 	struct upstream_call *call = calloc(1, sizeof(*call));
@@ -224,7 +225,7 @@ daemon_fetch(void *ctx, struct source *src, const char *resource, source_done_fn
 		return -ENOENT;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &call->start);
-	r = source_fetch(src, resource, upstream_done, call);
+	r = source_fetch_prio(src, resource, prio, upstream_done, call);
 	if (r < 0) {
 		free(call);
 		return r;
@@ -232,6 +233,31 @@ daemon_fetch(void *ctx, struct source *src, const char *resource, source_done_fn
 	TAILQ_INSERT_TAIL(&d->calls, call, link);
 	call->slot->in_flight++;
 	return 0;
+}
+
+/* Withdraws a fetch still queued in its source (the cache dropped its entry). */
+static int
+daemon_cancel(void *ctx, struct source *src, source_done_fn *done, void *arg)
+{
+	struct daemon *d = ctx;
+	struct upstream_call *call;
+	int r;
+
+	TAILQ_FOREACH(call, &d->calls, link)
+	{
+		if (call->slot->src != src || call->done != done || call->arg != arg)
+			continue;
+		r = source_cancel(src, upstream_done, call);
+		if (r < 0)
+			return r;
+		TAILQ_REMOVE(&d->calls, call, link);
+		call->slot->in_flight--;
+		if (call->slot->retired && call->slot->in_flight == 0)
+			gc_arm(d);
+		free(call);
+		return 0;
+	}
+	return -ENOENT;
 }
 
 /* Builds the source for cfg's identity i; the slot holds a reference on the configuration. */
@@ -358,6 +384,7 @@ static const struct cache_ops daemon_cache_ops = {
     .wall_ms = wall_ms,
     .random = random_u32,
     .fetch = daemon_fetch,
+    .cancel = daemon_cancel,
     .arm = daemon_arm,
     .user_free = api_user_free,
     .fetched = daemon_fetched,
@@ -555,6 +582,7 @@ cache_params_from(const struct config *cfg, struct cache_params *cp)
 	    .idle_timeout = cfg->idle_timeout,
 	    .wait_timeout_ms = cfg->wait_timeout * 1000,
 	    .max_entries = cfg->max_entries,
+	    .dynamic_rate = cfg->dynamic_rate,
 	};
 }
 

@@ -132,6 +132,7 @@ struct pconn {
 	int64_t deadline_ms; /* head, handshake or linger must be over by then (see on_timer) */
 	int64_t timer_at_ms; /* when the armed timer fires; 0 when it is not armed */
 	int64_t refresh_deadline_ms, up_started_ms, up_ms;
+	uint64_t sent_generation; /* of the token stamped on the request */
 	int status;
 	bool tls;	 /* bev is our TLS server side (intercept): no direct writes */
 	bool handshake;	 /* tls: the handshake is not done yet */
@@ -682,6 +683,7 @@ request_send(struct pconn *c, const struct cache_token *tok)
 	c->req_done = false;
 	evbuffer_add(s, evbuffer_pullup(c->out_head, -1), evbuffer_get_length(c->out_head));
 	if (tok != NULL) {
+		c->sent_generation = tok->generation;
 		add(s, "Authorization: Bearer ", 22);
 		add(s, tok->value, tok->len);
 		add(s, "\r\n", 2);
@@ -765,7 +767,8 @@ retry_after_refresh(struct pconn *c)
 	log_info("upstream rejected the token, refreshing it", "route=%s", route_name(c));
 	c->retried = true;
 	upconn_release(c, false);
-	cache_refresh(c->p->cache, c->u->entry);
+	/* at most once per token: a refreshed token that is rejected again is not refreshed */
+	cache_refresh_token(c->p->cache, c->u->entry, c->sent_generation, &(int64_t){0});
 	c->state = CS_REFRESH;
 	c->refresh_deadline_ms = now + c->p->cfg->wait_timeout * 1000;
 	if (conn_arm(c, now + PROXY_POLL_MS) < 0)

@@ -145,6 +145,23 @@ appservice_fetch(struct source *s, const char *resource, source_done_fn *done, v
 }
 
 static int
+appservice_fetch_prio(struct source *s, const char *resource, enum source_priority prio,
+		      source_done_fn *done, void *arg)
+{
+	struct appservice_source *src = (struct appservice_source *)s;
+
+	return azure_mi_fetch_prio(src->mi, resource, prio, done, arg);
+}
+
+static int
+appservice_cancel(struct source *s, source_done_fn *done, void *arg)
+{
+	struct appservice_source *src = (struct appservice_source *)s;
+
+	return azure_mi_cancel(src->mi, done, arg);
+}
+
+static int
 appservice_jwks(struct source *s, struct evbuffer *out)
 {
 	(void)s;
@@ -166,6 +183,8 @@ appservice_free(struct source *s)
 static const struct source_ops appservice_ops = {
     .kind = "azure-appservice",
     .fetch = appservice_fetch,
+    .fetch_prio = appservice_fetch_prio,
+    .cancel = appservice_cancel,
     .jwks = appservice_jwks,
     .free = appservice_free,
 };

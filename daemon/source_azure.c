@@ -50,6 +50,7 @@ struct azure_req {
 	TAILQ_ENTRY(azure_req) all;
 	TAILQ_ENTRY(azure_req) queue; /* while REQ_QUEUED */
 	enum req_state state;
+	enum source_priority prio;
 	char *resource;
 	source_done_fn *done;
 	void *arg;
@@ -77,7 +78,8 @@ struct azure_mi {
 	void *secret_ctx;
 	struct azure_limiter limiter;
 	struct azure_reqs all;	 /* every live request */
-	struct azure_reqs queue; /* REQ_QUEUED ones, in order */
+	struct azure_reqs queue; /* REQ_QUEUED ones: SOURCE_PRIO_HIGH first, each in order */
+	unsigned n_low;		 /* SOURCE_PRIO_LOW ones on it */
 	struct event *pump;	 /* runs the queue */
 	int64_t pump_at_ms;	 /* when pump is due, while it is pending */
 };
@@ -106,24 +108,38 @@ azure_limiter_init(struct azure_limiter *l, unsigned max_concurrent, unsigned ma
 }
 
 int64_t
-azure_limiter_acquire(struct azure_limiter *l, int64_t now)
+azure_limiter_acquire_reserve(struct azure_limiter *l, int64_t now, unsigned reserve_concurrent,
+			      unsigned reserve_window)
 {
+	unsigned conc =
+	    reserve_concurrent < l->max_concurrent ? l->max_concurrent - reserve_concurrent : 1;
+	unsigned win = reserve_window < l->max_per_window ? l->max_per_window - reserve_window : 1;
+
 	if (now < l->paused_until_ms)
 		return l->paused_until_ms - now;
-	if (l->in_flight >= l->max_concurrent)
+	if (l->in_flight >= conc)
 		return -1;
-	if (l->count == l->max_per_window) {
-		int64_t free_at = l->starts[l->oldest] + l->window_ms;
-
-		if (now < free_at)
-			return free_at - now;
+	/* starts that have left the window no longer count */
+	while (l->count > 0 && l->starts[l->oldest] + l->window_ms <= now) {
 		l->oldest = (l->oldest + 1) % l->max_per_window;
 		l->count--;
+	}
+	if (l->count >= win) {
+		/* the start that must leave the window before one more fits */
+		unsigned i = (l->oldest + (l->count - win)) % l->max_per_window;
+
+		return l->starts[i] + l->window_ms - now;
 	}
 	l->starts[(l->oldest + l->count) % l->max_per_window] = now;
 	l->count++;
 	l->in_flight++;
 	return 0;
+}
+
+int64_t
+azure_limiter_acquire(struct azure_limiter *l, int64_t now)
+{
+	return azure_limiter_acquire_reserve(l, now, 0, 0);
 }
 
 void
@@ -348,12 +364,52 @@ withhold(struct token_result *r)
 		 "secret header sent with the request");
 }
 
+/* Puts q on the queue: behind every request of its priority or higher. */
+static void
+queue_insert(struct azure_mi *m, struct azure_req *q)
+{
+	struct azure_req *x;
+
+	q->state = REQ_QUEUED;
+	if (q->prio == SOURCE_PRIO_LOW) {
+		m->n_low++;
+		TAILQ_INSERT_TAIL(&m->queue, q, queue);
+		return;
+	}
+	TAILQ_FOREACH(x, &m->queue, queue)
+	{
+		if (x->prio == SOURCE_PRIO_LOW) {
+			TAILQ_INSERT_BEFORE(x, q, queue);
+			return;
+		}
+	}
+	TAILQ_INSERT_TAIL(&m->queue, q, queue);
+}
+
+static void
+queue_remove(struct azure_mi *m, struct azure_req *q)
+{
+	TAILQ_REMOVE(&m->queue, q, queue);
+	if (q->prio == SOURCE_PRIO_LOW)
+		m->n_low--;
+}
+
+/* Asks the limiter for q's start, leaving the reserved slots to others for a low one. */
+static int64_t
+req_acquire(struct azure_mi *m, const struct azure_req *q)
+{
+	if (q->prio == SOURCE_PRIO_LOW)
+		return azure_limiter_acquire_reserve(
+		    &m->limiter, now_ms(), AZURE_RESERVED_CONCURRENT, AZURE_RESERVED_PER_WINDOW);
+	return azure_limiter_acquire(&m->limiter, now_ms());
+}
+
 /* Takes q off the client's lists; it is then only the caller's. */
 static void
 req_unlink(struct azure_mi *m, struct azure_req *q)
 {
 	if (q->state == REQ_QUEUED)
-		TAILQ_REMOVE(&m->queue, q, queue);
+		queue_remove(m, q);
 	TAILQ_REMOVE(&m->all, q, all);
 }
 
@@ -449,13 +505,13 @@ pump(struct azure_mi *m)
 	char msg[256];
 
 	while ((q = TAILQ_FIRST(&m->queue)) != NULL) {
-		int64_t wait = azure_limiter_acquire(&m->limiter, now_ms());
+		int64_t wait = req_acquire(m, q);
 
 		if (wait > 0)
 			schedule_pump(m, wait);
 		if (wait != 0)
 			return; /* or a release pumps again */
-		TAILQ_REMOVE(&m->queue, q, queue);
+		queue_remove(m, q);
 		q->state = REQ_IN_FLIGHT;
 		if (req_dispatch(m, q, msg, sizeof(msg)) < 0) {
 			azure_limiter_release(&m->limiter);
@@ -498,8 +554,7 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	q->state = REQ_QUEUED;
-	TAILQ_INSERT_TAIL(&q->mi->queue, q, queue);
+	queue_insert(q->mi, q);
 	pump(q->mi);
 }
 
@@ -568,9 +623,10 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 }
 
 int
-azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, void *arg)
+azure_mi_fetch_prio(struct azure_mi *m, const char *resource, enum source_priority prio,
+		    source_done_fn *done, void *arg)
 {
-	struct azure_req *q;
+	struct azure_req *q, *head;
 	size_t len;
 	char msg[256];
 
@@ -579,6 +635,10 @@ azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, v
 	len = strlen(resource);
 	if (len == 0 || len > AZURE_MAX_RESOURCE)
 		return -EINVAL;
+	head = TAILQ_FIRST(&m->queue);
+	/* a new dynamic resource waits only while few others do: a flood fails fast */
+	if (prio == SOURCE_PRIO_LOW && m->n_low >= SOURCE_MAX_QUEUED_LOW)
+		return -ENOBUFS;
 	q = calloc(1, sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
@@ -588,11 +648,13 @@ azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, v
 		return -ENOMEM;
 	}
 	q->mi = m;
+	q->prio = prio;
 	q->done = done;
 	q->arg = arg;
 
-	/* straight out when nothing waits ahead of it */
-	if (TAILQ_EMPTY(&m->queue) && azure_limiter_acquire(&m->limiter, now_ms()) == 0) {
+	/* straight out when nothing of its priority or higher waits ahead of it */
+	if ((head == NULL || (prio == SOURCE_PRIO_HIGH && head->prio == SOURCE_PRIO_LOW)) &&
+	    req_acquire(m, q) == 0) {
 		if (req_dispatch(m, q, msg, sizeof(msg)) == 0) {
 			TAILQ_INSERT_TAIL(&m->all, q, all);
 			return 0;
@@ -600,12 +662,36 @@ azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, v
 		/* the queue tries again from the loop and reports why it failed */
 		azure_limiter_release(&m->limiter);
 	}
-	q->state = REQ_QUEUED;
 	TAILQ_INSERT_TAIL(&m->all, q, all);
-	TAILQ_INSERT_TAIL(&m->queue, q, queue);
+	queue_insert(m, q);
 	/* from the loop, never from here: done must not run inside source_fetch */
 	schedule_pump(m, 0);
 	return 0;
+}
+
+int
+azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, void *arg)
+{
+	return azure_mi_fetch_prio(m, resource, SOURCE_PRIO_HIGH, done, arg);
+}
+
+int
+azure_mi_cancel(struct azure_mi *m, source_done_fn *done, void *arg)
+{
+	struct azure_req *q;
+
+	TAILQ_FOREACH(q, &m->all, all)
+	{
+		if (q->done != done || q->arg != arg)
+			continue;
+		if (q->state == REQ_IN_FLIGHT)
+			return -EBUSY;
+		/* queued, or sleeping until its next 410 retry (req_free stops that timer) */
+		req_unlink(m, q);
+		req_free(q);
+		return 0;
+	}
+	return -ENOENT;
 }
 
 /* Construction */

@@ -28,6 +28,13 @@ struct azure_mi;
 #define AZURE_LIMITER_MAX    64	   /* largest max_per_window the ring holds */
 #define AZURE_GONE_BUDGET_MS 70000 /* 410: keep trying at least this long */
 #define AZURE_MAX_RESOURCE   2048  /* longest resource or selector put in a URL */
+/*
+ * What SOURCE_PRIO_LOW requests (new dynamic resources) leave to the others:
+ * one of the concurrent slots and two starts of every window, so that a
+ * configured audience starts at once even under a flood.
+ */
+#define AZURE_RESERVED_CONCURRENT 1
+#define AZURE_RESERVED_PER_WINDOW 2
 
 /*
  * A limiter: at most max_concurrent requests in flight and max_per_window
@@ -55,6 +62,12 @@ void azure_limiter_init(struct azure_limiter *l, unsigned max_concurrent, unsign
  * again, or -1 when every concurrent slot is taken (ask after a release).
  */
 int64_t azure_limiter_acquire(struct azure_limiter *l, int64_t now_ms);
+/*
+ * The same, leaving reserve_concurrent slots and reserve_window starts of
+ * the window to others (each limit stays at least 1).
+ */
+int64_t azure_limiter_acquire_reserve(struct azure_limiter *l, int64_t now_ms,
+				      unsigned reserve_concurrent, unsigned reserve_window);
 /* A request that acquire let start has finished. */
 void azure_limiter_release(struct azure_limiter *l);
 /* No start before until_ms: the upstream throttled the whole identity. */
@@ -115,5 +128,14 @@ int azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *f
 struct azure_mi *azure_mi_free(struct azure_mi *m);
 /* Like source_fetch: queued when the limits are reached, never dropped. */
 int azure_mi_fetch(struct azure_mi *m, const char *resource, source_done_fn *done, void *arg);
+/*
+ * Like source_fetch_prio: SOURCE_PRIO_HIGH requests are queued ahead of
+ * SOURCE_PRIO_LOW ones, which leave the reserved slots free and fail with
+ * -ENOBUFS when SOURCE_MAX_QUEUED_LOW of them wait already.
+ */
+int azure_mi_fetch_prio(struct azure_mi *m, const char *resource, enum source_priority prio,
+			source_done_fn *done, void *arg);
+/* Like source_cancel: withdraws a queued request, or one sleeping between 410 retries. */
+int azure_mi_cancel(struct azure_mi *m, source_done_fn *done, void *arg);
 
 #endif

@@ -38,6 +38,23 @@ imds_fetch(struct source *s, const char *resource, source_done_fn *done, void *a
 }
 
 static int
+imds_fetch_prio(struct source *s, const char *resource, enum source_priority prio,
+		source_done_fn *done, void *arg)
+{
+	struct imds_source *src = (struct imds_source *)s;
+
+	return azure_mi_fetch_prio(src->mi, resource, prio, done, arg);
+}
+
+static int
+imds_cancel(struct source *s, source_done_fn *done, void *arg)
+{
+	struct imds_source *src = (struct imds_source *)s;
+
+	return azure_mi_cancel(src->mi, done, arg);
+}
+
+static int
 imds_jwks(struct source *s, struct evbuffer *out)
 {
 	(void)s;
@@ -57,6 +74,8 @@ imds_free(struct source *s)
 static const struct source_ops imds_ops = {
     .kind = "azure-imds",
     .fetch = imds_fetch,
+    .fetch_prio = imds_fetch_prio,
+    .cancel = imds_cancel,
     .jwks = imds_jwks,
     .free = imds_free,
 };

@@ -41,7 +41,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define OUT_MAX	    (1u << 20) /* replies kept for checking; more is discarded */
 #define DEADLINE_MS 5000       /* a connection still open after this is a hang */
 
-/* "locked" allows only a uid that is not ours: its token must never come back. */
+/*
+ * "locked" allows only a uid that is not ours: its token must never come back.
+ * It belongs to "other" (another dev principal, without dynamic resources):
+ * beside "dev"'s dynamic resources bearerd -n would refuse it.
+ */
 static const char config_text[] = "[bearerd]\n"
 				  "socket = /nonexistent/bearerd-fuzz.sock\n"
 				  "log_level = error\n"
@@ -57,7 +61,7 @@ static const char config_text[] = "[bearerd]\n"
 				  "resource = api://fuzz\n"
 				  "prefetch = yes\n"
 				  "[audience \"locked\"]\n"
-				  "identity = dev\n"
+				  "identity = other\n"
 				  "resource = api://locked\n"
 				  "allow_uids = 4242\n"
 				  "[audience \"other.api\"]\n"
@@ -127,10 +131,11 @@ rnd(void *ctx)
 }
 
 static int
-fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
+fetch(void *ctx, struct source *src, const char *resource, enum source_priority prio,
+      source_done_fn *done, void *arg)
 {
 	(void)ctx;
-	return source_fetch(src, resource, done, arg);
+	return source_fetch_prio(src, resource, prio, done, arg);
 }
 
 static void
@@ -326,7 +331,7 @@ check_replies(const char *p, size_t len, int has_head)
 			/* JSON escapes quotes in values: these members cannot be forged by a
 			 * resource */
 			check(!(find(b, body, "\"access_token\":\"") &&
-				find(b, body, "\"resource\":\"api://locked\"")),
+				find(b, body, "\"audience\":\"locked\"")),
 			      "a token of the audience restricted to another uid");
 			if (b[0] == '[')
 				check(find(b, body, "\"access_token\":\"") == NULL,

@@ -29,8 +29,17 @@ def free_port():
 
 
 def compat_config(fake, tmp, **over):
-    """Identity vm (system-assigned) answers SDK requests; ua is a user-assigned one."""
+    """Identity vm (system-assigned) answers SDK requests; ua is a user-assigned one.
+    The uid-restricted audience 'locked' exists only with dynamic = "no": bearerd -n refuses
+    compat dynamic resources beside it (TCP callers cannot be told apart)."""
     imds, app = free_port(), free_port()
+    dynamic = over.get('dynamic', 'yes')
+    locked = """
+[audience "locked"]
+identity = vm
+resource = api://locked
+allow_uids = 0
+""" if dynamic == "no" else ""
     text = f"""[bearerd]
 socket = @SOCKET@
 log_level = debug
@@ -41,6 +50,7 @@ wait_timeout = {over.get('wait_timeout', 5)}
 source = azure-imds
 endpoint = {fake.endpoint}
 dynamic_resources = yes
+dynamic_allow_uids = 0
 
 [identity "ua"]
 source = azure-imds
@@ -50,18 +60,13 @@ client_id = {UA_CLIENT_ID}
 [audience "api"]
 identity = vm
 resource = api://test-app
-
-[audience "locked"]
-identity = vm
-resource = api://locked
-allow_uids = 0
-
+{locked}
 [compat]
 identity = vm
 imds_listen = 127.0.0.1:{imds}
 appservice_listen = 127.0.0.1:{app}
 appservice_secret_file = {tmp}/identity-header
-dynamic_resources = {over.get('dynamic', 'yes')}
+dynamic_resources = {dynamic}
 """
     return text, imds, app
 
@@ -221,9 +226,6 @@ def test_imds_listener_rules(fake, compat):
     assert st == 400 and b"Identity not found" in body
     st, _, body = raw(p, TOKEN + Q + "&client_id=" + UA_CLIENT_ID + "&msi_res_id=x", MD)
     assert st == 400
-    # a uid-restricted audience stays on the socket
-    st, _, body = raw(p, TOKEN + "?api-version=2018-02-01&resource=api://locked", MD)
-    assert st == 403
 
 
 def test_appservice_listener_rules(fake, compat):
@@ -271,6 +273,9 @@ def test_validity_and_allow_list(fake, compat):
     d = compat(dynamic="no")
     st, h, body = raw(d.imds_port, TOKEN + Q, MD)
     assert st == 400 and b"invalid_resource" in body  # not an audience, not allowed
+    # a uid-restricted audience stays on the socket
+    st, _, body = raw(d.imds_port, TOKEN + "?api-version=2018-02-01&resource=api://locked", MD)
+    assert st == 403
     st, h, body = raw(d.imds_port, TOKEN + "?api-version=2018-02-01&resource=api://test-app",
                       MD)
     assert st == 503 and b"access_token" not in body

@@ -126,8 +126,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def bearerd_config(tmp, fake, route_upstream=None, **g):
-    """vm answers SDK requests; uac, uao, uar are user-assigned (client, object, resource id)."""
+LOCKED = """
+[audience "locked"]
+identity = vm
+resource = api://locked
+allow_uids = 0
+"""
+
+
+def bearerd_config(tmp, fake, route_upstream=None, locked=False, **g):
+    """vm answers SDK requests; uac, uao, uar are user-assigned (client, object, resource id).
+    locked adds the uid-restricted audience 'locked' and turns compat's dynamic resources
+    off: bearerd -n refuses them beside it (issue 11, finding 2)."""
     imds, app, route = free_port(), free_port(), free_port()
     glob = {"log_level": "debug", "min_validity": 300}
     glob.update(g)
@@ -135,7 +145,8 @@ def bearerd_config(tmp, fake, route_upstream=None, **g):
     for name, sel in (("vm", None), ("uac", ("client_id", UA_CLIENT)),
                       ("uao", ("object_id", UA_OBJECT)), ("uar", ("msi_res_id", UA_RES))):
         ids += f'\n[identity "{name}"]\nsource = azure-imds\nendpoint = {fake.endpoint}\n'
-        ids += "dynamic_resources = yes\n" + (f"{sel[0]} = {sel[1]}\n" if sel else "")
+        ids += "dynamic_resources = yes\ndynamic_allow_uids = 0\n"
+        ids += f"{sel[0]} = {sel[1]}\n" if sel else ""
     text = "[bearerd]\nsocket = @SOCKET@\n" + "".join(f"{k} = {v}\n" for k, v in glob.items())
     text += ids + f"""
 [audience "apim"]
@@ -145,18 +156,13 @@ resource = {AUDIENCE}
 [audience "plus"]
 identity = vm
 resource = {PLUS}
-
-[audience "locked"]
-identity = vm
-resource = api://locked
-allow_uids = 0
-
+{LOCKED if locked else ""}
 [compat]
 identity = vm
 imds_listen = 127.0.0.1:{imds}
 appservice_listen = 127.0.0.1:{app}
 appservice_secret_file = {tmp}/identity-header
-dynamic_resources = yes
+dynamic_resources = {"no" if locked else "yes"}
 """
     if route_upstream is not None:
         text += f"""
@@ -651,7 +657,7 @@ def test_what_each_bearerd_status_costs_the_client(built, bearerd, jfake, tmp_pa
     """Azure.Identity's managed-identity pipeline fails fast on 400/401/403 and retries
     404/429/5xx five times (honouring Retry-After, which bearerd sets to 1 s): bearerd
     answers 400 for what asking again will not fix and 503 for what it may."""
-    d = bearerd()
+    d = bearerd(locked=case == "restricted audience")
     env = dotnet_env(tmp_path, d, "appservice")
     args = ["--credential", "mic", "--observe", "--retry-delay-ms", "1"]
     if case == "unknown identity":

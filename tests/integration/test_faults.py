@@ -231,15 +231,17 @@ def wait_failures(d, at_least):
 
 
 def recover(d, u, old=None):
-    """Clears the fault and forces refreshes until a new token is served."""
+    """Clears the fault and forces refreshes until a new token is served.  A forced refresh
+    waits for the end of a backoff (a client error's lasts 30 s): allow for it."""
     u.fault("none")
+    backoff = max(0, entry(d)["refresh_in"])
 
     def fresh():
         d.request("POST", "/v1/refresh/api")
         r = token(d)
         return r.status == 200 and r.json()["access_token"] != old and r
 
-    r = wait_for(fresh, timeout=UPSTREAM_TIMEOUT + 13, step=0.2, what="recovery")
+    r = wait_for(fresh, timeout=UPSTREAM_TIMEOUT + 13 + backoff, step=0.2, what="recovery")
     assert entry(d)["last_error"] == ""
     return r
 

@@ -425,7 +425,9 @@ def test_single_flight_1000_waiters_one_upstream_request(fake, start_daemon):
 def test_dynamic_resources_beyond_max_entries_are_refused_not_stored(fake, start_daemon):
     max_entries = 50
     fake.configure(delay=0.5)
-    d = start_daemon(load_config(fake, max_entries=max_entries, wait_timeout=2))
+    # one caller's 300 new resources at once: dynamic_rate would refuse most of them (429);
+    # this test is about max_entries
+    d = start_daemon(load_config(fake, max_entries=max_entries, wait_timeout=2, dynamic_rate=0))
     n = 300
     socks = connect_all(d.socket, n)
     try:

@@ -82,10 +82,11 @@ def test_ready_latches_through_an_outage_strict_does_not(fake, start_daemon):
     assert d.logs().count('msg="no valid token left for a prefetch audience"') == 1
     assert d.get("/v1/token/api").status == 503
 
-    # the upstream returns: strict readiness follows
+    # the upstream returns: strict readiness follows (the refresh waits for the end of the
+    # backoff the outage built, at most 60 s)
     fake.configure(lifetime=16)
     assert d.ctl("refresh", "api").returncode == 0
-    wait_for(lambda: ready(d, strict=True)[0] == 200, what="strict readiness again")
+    wait_for(lambda: ready(d, strict=True)[0] == 200, timeout=70, what="strict readiness again")
     assert health(d, strict=True)[0] == 0
     assert gauge(d, "bearerd_ready", mode="strict") == 1
 
@@ -130,8 +131,9 @@ def test_latch_survives_a_reload_that_replaces_the_identity(fake, start_daemon):
     wait_for(lambda: "reporting ready before every prefetch audience" in d.logs(), timeout=40,
              what="start-up to stop waiting")
     fake.configure(lifetime=3600)
+    # the refresh waits for the end of the backoff that 30 s of failures built (at most 60 s)
     assert d.ctl("refresh", "api").returncode == 0
-    wait_for(lambda: "token fetch recovered" in d.logs(), what="the first token")
+    wait_for(lambda: "token fetch recovered" in d.logs(), timeout=70, what="the first token")
     fake.configure(**OUTAGE)
     other = "client_id = 00000000-0000-0000-0000-0000000000aa\n"  # another identity
     d.config.write_text(d.config.read_text().replace("source = azure-imds\n",

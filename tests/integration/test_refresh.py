@@ -3,7 +3,7 @@
 import subprocess
 import time
 
-from conftest import BEARERD, imds_config, remember_token
+from conftest import BEARERD, imds_config, remember_token, wait_for
 
 # 12 s tokens, refreshed at the latest 5 s before expiry, never handed out with < 3 s left
 SHORT = dict(min_validity=3, refresh_margin=5)
@@ -132,3 +132,110 @@ def test_unreachable_upstream_cold_gives_503_not_a_hang(tmp_path, start_daemon):
     assert r.status == 503 and time.monotonic() - t0 < 5
     assert "retry-after" in r.headers
     assert r.json()["error"] == "temporarily_unavailable"
+
+
+# -- Issue 11, finding 4: callers cannot make bearerd hammer the IdP --------------------------
+
+def test_forced_refreshes_are_coalesced(fake, start_daemon):
+    """30 POST /v1/refresh in 1.5 s made 30 upstream requests; now one, after 5 s."""
+    d = start_daemon(imds_config(fake))
+    first = d.get("/v1/token/api")
+    t0 = time.monotonic()
+    remember_token(first.json()["access_token"])
+    assert fake.stats()["requests"] == 1
+    answers = []
+    for _ in range(30):
+        r = d.request("POST", "/v1/refresh/api")
+        answers.append((r.status, r.json()))
+        time.sleep(0.05)
+    assert all(st == 202 and b["status"] == "deferred" and 1 <= b["refresh_in"] <= 5
+               for st, b in answers), answers
+    assert fake.stats()["requests"] == 1
+    # one fetch for all of them, CACHE_FORCED_INTERVAL_S (5 s) after the last one
+    wait_for(lambda: fake.stats()["requests"] == 2, timeout=10, what="the refresh")
+    assert time.monotonic() - t0 >= 4.5
+    time.sleep(1)
+    assert fake.stats()["requests"] == 2
+    r = d.get("/v1/token/api")
+    assert r.json()["access_token"] != first.json()["access_token"]
+    remember_token(r.json()["access_token"])
+
+
+def test_forced_refreshes_wait_for_a_permanent_errors_backoff(fake, start_daemon):
+    """After a permanent 400, refreshes do not reach the upstream before its backoff ends."""
+    fake.configure(status=400, error_body='{"error":"invalid_request",'
+                                          '"error_description":"Identity not found"}')
+    d = start_daemon(imds_config(fake))
+    assert d.get("/v1/token/api").status == 503
+    assert fake.stats()["requests"] == 1
+    end = time.monotonic() + 1.5
+    answers = []
+    while time.monotonic() < end:
+        r = d.request("POST", "/v1/refresh/api")
+        answers.append((r.status, r.json()))
+        time.sleep(0.05)
+    assert len(answers) >= 20
+    # deferred to the end of the backoff (60 s for a 4xx from IMDS)
+    assert all(st == 202 and b["status"] == "deferred" and b["refresh_in"] >= 55
+               for st, b in answers), answers[:3]
+    assert fake.stats()["requests"] == 1
+    assert d.ctl("refresh", "api").returncode == 0  # bearerctl: a 202 is not an error
+
+
+def proxy_conf(api_port, proxy_port):
+    return f"""[bearerd]
+socket = @SOCKET@
+log_level = debug
+
+[identity "dev"]
+source = dev
+roles = Sample.Read
+
+[audience "apim"]
+identity = dev
+resource = api://apim-demo
+
+[proxy]
+listen = 127.0.0.1:{proxy_port}
+
+[route "demo"]
+match = api.example.com
+audience = apim
+upstream = http://127.0.0.1:{api_port}
+"""
+
+
+def test_invalid_token_refresh_once_per_token(start_daemon, tmp_path):
+    """A proxied API that always answers invalid_token: 50 requests made 50 token fetches in
+    2.8 s.  Now the rejected token is refreshed once, and its successor never."""
+    import http.client
+    import json
+
+    from test_proxy import ProtectedAPI, free_port
+
+    api = ProtectedAPI(tmp_path, str(tmp_path / "bearerd.sock"))
+    try:
+        pp = free_port()
+        d = start_daemon(proxy_conf(api.port, pp))
+        remember_token(d.ctl("token", "apim").stdout.strip())
+        # every token issued up to a day from now is "revoked"
+        api.call("POST", f"/_fake/revoke?iat_le={int(time.time()) + 86400}")
+        statuses = []
+        for _ in range(50):
+            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=30)
+            c.request("GET", "http://api.example.com/api/items")
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            statuses.append(r.status)
+            assert b"invalid_token" in body or r.status == 200
+        assert statuses == [401] * 50
+        fetched = [l for l in d.logs().splitlines() if 'msg="token fetched"' in l]
+        # the first token, and one refresh of it after its first rejection
+        assert len(fetched) == 2, fetched
+        assert "reason=forced" in fetched[1]
+        remember_token(d.ctl("token", "apim").stdout.strip())
+        st = json.loads(d.get("/v1/status").body)[0]
+        assert st["fetches"] == 2
+    finally:
+        api.stop()

@@ -132,17 +132,31 @@ def test_min_validity_parameter(fake, start_daemon):
     fake.configure(lifetime=1000)
     d = start_daemon(imds_config(fake, min_validity=60, refresh_margin=100))
     first = d.get("/v1/token/api").json()
+    t_first = time.monotonic()
     remember_token(first["access_token"])
     assert fake.stats()["requests"] == 1
     time.sleep(2)
-    # the cached token has about 998 s left: asking for 999 fetches a fresh one
+    # the cached token has about 998 s left: asking for 999 may fetch a fresh one, but at most
+    # once every 5 s (CACHE_FORCED_INTERVAL_S): a caller cannot make bearerd hammer the IdP
+    for _ in range(20):
+        r = d.get("/v1/token/api?min_validity=999")
+        assert r.status == 503 and 1 <= int(r.headers["retry-after"]) <= 5, r.body
+        assert r.json()["error"] == "temporarily_unavailable"
+    assert fake.stats()["requests"] == 1
+    time.sleep(max(0, t_first + 5.5 - time.monotonic()))
     r = d.get("/v1/token/api?min_validity=999")
     assert r.status == 200, r.body
     second = r.json()
     remember_token(second["access_token"])
     assert second["access_token"] != first["access_token"]
     assert fake.stats()["requests"] == 2
-    # more than any token of the upstream has: a clear 503, never a short token
-    r = d.get("/v1/token/api?min_validity=2000")
-    assert r.status == 503 and "retry-after" in r.headers
-    assert r.json()["error"] == "temporarily_unavailable"
+    # more than any token of this audience has lived (issue 11, finding 4: 40 requests made
+    # 40 fetches): a clear 400 at once, never a fetch and never a short token
+    for minv in [2000, 31000000] * 20:
+        r = d.get(f"/v1/token/api?min_validity={minv}")
+        assert r.status == 400, r.body
+        assert r.json()["error"] == "invalid_request"
+        assert "access_token" not in r.json()
+    assert fake.stats()["requests"] == 2
+    # the token itself keeps serving
+    assert d.get("/v1/token/api").json()["access_token"] == second["access_token"]

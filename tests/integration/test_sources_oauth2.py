@@ -278,15 +278,17 @@ def test_plain_http_token_url_refused_for_non_loopback(tmp_path):
 
 
 def test_burst_of_resources_is_bounded_in_flight(fe, start_daemon, tmp_path, testca):
-    """80 distinct dynamic resources at once: libcurl queues beyond FETCH_MAX_CONNECTIONS (32)
-    upstream connections instead of opening one per resource; every caller still gets a token."""
+    """80 distinct dynamic resources at once: bearerd queues beyond SOURCE_MAX_IN_FLIGHT (16)
+    per identity (libcurl beyond FETCH_MAX_CONNECTIONS, 32) instead of opening one upstream
+    connection per resource; every caller still gets a token (dynamic_rate = 0: this is one
+    caller's burst, which the default limit would cut short)."""
     import threading
     import urllib.parse
     secret = new_secret()
     fe.configure(clients={CLIENT: {"secret": secret}}, delay=0.3)
     ident = generic_identity(fe, tmp_path, secret, dynamic_resources="yes")
     d = start_daemon(identity_config(ident, {"api": RESOURCE}, ca_file=testca.ca.cert,
-                                     wait_timeout=30))
+                                     wait_timeout=30, dynamic_rate=0))
     statuses = []
 
     def ask(i):

@@ -21,16 +21,21 @@ struct fake {
 	uint32_t rnd;
 	int fetches;
 	int fail_start; /* next fetch() call fails synchronously */
+	int nobufs;	/* fetch() of a low-priority fetch finds the queue full */
+	int cancelable; /* cancel() withdraws pending fetches (else -EBUSY) */
+	int cancels;	/* cancel() calls */
 	struct {
 		source_done_fn *done;
 		void *arg;
 		char resource[128];
+		enum source_priority prio;
 	} pending[MAX_PENDING];
 	int npending;
 	int answers;
 	struct cache_answer last;
 	char last_token[64];
-	int reported; /* cache_ops.fetched calls */
+	uint64_t last_gen; /* of the last token answered */
+	int reported;	   /* cache_ops.fetched calls */
 	char reason[32], failure[32];
 };
 
@@ -60,7 +65,8 @@ fake_random(void *ctx)
 }
 
 static int
-fake_fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
+fake_fetch(void *ctx, struct source *src, const char *resource, enum source_priority prio,
+	   source_done_fn *done, void *arg)
 {
 	(void)ctx;
 	(void)src;
@@ -68,13 +74,35 @@ fake_fetch(void *ctx, struct source *src, const char *resource, source_done_fn *
 		F.fail_start = 0;
 		return -EIO;
 	}
+	if (F.nobufs && prio == SOURCE_PRIO_LOW)
+		return -ENOBUFS;
 	assert_true(F.npending < MAX_PENDING);
 	F.pending[F.npending].done = done;
 	F.pending[F.npending].arg = arg;
+	F.pending[F.npending].prio = prio;
 	snprintf(F.pending[F.npending].resource, sizeof(F.pending[0].resource), "%s", resource);
 	F.npending++;
 	F.fetches++;
 	return 0;
+}
+
+static int
+fake_cancel(void *ctx, struct source *src, source_done_fn *done, void *arg)
+{
+	(void)ctx;
+	(void)src;
+	F.cancels++;
+	for (int i = 0; i < F.npending; i++) {
+		if (F.pending[i].done != done || F.pending[i].arg != arg)
+			continue;
+		if (!F.cancelable)
+			return -EBUSY;
+		memmove(&F.pending[i], &F.pending[i + 1],
+			sizeof(F.pending[0]) * (size_t)(F.npending - i - 1));
+		F.npending--;
+		return 0;
+	}
+	return -ENOENT;
 }
 
 static void
@@ -98,6 +126,7 @@ static const struct cache_ops fake_ops = {
     .wall_ms = fake_wall,
     .random = fake_random,
     .fetch = fake_fetch,
+    .cancel = fake_cancel,
     .arm = fake_arm,
     .user_free = free,
     .fetched = fake_fetched,
@@ -110,8 +139,10 @@ on_answer(void *arg, const struct cache_answer *a)
 	F.answers++;
 	F.last = *a;
 	F.last_token[0] = '\0';
-	if (a->token != NULL)
+	if (a->token != NULL) {
 		snprintf(F.last_token, sizeof(F.last_token), "%s", a->token->value);
+		F.last_gen = a->token->generation;
+	}
 	F.last.token = NULL;
 }
 
@@ -184,8 +215,11 @@ request(struct cache *c, struct cache_entry *e, int64_t minv, struct cache_waite
 	assert_int_equal(r, 0);
 	F.last = a;
 	F.last_token[0] = '\0';
-	if (a.token != NULL)
+	if (a.token != NULL) {
 		snprintf(F.last_token, sizeof(F.last_token), "%s", a.token->value);
+		F.last_gen = a.token->generation;
+	}
+	F.last.token = NULL;
 	return a.status;
 }
 
@@ -286,11 +320,11 @@ test_min_validity_request(void **state)
 	complete("tok-B", 3600, 0, 0, 0);
 	assert_int_equal(F.last.status, 200);
 	assert_string_equal(F.last_token, "tok-B");
-	/* asking for more than any token has: a clear 503, not a stale token */
-	assert_int_equal(request(c, e, 4000, NULL), 0);
-	complete("tok-C", 3600, 0, 0, 0);
-	assert_int_equal(F.last.status, 503);
+	/* asking for more than any token has lived: a clear 400 at once, no fetch */
+	assert_int_equal(request(c, e, 4000, NULL), 400);
+	assert_string_equal(F.last.error, "invalid_request");
 	assert_string_equal(F.last_token, "");
+	assert_int_equal(F.fetches, 2);
 	cache_free(c);
 }
 
@@ -664,7 +698,13 @@ test_fetch_reports(void **state)
 	complete(NULL, 0, 429, 0, 0);
 	assert_string_equal(F.reason, "retry");
 	assert_string_equal(F.failure, "throttled");
-	cache_refresh(c, e);
+	cache_entry_status(c, e, &st);
+	advance_to(c, F.now_ms + st.refresh_in * 1000);
+	complete("tok-1b", 3600, 0, 0, 0);
+	assert_string_equal(F.reason, "retry");
+	/* a forced refresh, once the last fetch is far enough back */
+	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
+	assert_int_equal(cache_refresh(c, e, &(int64_t){0}), 0);
 	complete("tok-2", 10, 0, 0, 0); /* lives less than min_validity */
 	assert_string_equal(F.reason, "forced");
 	assert_string_equal(F.failure, "invalid_response");
@@ -674,7 +714,387 @@ test_fetch_reports(void **state)
 	complete(NULL, 0, 0, 0, 0);
 	assert_string_equal(F.reason, "initial");
 	assert_string_equal(F.failure, "transport");
-	assert_int_equal(F.reported, 5);
+	assert_int_equal(F.reported, 6);
+	cache_free(c);
+}
+
+/* Finding 4 of issue 11: a min_validity that no token of this audience meets costs no fetch. */
+static void
+test_min_validity_beyond_lifetime_no_fetch(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	/* before any token nobody knows the lifetime: one fetch, single flight */
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(request(c, e, 31000000, NULL), 0);
+	assert_int_equal(F.fetches, 1);
+	complete("tok-A", 3600, 0, 0, 0);
+	assert_int_equal(F.answers, 5);
+	assert_int_equal(F.last.status, 400);
+	/* from now on: 400 at once, however often, and the token still serves others */
+	for (int i = 0; i < 40; i++) {
+		assert_int_equal(request(c, e, 31000000, NULL), 400);
+		assert_int_equal(request(c, e, 3600, NULL), 400);
+	}
+	assert_int_equal(F.fetches, 1);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-A");
+	/* a longer-lived token moves the bound */
+	advance_to(c, 3000 * 1000);
+	assert_int_equal(request(c, e, 3500, NULL), 0);
+	complete("tok-B", 7200, 0, 0, 0);
+	assert_int_equal(F.last.status, 200);
+	assert_int_equal(request(c, e, 7100, NULL), 200);
+	assert_int_equal(request(c, e, 7200, NULL), 400);
+	cache_free(c);
+}
+
+/* A caller that wants more than the token has left forces at most one fetch so often. */
+static void
+test_min_validity_fetches_are_rate_limited(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-A", 3600, 0, 0, 0);
+	advance_to(c, 1000 * 1000);
+	/* 2600 s left, asking for 3000: one fetch, and the upstream's cache answers the same */
+	assert_int_equal(request(c, e, 3000, NULL), 0);
+	assert_int_equal(F.fetches, 2);
+	complete("tok-A", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 503);
+	/* the next 40 get 503 with a Retry-After, no fetch */
+	for (int i = 0; i < 40; i++) {
+		assert_int_equal(request(c, e, 3000, NULL), 503);
+		assert_true(F.last.retry_after >= 1 && F.last.retry_after <= 10);
+	}
+	assert_int_equal(F.fetches, 2);
+	/* the token itself is fine for everyone else */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	/* after the interval one more fetch may try */
+	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
+	assert_int_equal(request(c, e, 3000, NULL), 0);
+	assert_int_equal(F.fetches, 3);
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_int_equal(F.last.status, 200);
+	assert_string_equal(F.last_token, "tok-B");
+	cache_free(c);
+}
+
+/* POST /v1/refresh: joined, deferred and coalesced, never inside a backoff. */
+static void
+test_forced_refresh_limits(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	int64_t ra = 0;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-A", 3600, 0, 0, 0);
+	/* right after a fetch: deferred to CACHE_FORCED_INTERVAL_S after it, and coalesced */
+	assert_int_equal(cache_refresh(c, e, &ra), -EAGAIN);
+	assert_int_equal(ra, CACHE_FORCED_INTERVAL_S);
+	advance_to(c, 4000);
+	for (int i = 0; i < 30; i++) {
+		assert_int_equal(cache_refresh(c, e, &ra), -EAGAIN);
+		assert_int_equal(ra, CACHE_FORCED_INTERVAL_S - 4);
+	}
+	assert_int_equal(F.fetches, 1);
+	/* then one fetch for all of them; more requests while it runs join it */
+	advance_to(c, CACHE_FORCED_INTERVAL_S * 1000);
+	assert_int_equal(F.fetches, 2);
+	for (int i = 0; i < 30; i++)
+		assert_int_equal(cache_refresh(c, e, &ra), -EALREADY);
+	assert_int_equal(F.fetches, 2);
+	/* a permanent error: forced refreshes wait for the end of its backoff */
+	{
+		struct token_result r;
+		source_done_fn *done = F.pending[0].done;
+		void *arg = F.pending[0].arg;
+
+		token_result_init(&r);
+		r.error = -EIO;
+		r.http_status = 400;
+		r.permanent = true;
+		snprintf(r.error_code, sizeof(r.error_code), "invalid_client");
+		F.npending = 0;
+		done(arg, &r);
+		token_result_clear(&r);
+	}
+	assert_string_equal(F.reason, "forced");
+	advance_to(c, F.now_ms + 1000);
+	for (int i = 0; i < 30; i++) {
+		assert_int_equal(cache_refresh(c, e, &ra), -EAGAIN);
+		assert_true(ra >= 28 && ra <= 30);
+	}
+	assert_int_equal(F.fetches, 2);
+	/* the cached token is still served meanwhile */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_string_equal(F.last_token, "tok-A");
+	/* at the end of the backoff: one fetch, the forced refresh */
+	advance_to(c, F.now_ms + ra * 1000);
+	assert_int_equal(F.fetches, 3);
+	complete("tok-B", 3600, 0, 0, 0);
+	assert_string_equal(F.reason, "forced");
+	/* long after the last fetch: at once */
+	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
+	assert_int_equal(cache_refresh(c, e, &ra), 0);
+	assert_int_equal(F.fetches, 4);
+	cache_free(c);
+}
+
+/* The proxy's invalid_token (and CAE) refresh: at most once per token. */
+static void
+test_refresh_token_once_per_token(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	struct cache_status st;
+	uint64_t g1, g2, g3;
+	int64_t ra = 0;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-1", 3600, 0, 0, 0);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	g1 = F.last_gen;
+	/* a rejected token is replaced at once, however new; rejections meanwhile join */
+	advance_to(c, 1000);
+	assert_int_equal(cache_refresh_token(c, e, g1, &ra), 0);
+	assert_int_equal(F.fetches, 2);
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(cache_refresh_token(c, e, g1, &ra), -EALREADY);
+	assert_int_equal(F.fetches, 2);
+	complete("tok-2", 3600, 0, 0, 0);
+	assert_string_equal(F.reason, "forced");
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	g2 = F.last_gen;
+	assert_true(g2 != g1);
+	/* the old token, and the token that replaced it, are rejected for good: no fetch */
+	advance_to(c, F.now_ms + 100 * 1000);
+	for (int i = 0; i < 50; i++) {
+		assert_int_equal(cache_refresh_token(c, e, g1, &ra), -ESTALE);
+		assert_int_equal(cache_refresh_token(c, e, g2, &ra), -ESTALE);
+	}
+	assert_int_equal(cache_refresh_token(c, e, 0, &ra), -ESTALE);
+	assert_int_equal(F.fetches, 2);
+	/* a token from a scheduled refresh may be refreshed once again */
+	cache_entry_status(c, e, &st);
+	advance_to(c, F.now_ms + st.refresh_in * 1000);
+	assert_int_equal(F.fetches, 3);
+	complete("tok-3", 3600, 0, 0, 0);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	g3 = F.last_gen;
+	assert_int_equal(cache_refresh_token(c, e, g3, &ra), 0);
+	/* the upstream answers from its own cache: the same token is not refreshed again */
+	complete("tok-3", 3600, 0, 0, 0);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(F.last_gen, g3);
+	advance_to(c, F.now_ms + CACHE_FORCED_INTERVAL_S * 1000);
+	assert_int_equal(cache_refresh_token(c, e, g3, &ra), -ESTALE);
+	assert_int_equal(F.fetches, 4);
+	cache_free(c);
+}
+
+/* ...and never inside a backoff: deferred to its end, once. */
+static void
+test_refresh_token_waits_for_backoff(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e;
+	struct cache_status st;
+	int64_t ra = 0;
+	uint64_t g;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "res", true, &e), 0);
+	request(c, e, 0, NULL);
+	complete("tok-1", 3600, 0, 0, 0);
+	cache_entry_status(c, e, &st);
+	advance_to(c, st.refresh_in * 1000);
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	g = F.last_gen;
+	complete(NULL, 0, 503, 30, 0); /* the scheduled refresh fails: back off 30 s */
+	assert_int_equal(request(c, e, 0, NULL), 200);
+	assert_int_equal(cache_refresh_token(c, e, g, &ra), -EAGAIN);
+	assert_true(ra >= 29 && ra <= 30);
+	assert_int_equal(cache_refresh_token(c, e, g, &ra), -ESTALE);
+	assert_int_equal(F.fetches, 2);
+	advance_to(c, F.now_ms + ra * 1000);
+	assert_int_equal(F.fetches, 3);
+	complete("tok-2", 3600, 0, 0, 0);
+	assert_string_equal(F.reason, "forced");
+	cache_free(c);
+}
+
+/* Finding 5 of issue 11: configured audiences and refreshes go ahead of new dynamic resources. */
+static void
+test_fetch_priorities(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *pinned, *dyn;
+	struct cache_status st;
+
+	(void)state;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "conf", true, &pinned), 0);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "dyn", false, &dyn), 0);
+	request(c, pinned, 0, NULL);
+	request(c, dyn, 0, NULL);
+	assert_int_equal(F.pending[0].prio, SOURCE_PRIO_HIGH);
+	assert_int_equal(F.pending[1].prio, SOURCE_PRIO_LOW);
+	complete("tok-c", 3600, 0, 0, 0);
+	complete("tok-d", 3600, 0, 0, 0);
+	/* the refresh of a dynamic token callers hold is no longer "new" */
+	cache_entry_status(c, dyn, &st);
+	advance_to(c, st.refresh_in * 1000);
+	assert_int_equal(F.npending, 2);
+	assert_int_equal(F.pending[0].prio, SOURCE_PRIO_HIGH);
+	assert_int_equal(F.pending[1].prio, SOURCE_PRIO_HIGH);
+	cache_free(c);
+}
+
+/* A full queue fails a new dynamic request fast, with nothing recorded against the entry. */
+static void
+test_full_queue_fails_fast(void **state)
+{
+	struct cache *c = new_cache(300, 900, 10);
+	struct cache_entry *e, *p;
+	struct cache_status st;
+
+	(void)state;
+	F.nobufs = 1;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "dyn", false, &e), 0);
+	assert_int_equal(request(c, e, 0, NULL), 503);
+	assert_non_null(strstr(F.last.description, "too many new resources"));
+	assert_int_equal(F.last.retry_after, 1);
+	assert_int_equal(F.fetches, 0);
+	cache_entry_status(c, e, &st);
+	assert_int_equal(st.state, CACHE_EMPTY);
+	assert_int_equal(st.failures, 0);
+	/* a configured audience is not refused */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "conf", true, &p), 0);
+	assert_int_equal(request(c, p, 0, NULL), 0);
+	assert_int_equal(F.fetches, 1);
+	/* room again: the next request fetches, no backoff in the way */
+	F.nobufs = 0;
+	assert_int_equal(request(c, e, 0, NULL), 0);
+	assert_int_equal(F.fetches, 2);
+	cache_free(c);
+}
+
+/* An evicted or dropped entry withdraws its queued fetch instead of leaving it to run. */
+static void
+test_drop_cancels_queued_fetch(void **state)
+{
+	struct cache *c = new_cache(300, 900, 1);
+	struct cache_entry *a, *b, *x;
+	struct cache_waiter *w;
+
+	(void)state;
+	F.cancelable = 1;
+	assert_int_equal(cache_entry_get(c, NULL, "id", "a", false, &a), 0);
+	assert_int_equal(request(c, a, 0, &w), 0);
+	cache_waiter_cancel(c, w); /* the client went away: a is evictable */
+	assert_int_equal(F.npending, 1);
+	/* b needs a's place: a goes, and so does its fetch */
+	assert_int_equal(cache_entry_get(c, NULL, "id", "b", false, &b), 0);
+	assert_int_equal(F.cancels, 1);
+	assert_int_equal(F.npending, 0);
+	assert_int_equal(cache_size(c), 1);
+	/* a fetch that has left already (cancel says -EBUSY) is ignored when it returns */
+	F.cancelable = 0;
+	assert_int_equal(request(c, b, 0, &w), 0);
+	cache_waiter_cancel(c, w);
+	assert_int_equal(cache_entry_get(c, NULL, "id", "x", false, &x), 0);
+	assert_int_equal(F.cancels, 2);
+	assert_int_equal(F.npending, 1);
+	complete("late", 3600, 0, 0, 0); /* frees b (ASan checks) */
+	/* a dropped entry's waiters are told, whether or not its fetch was withdrawn */
+	F.cancelable = 1;
+	F.answers = 0;
+	assert_int_equal(request(c, x, 0, NULL), 0);
+	cache_entry_drop(c, x);
+	assert_int_equal(F.answers, 1);
+	assert_int_equal(F.last.status, 503);
+	assert_int_equal(F.npending, 0);
+	assert_int_equal(cache_size(c), 0);
+	cache_free(c);
+}
+
+static struct cache *
+new_cache_rate(unsigned rate)
+{
+	struct cache_params p = {.min_validity = 300,
+				 .refresh_margin = 900,
+				 .idle_timeout = 3600,
+				 .wait_timeout_ms = 5000,
+				 .max_entries = 1000,
+				 .dynamic_rate = rate};
+	struct cache *c;
+
+	memset(&F, 0, sizeof(F));
+	F.armed_ms = INT64_MAX;
+	assert_int_equal(cache_new(&c, &p, &fake_ops, NULL), 0);
+	return c;
+}
+
+/* New dynamic entries per caller: dynamic_rate per second, bursts of twice that. */
+static void
+test_dynamic_rate_per_caller(void **state)
+{
+	struct cache *c = new_cache_rate(2);
+	struct cache_entry *e;
+	char res[32];
+	int ok = 0;
+
+	(void)state;
+	for (int i = 0; i < 10; i++) {
+		snprintf(res, sizeof(res), "r%d", i);
+		if (cache_entry_get_dynamic(c, NULL, "id", res, CACHE_CALLER_UID(1000), &e) == 0)
+			ok++;
+	}
+	assert_int_equal(ok, 4);
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "r9", CACHE_CALLER_UID(1000), &e),
+			 -EAGAIN);
+	/* what exists is found, whoever asks */
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "r0", CACHE_CALLER_UID(1000), &e),
+			 0);
+	assert_string_equal(cache_entry_resource(e), "r0");
+	/* other callers have their own allowance: another uid, a listener */
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "u", CACHE_CALLER_UID(1001), &e),
+			 0);
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "l", CACHE_CALLER_LISTENER(0), &e),
+			 0);
+	/* it refills at the rate */
+	F.now_ms += 499;
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "r9", CACHE_CALLER_UID(1000), &e),
+			 -EAGAIN);
+	F.now_ms += 1;
+	assert_int_equal(cache_entry_get_dynamic(c, NULL, "id", "r9", CACHE_CALLER_UID(1000), &e),
+			 0);
+	/* many callers: each keeps its own bucket, the table forgets only full ones */
+	for (uint32_t uid = 2000; uid < 2200; uid++) {
+		snprintf(res, sizeof(res), "x%u", uid);
+		assert_int_equal(
+		    cache_entry_get_dynamic(c, NULL, "id", res, CACHE_CALLER_UID(uid), &e), 0);
+	}
+	cache_free(c);
+	/* 0: no limit */
+	c = new_cache_rate(0);
+	for (int i = 0; i < 100; i++) {
+		snprintf(res, sizeof(res), "r%d", i);
+		assert_int_equal(
+		    cache_entry_get_dynamic(c, NULL, "id", res, CACHE_CALLER_UID(1), &e), 0);
+	}
 	cache_free(c);
 }
 
@@ -910,6 +1330,15 @@ main(void)
 	    cmocka_unit_test(test_drop_in_flight),
 	    cmocka_unit_test(test_too_short_lifetime_is_failure),
 	    cmocka_unit_test(test_fetch_reports),
+	    cmocka_unit_test(test_min_validity_beyond_lifetime_no_fetch),
+	    cmocka_unit_test(test_min_validity_fetches_are_rate_limited),
+	    cmocka_unit_test(test_forced_refresh_limits),
+	    cmocka_unit_test(test_refresh_token_once_per_token),
+	    cmocka_unit_test(test_refresh_token_waits_for_backoff),
+	    cmocka_unit_test(test_fetch_priorities),
+	    cmocka_unit_test(test_full_queue_fails_fast),
+	    cmocka_unit_test(test_drop_cancels_queued_fetch),
+	    cmocka_unit_test(test_dynamic_rate_per_caller),
 	    cmocka_unit_test(test_suspend_expires_token),
 	    cmocka_unit_test(test_late_timer_rearmed_by_request),
 	    cmocka_unit_test(test_wall_forward_refuses_token),

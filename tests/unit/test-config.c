@@ -101,6 +101,7 @@ test_full(void **state)
 				     "client_id = 00000000-0000-0000-0000-000000000001\n"
 				     "timeout = 120\n"
 				     "dynamic_resources = on\n"
+				     "dynamic_allow_uids = 0\n"
 				     "\n"
 				     "[identity \"dev.local_1\"]\n"
 				     "source = dev\n"
@@ -145,6 +146,9 @@ test_full(void **state)
 	assert_null(vm->ca_file);
 	assert_int_equal(vm->timeout, 120);
 	assert_true(vm->dynamic_resources);
+	assert_int_equal(vm->dynamic_allow.n_uids, 1);
+	assert_int_equal(vm->dynamic_allow.uids[0], 0);
+	assert_null(vm->dynamic_allow.gids);
 	assert_null(vm->roles);
 
 	dev = config_identity_find(c, "dev.local_1");
@@ -162,7 +166,7 @@ test_full(void **state)
 
 	a = config_audience_find(c, "apim");
 	assert_non_null(a);
-	assert_int_equal(a->line, 27);
+	assert_int_equal(a->line, 28);
 	assert_ptr_equal(a->identity, vm);
 	assert_string_equal(a->identity_name, "vm");
 	assert_string_equal(a->resource, "api://apim-managedidentity-nwe-i2jdr");
@@ -498,8 +502,8 @@ test_allow_ids(void **state)
 	struct config *c;
 	const struct config_audience *a;
 
-	c = expect_ok(IMDS "[audience \"a\"]\nidentity = vm\nresource = r\nallow_uids = root 0\n"
-			   "[audience \"b\"]\nidentity = vm\nresource = r\nallow_gids = root 0 7\n"
+	c = expect_ok(IMDS "[audience \"a\"]\nidentity = vm\nresource = ra\nallow_uids = root 0\n"
+			   "[audience \"b\"]\nidentity = vm\nresource = rb\nallow_gids = root 0 7\n"
 			   "[audience \"open\"]\nidentity = vm\nresource = r\n");
 	a = config_audience_find(c, "a");
 	assert_int_equal(a->n_allow_uids, 2);
@@ -1613,6 +1617,255 @@ test_identity_equal(void **state)
 	files_remove(&fs);
 }
 
+/* A restricted audience on an identity that serves dynamic resources (finding 2, issue 11). */
+#define PAYROLL "[audience \"payroll\"]\nidentity = vm\nresource = payroll.admin\nallow_uids = 0\n"
+
+static void
+test_dynamic_rules(void **state)
+{
+	struct config *c;
+	const struct config_identity *id;
+
+	(void)state;
+	/* dynamic resources beside a restricted audience, and no rule for them: refused */
+	expect_errors(IMDS "dynamic_resources = yes\n" PAYROLL,
+		      "t.conf:3: dynamic_resources: identity 'vm' has the restricted audience "
+		      "'payroll' (line 4); a dynamic resource naming the same API another way "
+		      "(case, a trailing slash, /.default, the app's GUID) would get its token for "
+		      "any caller: set dynamic_allow_uids or dynamic_allow_gids to callers every "
+		      "restricted audience allows, or dynamic_resources = no\n");
+	/* without restricted audiences, or without dynamic resources: fine */
+	config_free(expect_ok(IMDS "dynamic_resources = yes\n[audience \"a\"]\nidentity = vm\n"
+				   "resource = r\n"));
+	config_free(expect_ok(IMDS "dynamic_resources = no\n" PAYROLL));
+	/* a rule within the restricted audience's: fine, and parsed */
+	c = expect_ok(IMDS "dynamic_resources = yes\ndynamic_allow_uids = root\n" PAYROLL);
+	id = config_identity_find(c, "vm");
+	assert_int_equal(id->dynamic_allow.n_uids, 1);
+	assert_true(config_acl_allows(&id->dynamic_allow, 0, 1000));
+	assert_false(config_acl_allows(&id->dynamic_allow, 1000, 0));
+	assert_true(config_acl_restricts(&id->dynamic_allow));
+	config_free(c);
+	c = expect_ok(IMDS "dynamic_resources = yes\ndynamic_allow_gids = 7\n"
+			   "[audience \"p\"]\nidentity = vm\nresource = r\nallow_gids = 7 8\n");
+	id = config_identity_find(c, "vm");
+	assert_true(config_acl_allows(&id->dynamic_allow, 1000, 7));
+	assert_false(config_acl_allows(&id->dynamic_allow, 1000, 8));
+	config_free(c);
+	/* wider than the audience's rules: each id that is not allowed there, on its line */
+	expect_errors(IMDS "dynamic_resources = yes\ndynamic_allow_uids = 0 1000\n"
+			   "dynamic_allow_gids = 5\n" PAYROLL,
+		      "t.conf:4: dynamic_allow_uids: uid 1000 is not in allow_uids of audience "
+		      "'payroll' (line 6), whose token a dynamic resource naming the same API "
+		      "another way would get\n"
+		      "t.conf:5: dynamic_allow_gids: gid 5 is not in allow_gids of audience "
+		      "'payroll' (line 6), whose token a dynamic resource naming the same API "
+		      "another way would get\n");
+	/* an audience whose resource is missing is reported once, and looked at no further
+	 * (found by fuzz-config: the rules compared its NULL resource) */
+	expect_errors(IMDS "dynamic_resources = yes\n[audience \"p\"]\nidentity = vm\n"
+			   "allow_uids = 0\n[audience \"q\"]\nidentity = vm\nresource = r\n"
+			   "[compat]\nimds_listen = 127.0.0.1:0\nresources = r/\n",
+		      "t.conf:4: audience 'p': missing required key 'resource'\n");
+	/* a rule without dynamic resources is a mistake */
+	expect_errors(IMDS "dynamic_allow_gids = 5\n",
+		      "t.conf:3: dynamic_allow_gids: used only with dynamic_resources = yes\n");
+	expect_errors(IMDS "dynamic_resources = yes\ndynamic_allow_uids = nobody-bearerd-test\n",
+		      "t.conf:4: dynamic_allow_uids: unknown user 'nobody-bearerd-test'\n");
+}
+
+/* Two [identity] sections that may be one upstream principal count as one for the rule. */
+static void
+test_dynamic_rules_same_principal(void **state)
+{
+	(void)state;
+	/* IMDS without a selector may be the VM's only user-assigned identity */
+	expect_errors(IMDS PAYROLL "[identity \"ua\"]\nsource = azure-imds\nclient_id = AAA\n"
+				   "dynamic_resources = yes\n",
+		      "t.conf:10: dynamic_resources: identity 'ua' has the restricted audience "
+		      "'payroll' (line 3) (through identity 'vm', which may be the same "
+		      "principal); a dynamic resource naming the same API another way (case, a "
+		      "trailing slash, /.default, the app's GUID) would get its token for any "
+		      "caller: set dynamic_allow_uids or dynamic_allow_gids to callers every "
+		      "restricted audience allows, or dynamic_resources = no\n");
+	/* a client_id and an object_id may name the same identity */
+	expect_errors("[identity \"a\"]\nsource = azure-imds\nclient_id = AAA\n"
+		      "[identity \"b\"]\nsource = azure-imds\nobject_id = BBB\n"
+		      "dynamic_resources = yes\n"
+		      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n",
+		      "t.conf:7: dynamic_resources: identity 'b' has the restricted audience 'p' "
+		      "(line 8) (through identity 'a', which may be the same principal); a dynamic "
+		      "resource naming the same API another way (case, a trailing slash, "
+		      "/.default, the app's GUID) would get its token for any caller: set "
+		      "dynamic_allow_uids or dynamic_allow_gids to callers every restricted "
+		      "audience allows, or dynamic_resources = no\n");
+	/* two client_ids (case-insensitively different) are two identities */
+	config_free(expect_ok("[identity \"a\"]\nsource = azure-imds\nclient_id = AAA\n"
+			      "[identity \"b\"]\nsource = azure-imds\nclient_id = BBB\n"
+			      "dynamic_resources = yes\n"
+			      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n"));
+	expect_errors("[identity \"a\"]\nsource = azure-imds\nclient_id = AAA\n"
+		      "[identity \"b\"]\nsource = azure-imds\nclient_id = aaa\n"
+		      "dynamic_resources = yes\ndynamic_allow_uids = 1\n"
+		      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n",
+		      "t.conf:8: dynamic_allow_uids: uid 1 is not in allow_uids of audience 'p' "
+		      "(line 9) (through identity 'a', which may be the same principal), whose "
+		      "token a dynamic resource naming the same API another way would get\n");
+	/* another IMDS endpoint, or another kind of source: another principal */
+	config_free(
+	    expect_ok("[identity \"a\"]\nsource = azure-imds\nendpoint = http://127.0.0.1:1/t\n"
+		      "[identity \"b\"]\nsource = azure-imds\ndynamic_resources = yes\n"
+		      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n"));
+	config_free(expect_ok("[identity \"a\"]\nsource = dev\n" IMDS "dynamic_resources = yes\n"
+			      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n"));
+	/* dev identities are the same principal when they mint for the same issuer and subject */
+	config_free(expect_ok("[identity \"a\"]\nsource = dev\n"
+			      "[identity \"b\"]\nsource = dev\ndynamic_resources = yes\n"
+			      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n"));
+	expect_errors("[identity \"a\"]\nsource = dev\nsubject = s\n"
+		      "[identity \"b\"]\nsource = dev\nsubject = s\ndynamic_resources = yes\n"
+		      "dynamic_allow_gids = 0\n"
+		      "[audience \"p\"]\nidentity = a\nresource = r\nallow_uids = 0\n",
+		      "t.conf:8: dynamic_allow_gids: gid 0 is not in allow_gids of audience 'p' "
+		      "(line 9) (through identity 'a', which may be the same principal), whose "
+		      "token a dynamic resource naming the same API another way would get\n");
+}
+
+/* The compat listeners cannot tell TCP callers apart. */
+static void
+test_compat_dynamic_rules(void **state)
+{
+	(void)state;
+	expect_errors(IMDS PAYROLL "[compat]\nimds_listen = 127.0.0.1:0\ndynamic_resources = yes\n",
+		      "t.conf:9: dynamic_resources: the compat listeners may answer for identity "
+		      "'vm', which has the restricted audience 'payroll' (line 3); their TCP "
+		      "callers cannot be told apart, so a resource naming the same API another "
+		      "way would hand its token to anyone: set dynamic_resources = no (and list "
+		      "what SDKs need in 'resources')\n");
+	/* an identity compat reaches through a selector counts too */
+	expect_errors(IMDS "[identity \"ua\"]\nsource = azure-imds\nclient_id = AAA\n"
+			   "[audience \"p\"]\nidentity = ua\nresource = r\nallow_gids = 0\n"
+			   "[compat]\nidentity = vm\nimds_listen = 127.0.0.1:0\n"
+			   "dynamic_resources = yes\n",
+		      "t.conf:13: dynamic_resources: the compat listeners may answer for identity "
+		      "'vm', which has the restricted audience 'p' (line 6) (through identity "
+		      "'ua', which may be the same principal); their TCP callers cannot be told "
+		      "apart, so a resource naming the same API another way would hand its token "
+		      "to anyone: set dynamic_resources = no (and list what SDKs need in "
+		      "'resources')\n");
+	/* without dynamic resources, or with an allow-list, compat serves only what is named */
+	config_free(expect_ok(IMDS PAYROLL "[compat]\nimds_listen = 127.0.0.1:0\n"));
+	config_free(expect_ok(IMDS PAYROLL "[compat]\nimds_listen = 127.0.0.1:0\n"
+					   "dynamic_resources = yes\nresources = https://a\n"));
+	/* but a listed resource that names the restricted audience's API is refused */
+	expect_errors(IMDS PAYROLL "[compat]\nimds_listen = 127.0.0.1:0\n"
+				   "resources = https://a PAYROLL.admin/\n",
+		      "t.conf:9: resources: 'PAYROLL.admin/' names the API of the restricted "
+		      "audience 'payroll' (line 3), and the compat listeners cannot tell callers "
+		      "apart\n");
+	/* the very resource of the audience is its audience (refused on TCP), not a respelling */
+	config_free(expect_ok(IMDS PAYROLL "[compat]\nimds_listen = 127.0.0.1:0\n"
+					   "resources = payroll.admin\n"));
+	/* an identity compat cannot reach (no selector, not the default) is not its concern */
+	config_free(expect_ok(IMDS "[identity \"d\"]\nsource = dev\n"
+				   "[audience \"p\"]\nidentity = d\nresource = r\nallow_uids = 0\n"
+				   "[compat]\nidentity = vm\nimds_listen = 127.0.0.1:0\n"
+				   "dynamic_resources = yes\n"));
+}
+
+/* Two audiences that get one token (finding 10, issue 11). */
+static void
+test_audience_aliases(void **state)
+{
+	(void)state;
+	/* one cache entry, two sets of rules: the open one would hand out the other's token */
+	expect_errors(IMDS PAYROLL "[audience \"open\"]\nidentity = vm\nresource = payroll.admin\n",
+		      "t.conf:7: audience 'open': gets the same token as audience 'payroll' "
+		      "(line 3), one cache entry for the same identity and resource, but their "
+		      "allow_uids/allow_gids differ, so one would hand out the other's token: give "
+		      "both the same rules, or drop one\n");
+	/* also when the restricted one comes second, and for rules that differ in gids only */
+	expect_errors(IMDS "[audience \"a\"]\nidentity = vm\nresource = r\nallow_uids = 0\n"
+			   "allow_gids = 5\n"
+			   "[audience \"b\"]\nidentity = vm\nresource = r\nallow_uids = 0\n",
+		      "t.conf:8: audience 'b': gets the same token as audience 'a' (line 3), one "
+		      "cache entry for the same identity and resource, but their "
+		      "allow_uids/allow_gids differ, so one would hand out the other's token: give "
+		      "both the same rules, or drop one\n");
+	/* another spelling of the same API, or the same principal under another name */
+	expect_errors(IMDS PAYROLL "[audience \"open\"]\nidentity = vm\nresource = Payroll.Admin/"
+				   ".default\n",
+		      "t.conf:7: audience 'open': gets the same token as audience 'payroll' "
+		      "(line 3), the same principal and a resource naming the same API, but their "
+		      "allow_uids/allow_gids differ, so one would hand out the other's token: give "
+		      "both the same rules, or drop one\n");
+	expect_errors(IMDS PAYROLL "[identity \"ua\"]\nsource = azure-imds\nclient_id = AAA\n"
+				   "[audience \"open\"]\nidentity = ua\nresource = payroll.admin\n",
+		      "t.conf:10: audience 'open': gets the same token as audience 'payroll' "
+		      "(line 3), the same principal and a resource naming the same API, but their "
+		      "allow_uids/allow_gids differ, so one would hand out the other's token: give "
+		      "both the same rules, or drop one\n");
+	/* the same rules (in another order), another API or another principal: fine */
+	config_free(expect_ok(IMDS PAYROLL "[audience \"b\"]\nidentity = vm\nresource = "
+					   "payroll.admin\nallow_uids = root 0\n"));
+	config_free(expect_ok(IMDS PAYROLL "[audience \"b\"]\nidentity = vm\nresource = other\n"));
+	config_free(expect_ok(IMDS PAYROLL
+			      "[identity \"d\"]\nsource = dev\n"
+			      "[audience \"b\"]\nidentity = d\nresource = payroll.admin\n"));
+}
+
+static void
+test_resources_alike(void **state)
+{
+	(void)state;
+	assert_true(config_resources_alike("api://secret", "api://secret"));
+	assert_true(config_resources_alike("api://secret", "api://secret/"));
+	assert_true(config_resources_alike("api://secret", "API://secret"));
+	assert_true(config_resources_alike("api://secret", "api://SECRET"));
+	assert_true(config_resources_alike("api://secret", "api://secret/.default"));
+	assert_true(config_resources_alike("api://secret", "api://secret//.DEFAULT/ "));
+	assert_true(config_resources_alike("payroll.admin", " payroll.admin "));
+	assert_true(config_resources_alike("https://graph.microsoft.com/",
+					   "https://graph.microsoft.com//.default"));
+	assert_false(config_resources_alike("api://secret", "api://secret2"));
+	assert_false(config_resources_alike("api://secret", "api://secre"));
+	assert_false(config_resources_alike("api://a/b", "api://a"));
+	assert_true(config_resources_alike("", "/"));
+}
+
+static void
+test_dynamic_rate(void **state)
+{
+	struct config *c = expect_ok(IMDS);
+
+	(void)state;
+	assert_int_equal(c->dynamic_rate, 10);
+	config_free(c);
+	c = expect_ok("[bearerd]\ndynamic_rate = 0\n" IMDS);
+	assert_int_equal(c->dynamic_rate, 0);
+	config_free(c);
+	expect_errors("[bearerd]\ndynamic_rate = -1\n" IMDS,
+		      "t.conf:2: dynamic_rate: must not be negative, got '-1'\n");
+}
+
+static void
+test_compat_env_allow(void **state)
+{
+	struct config *c;
+
+	(void)state;
+	c = expect_ok(IMDS "[compat]\nimds_listen = 127.0.0.1:0\nenv_allow_uids = 0 7\n"
+			   "env_allow_gids = 9\n");
+	assert_true(config_acl_allows(&c->compat.env_allow, 7, 1));
+	assert_true(config_acl_allows(&c->compat.env_allow, 8, 9));
+	assert_false(config_acl_allows(&c->compat.env_allow, 8, 8));
+	config_free(c);
+	c = expect_ok(IMDS "[compat]\nimds_listen = 127.0.0.1:0\n");
+	assert_false(config_acl_restricts(&c->compat.env_allow));
+	assert_true(config_acl_allows(&c->compat.env_allow, 8, 8));
+	config_free(c);
+}
+
 int
 main(void)
 {
@@ -1651,6 +1904,13 @@ main(void)
 	    cmocka_unit_test(test_appservice),
 	    cmocka_unit_test(test_global_ca_file),
 	    cmocka_unit_test(test_identity_equal),
+	    cmocka_unit_test(test_dynamic_rules),
+	    cmocka_unit_test(test_dynamic_rules_same_principal),
+	    cmocka_unit_test(test_compat_dynamic_rules),
+	    cmocka_unit_test(test_audience_aliases),
+	    cmocka_unit_test(test_resources_alike),
+	    cmocka_unit_test(test_dynamic_rate),
+	    cmocka_unit_test(test_compat_env_allow),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -18,7 +18,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
 
 #include "config.h"
 #include "fetch.h"
@@ -140,6 +144,37 @@ test_limiter_bounds(void **state)
 }
 
 /* 410 schedule */
+
+/* Low-priority requests leave slots and window starts to the others. */
+static void
+test_limiter_reserve(void **state)
+{
+	struct azure_limiter l;
+
+	(void)state;
+	azure_limiter_init(&l, 5, 20, 1000);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(azure_limiter_acquire_reserve(&l, 0, 1, 2), 0);
+	/* the fifth slot is not for them, but for anyone else */
+	assert_int_equal(azure_limiter_acquire_reserve(&l, 0, 1, 2), -1);
+	assert_int_equal(azure_limiter_acquire(&l, 0), 0);
+	for (int i = 0; i < 5; i++)
+		azure_limiter_release(&l);
+	/* 18 of 20 starts per window for them, then 2 for the others */
+	for (int i = 5; i < 18; i++) {
+		assert_int_equal(azure_limiter_acquire_reserve(&l, 0, 1, 2), 0);
+		azure_limiter_release(&l);
+	}
+	assert_int_equal(azure_limiter_acquire_reserve(&l, 10, 1, 2), 990);
+	assert_int_equal(azure_limiter_acquire(&l, 10), 0);
+	azure_limiter_release(&l);
+	assert_int_equal(azure_limiter_acquire(&l, 10), 0);
+	azure_limiter_release(&l);
+	assert_int_equal(azure_limiter_acquire(&l, 10), 990);
+	/* a reserve as large as the limit still leaves one */
+	azure_limiter_init(&l, 1, 1, 1000);
+	assert_int_equal(azure_limiter_acquire_reserve(&l, 0, 5, 5), 0);
+}
 
 static void
 test_gone_schedule_covers_70_seconds(void **state)
@@ -481,6 +516,216 @@ test_queue_freed_with_the_source(void **state)
 	assert_int_equal(c.calls, 0);
 }
 
+/*
+ * A loopback server that holds every request until the test answers it, and
+ * notes the order in which resources arrive: the order the queue sent them.
+ */
+#define HELD_MAX 96
+
+struct held_server {
+	struct evconnlistener *lis;
+	unsigned port;
+	struct bufferevent *conn[HELD_MAX]; /* by arrival of their request */
+	char resource[HELD_MAX][32];
+	int n, answered;
+	struct bufferevent *accepted[HELD_MAX];
+	int n_accepted;
+};
+
+static void
+held_read(struct bufferevent *bev, void *arg)
+{
+	struct held_server *h = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+	char line[512], *r, *stop;
+	size_t n;
+
+	if (end.pos < 0 || h->n == HELD_MAX)
+		return;
+	n = evbuffer_copyout(in, line, sizeof(line) - 1);
+	line[n] = '\0';
+	evbuffer_drain(in, evbuffer_get_length(in));
+	r = strstr(line, "resource=");
+	assert_non_null(r);
+	r += 9;
+	stop = r + strcspn(r, "& ");
+	*stop = '\0';
+	snprintf(h->resource[h->n], sizeof(h->resource[0]), "%s", r);
+	h->conn[h->n++] = bev;
+}
+
+static void
+held_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+	struct held_server *h = arg;
+	struct bufferevent *bev =
+	    bufferevent_socket_new(evconnlistener_get_base(lis), fd, BEV_OPT_CLOSE_ON_FREE);
+
+	(void)sa;
+	(void)len;
+	assert_non_null(bev);
+	assert_true(h->n_accepted < HELD_MAX);
+	h->accepted[h->n_accepted++] = bev;
+	bufferevent_setcb(bev, held_read, NULL, NULL, h);
+	bufferevent_enable(bev, EV_READ);
+}
+
+static void
+held_start(struct held_server *h, struct event_base *base)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sin);
+
+	memset(h, 0, sizeof(*h));
+	h->lis = evconnlistener_new_bind(base, held_accept, h, LEV_OPT_CLOSE_ON_FREE, 128,
+					 (struct sockaddr *)&sin, sizeof(sin));
+	assert_non_null(h->lis);
+	assert_int_equal(getsockname(evconnlistener_get_fd(h->lis), (struct sockaddr *)&sin, &len),
+			 0);
+	h->port = ntohs(sin.sin_port);
+}
+
+/* Answers the oldest request not answered yet with a 500 (the fetch fails at once). */
+static void
+held_answer(struct held_server *h)
+{
+	static const char reply[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n"
+				    "Connection: close\r\n\r\n{}";
+
+	assert_true(h->answered < h->n);
+	bufferevent_write(h->conn[h->answered++], reply, sizeof(reply) - 1);
+}
+
+static void
+held_stop(struct held_server *h)
+{
+	for (int i = 0; i < h->n_accepted; i++)
+		bufferevent_free(h->accepted[i]);
+	evconnlistener_free(h->lis);
+}
+
+struct held_wait {
+	struct held_server *h;
+	int n;
+};
+
+static bool
+held_has(void *arg)
+{
+	struct held_wait *w = arg;
+
+	return w->h->n >= w->n;
+}
+
+/* Runs the loop until the server has seen n requests (or 10 s pass). */
+static void
+held_wait_for(struct event_base *base, struct held_server *h, int n)
+{
+	struct held_wait w = {h, n};
+
+	run_until(base, held_has, &w);
+	assert_int_equal(h->n, n);
+}
+
+/* Runs the loop a little while, for things that must not happen. */
+static void
+run_a_while(struct event_base *base)
+{
+	for (int i = 0; i < 20; i++) {
+		struct timeval tv = {0, 10000};
+
+		event_base_loopexit(base, &tv);
+		event_base_dispatch(base);
+	}
+}
+
+struct named_done {
+	int calls;
+};
+
+static void
+named_done(void *arg, struct token_result *r)
+{
+	struct named_done *d = arg;
+
+	(void)r;
+	d->calls++;
+}
+
+/*
+ * Finding 5 of issue 11: configured audiences go ahead of new dynamic
+ * resources, which leave a slot free, wait in a bounded queue, and can be
+ * withdrawn.
+ */
+static void
+test_queue_priorities(void **state)
+{
+	struct loop *l = *state;
+	struct held_server h;
+	struct config_identity id;
+	struct source *s = NULL;
+	struct named_done d = {0}, b = {0}, lowq[SOURCE_MAX_QUEUED_LOW] = {{0}};
+	char endpoint[128], res[32];
+
+	held_start(&h, l->base);
+	snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%u/metadata/identity/oauth2/token",
+		 h.port);
+	id = (struct config_identity){
+	    .name = "vm", .source = CONFIG_SOURCE_AZURE_IMDS, .endpoint = endpoint, .timeout = 60};
+	assert_int_equal(source_new(&s, &id, l->base, l->fetch), 0);
+	/* five configured audiences take every slot */
+	for (int i = 0; i < AZURE_MAX_CONCURRENT; i++) {
+		snprintf(res, sizeof(res), "h%d", i);
+		assert_int_equal(source_fetch_prio(s, res, SOURCE_PRIO_HIGH, named_done, &d), 0);
+	}
+	held_wait_for(l->base, &h, AZURE_MAX_CONCURRENT);
+	/* two new dynamic resources, then another configured audience, wait */
+	assert_int_equal(source_fetch_prio(s, "lowA", SOURCE_PRIO_LOW, named_done, &d), 0);
+	assert_int_equal(source_fetch_prio(s, "lowB", SOURCE_PRIO_LOW, named_done, &b), 0);
+	assert_int_equal(source_fetch_prio(s, "highC", SOURCE_PRIO_HIGH, named_done, &d), 0);
+	run_a_while(l->base);
+	assert_int_equal(h.n, AZURE_MAX_CONCURRENT);
+	/* a slot frees: the configured one goes first, though it came last */
+	held_answer(&h);
+	held_wait_for(l->base, &h, AZURE_MAX_CONCURRENT + 1);
+	assert_string_equal(h.resource[AZURE_MAX_CONCURRENT], "highC");
+	/* another: a low one would take the last slot, which it leaves to the others */
+	held_answer(&h);
+	run_a_while(l->base);
+	assert_int_equal(h.n, AZURE_MAX_CONCURRENT + 1);
+	assert_int_equal(d.calls, 2);
+	held_answer(&h);
+	held_wait_for(l->base, &h, AZURE_MAX_CONCURRENT + 2);
+	assert_string_equal(h.resource[AZURE_MAX_CONCURRENT + 1], "lowA");
+	/* lowB is withdrawn: never sent, never answered; one that has left cannot be */
+	assert_int_equal(source_cancel(s, named_done, &b), 0);
+	assert_int_equal(source_cancel(s, named_done, &d), -EBUSY);
+	/* the queue of low ones is bounded; configured audiences are not turned away */
+	for (int i = 0; i < SOURCE_MAX_QUEUED_LOW; i++) {
+		snprintf(res, sizeof(res), "q%d", i);
+		assert_int_equal(source_fetch_prio(s, res, SOURCE_PRIO_LOW, named_done, &lowq[i]),
+				 0);
+	}
+	assert_int_equal(source_fetch_prio(s, "over", SOURCE_PRIO_LOW, named_done, &d), -ENOBUFS);
+	assert_int_equal(source_cancel(s, named_done, &lowq[5]), 0);
+	assert_int_equal(source_cancel(s, named_done, &lowq[5]), -ENOENT);
+	assert_int_equal(source_fetch_prio(s, "again", SOURCE_PRIO_LOW, named_done, &lowq[5]), 0);
+	assert_int_equal(source_fetch_prio(s, "highD", SOURCE_PRIO_HIGH, named_done, &d), 0);
+	held_answer(&h);
+	held_wait_for(l->base, &h, AZURE_MAX_CONCURRENT + 3);
+	assert_string_equal(h.resource[AZURE_MAX_CONCURRENT + 2], "highD");
+	/* every low one waiting is freed with the source, untold (ASan checks the rest) */
+	source_free(s);
+	held_stop(&h);
+	run_until(l->base, fetch_idle, l->fetch);
+	for (int i = 0; i < SOURCE_MAX_QUEUED_LOW; i++)
+		assert_int_equal(lowq[i].calls, 0);
+	assert_int_equal(b.calls, 0);
+	for (int i = 0; i < h.n; i++)
+		assert_string_not_equal(h.resource[i], "lowB");
+}
+
 static void
 test_imds_new(void **state)
 {
@@ -576,6 +821,7 @@ main(void)
 	    cmocka_unit_test(test_limiter_never_exceeds_rate),
 	    cmocka_unit_test(test_limiter_pause),
 	    cmocka_unit_test(test_limiter_bounds),
+	    cmocka_unit_test(test_limiter_reserve),
 	    cmocka_unit_test(test_gone_schedule_covers_70_seconds),
 	    cmocka_unit_test(test_gone_schedule_honours_retry_after),
 	    cmocka_unit_test(test_url_encode),
@@ -587,6 +833,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_queue_never_drops, loop_setup, loop_teardown),
 	    cmocka_unit_test_setup_teardown(test_queue_freed_with_the_source, loop_setup,
 					    loop_teardown),
+	    cmocka_unit_test_setup_teardown(test_queue_priorities, loop_setup, loop_teardown),
 	    cmocka_unit_test_setup_teardown(test_imds_new, loop_setup, loop_teardown),
 	    cmocka_unit_test_setup_teardown(test_appservice_new, loop_setup, loop_teardown),
 	};
