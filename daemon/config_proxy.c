@@ -681,31 +681,108 @@ config_proxy_parse_free(struct parser *p)
 	p->ext = NULL;
 }
 
+/* Equality and freeing, over the field lists in config_proxy.h */
+
+#define FREE_STR(f)    free(x->f);
+#define FREE_STRV(f)   strv_free(x->f);
+#define FREE_LISTEN(f) config_listen_free(x->f);
+
 static void
-route_free(struct config_route *r)
+route_free(struct config_route *x)
 {
-	free(r->name);
-	free(r->match_host);
-	free(r->match_path);
-	free(r->audience_name);
-	free(r->upstream);
-	free(r->upstream_host);
-	free(r->upstream_base);
-	config_listen_free(r->listen);
-	free(r->ca_file);
+	CONFIG_ROUTE_STRINGS(FREE_STR)
+	CONFIG_ROUTE_PARSED_STRINGS(FREE_STR)
+	CONFIG_ROUTE_LISTENS(FREE_LISTEN)
 }
 
 void
-config_proxy_free(struct config_proxy *cp)
+config_proxy_free(struct config_proxy *x)
 {
-	if (cp == NULL)
+	if (x == NULL)
 		return;
-	for (size_t i = 0; i < cp->n_routes; i++)
-		route_free(&cp->routes[i]);
-	free(cp->routes);
-	config_listen_free(cp->listen);
-	strv_free(cp->tunnel_hosts);
-	free(cp->ca_file);
-	free(cp->intercept_ca_dir);
-	free(cp);
+	for (size_t i = 0; i < x->n_routes; i++)
+		route_free(&x->routes[i]);
+	free(x->routes);
+	CONFIG_PROXY_STRINGS(FREE_STR)
+	CONFIG_PROXY_STRVS(FREE_STRV)
+	CONFIG_PROXY_LISTENS(FREE_LISTEN)
+	free(x);
 }
+
+#undef FREE_STR
+#undef FREE_STRV
+#undef FREE_LISTEN
+
+static bool
+str_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static bool
+strv_equal(char *const *a, char *const *b)
+{
+	size_t i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	for (i = 0; a[i] != NULL && b[i] != NULL; i++)
+		if (strcmp(a[i], b[i]) != 0)
+			return false;
+	return a[i] == NULL && b[i] == NULL;
+}
+
+/* As written: a listener moved to another spelling of the same address is a change too. */
+static bool
+listen_equal(const struct config_listen *a, const struct config_listen *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a->text, b->text) == 0;
+}
+
+#define EQ_STR(f)                                                                                  \
+	if (!str_equal(a->f, b->f))                                                                \
+		return false;
+#define EQ_STRV(f)                                                                                 \
+	if (!strv_equal(a->f, b->f))                                                               \
+		return false;
+#define EQ_LISTEN(f)                                                                               \
+	if (!listen_equal(a->f, b->f))                                                             \
+		return false;
+#define EQ_SCALAR(f)                                                                               \
+	if (a->f != b->f)                                                                          \
+		return false;
+
+bool
+config_route_equal(const struct config_route *a, const struct config_route *b)
+{
+	CONFIG_ROUTE_STRINGS(EQ_STR)
+	CONFIG_ROUTE_LISTENS(EQ_LISTEN)
+	CONFIG_ROUTE_SCALARS(EQ_SCALAR)
+	return true;
+}
+
+bool
+config_proxy_equal(const struct config_proxy *a, const struct config_proxy *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	CONFIG_PROXY_STRINGS(EQ_STR)
+	CONFIG_PROXY_STRVS(EQ_STRV)
+	CONFIG_PROXY_LISTENS(EQ_LISTEN)
+	CONFIG_PROXY_SCALARS(EQ_SCALAR)
+	if (a->n_routes != b->n_routes)
+		return false;
+	for (size_t i = 0; i < a->n_routes; i++)
+		if (!config_route_equal(&a->routes[i], &b->routes[i]))
+			return false;
+	return true;
+}
+
+#undef EQ_STR
+#undef EQ_STRV
+#undef EQ_LISTEN
+#undef EQ_SCALAR

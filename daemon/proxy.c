@@ -2124,57 +2124,6 @@ proxy_free(struct proxy *p)
 	return NULL;
 }
 
-/* Reload */
-
-static bool
-str_eq(const char *a, const char *b)
-{
-	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
-}
-
-static bool
-listen_eq(const struct config_listen *a, const struct config_listen *b)
-{
-	return (a == NULL && b == NULL) ||
-	       (a != NULL && b != NULL && strcmp(a->text, b->text) == 0);
-}
-
-static bool
-route_eq(const struct config_route *a, const struct config_route *b)
-{
-	return str_eq(a->name, b->name) && str_eq(a->match_host, b->match_host) &&
-	       a->match_port == b->match_port && a->match_port_set == b->match_port_set &&
-	       str_eq(a->match_path, b->match_path) && str_eq(a->audience_name, b->audience_name) &&
-	       str_eq(a->upstream, b->upstream) && listen_eq(a->listen, b->listen) &&
-	       a->overwrite == b->overwrite && a->passthrough == b->passthrough &&
-	       str_eq(a->ca_file, b->ca_file);
-}
-
-static bool
-proxy_cfg_eq(const struct config_proxy *a, const struct config_proxy *b)
-{
-	size_t i;
-
-	if (a == NULL || b == NULL)
-		return a == b;
-	if (!listen_eq(a->listen, b->listen) || a->connect != b->connect ||
-	    !str_eq(a->ca_file, b->ca_file) || !str_eq(a->intercept_ca_dir, b->intercept_ca_dir) ||
-	    a->max_connections != b->max_connections || a->connect_timeout != b->connect_timeout ||
-	    a->idle_timeout != b->idle_timeout || a->header_timeout != b->header_timeout ||
-	    a->n_routes != b->n_routes)
-		return false;
-	for (i = 0; a->tunnel_hosts != NULL && a->tunnel_hosts[i] != NULL; i++)
-		if (b->tunnel_hosts == NULL || !str_eq(a->tunnel_hosts[i], b->tunnel_hosts[i]))
-			return false;
-	if ((a->tunnel_hosts == NULL) != (b->tunnel_hosts == NULL) ||
-	    (b->tunnel_hosts != NULL && b->tunnel_hosts[i] != NULL))
-		return false;
-	for (i = 0; i < a->n_routes; i++)
-		if (!route_eq(&a->routes[i], &b->routes[i]))
-			return false;
-	return true;
-}
-
 void
 proxy_set_metrics(struct proxy *p, struct metrics *m)
 {
@@ -2208,7 +2157,7 @@ proxy_reconfigure(struct proxy *p, const struct config *cfg, struct source **sou
 
 	if (p == NULL)
 		return has_listener(cfg->proxy) ? -ENOTSUP : 0;
-	if (!proxy_cfg_eq(p->cfg->proxy, cfg->proxy))
+	if (!config_proxy_equal(p->cfg->proxy, cfg->proxy))
 		return -ENOTSUP;
 	entries = calloc(p->n_ups + 1, sizeof(*entries));
 	if (entries == NULL)
