@@ -6,8 +6,11 @@
  * proxy_body.c with watermarks for back-pressure (a slow side stops reads on
  * the other), upstream connections are kept per route and reused.
  *
- * A request goes CS_HEAD -> (CS_BODY_BUFFER) -> CS_TOKEN -> CS_FORWARD and
- * back to CS_HEAD for the next one on the connection.  Tokens come from the
+ * A connection's mode (forward, base URL, intercept, tunnel) is set when it
+ * is accepted and changed only by CONNECT.  It waits for a request head
+ * (PROXY_CONN_HEAD), then serves the request (PROXY_CONN_REQUEST: BODY_BUFFER
+ * -> TOKEN -> FORWARD -> RESPONSE, with REFRESH for a retry) and goes back
+ * for the next one on the connection.  Tokens come from the
  * shared cache; they are written into the upstream request and nowhere else
  * (never logged).  Every error before the response head is ours is a JSON
  * reply, after which the connection closes.
@@ -61,89 +64,125 @@
 #define PROXY_VIA	     "Via: 1.1 bearerd\r\n"
 #define PROXY_ALLOW	     "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" /* 405 to TRACE */
 
-enum conn_state {
-	CS_HEAD,	/* waiting for a request head */
-	CS_BODY_BUFFER, /* reading the small body of a retryable request */
-	CS_TOKEN,	/* waiting for the cache */
-	CS_REFRESH,	/* waiting for a refreshed token after invalid_token */
-	CS_FORWARD,	/* request to the upstream, response back */
-	CS_TUNNEL_CONNECTING,
-	CS_TUNNEL,
-	CS_CLOSING, /* flushing the last reply, then lingering */
+/* What a client connection is for: set at accept, changed only by CONNECT. */
+enum proxy_mode {
+	PROXY_MODE_FORWARD,   /* [proxy] listen: absolute-form targets, CONNECT per policy */
+	PROXY_MODE_BASE_URL,  /* a route's own listen: origin-form targets, that route only */
+	PROXY_MODE_INTERCEPT, /* after CONNECT (intercept): HTTP inside TLS, by the CONNECT host */
+	PROXY_MODE_TUNNEL,    /* after CONNECT (tunnel): bytes relayed as they are, no token */
 };
 
-struct pconn;
+enum proxy_conn_state {
+	PROXY_CONN_HEAD,    /* waiting for a request head */
+	PROXY_CONN_REQUEST, /* serving a request: see its own state */
+	PROXY_CONN_TUNNEL,  /* TUNNEL: relaying both ways */
+	PROXY_CONN_CLOSING, /* flushing the last reply, then lingering */
+};
+
+/* Flags of a connection: they outlive its requests. */
+#define PROXY_CF_HANDSHAKE   0x01u /* INTERCEPT: the TLS handshake is not done yet */
+#define PROXY_CF_LINGERING   0x02u /* CLOSING: our side is shut, reading what the client sends */
+#define PROXY_CF_CLIENT_EOF  0x04u /* the client shut its sending side (plain connections only) */
+#define PROXY_CF_FAR_SHUT    0x08u /* TUNNEL: the far side's sending side shut after CLIENT_EOF */
+#define PROXY_CF_READ_PAUSED 0x10u /* client reads stopped: the upstream or far side is behind */
+#define PROXY_CF_FAR_PAUSED  0x20u /* upstream or far-side reads stopped: the client is behind */
+
+enum proxy_req_state {
+	PROXY_REQ_BODY_BUFFER, /* reading the small body of a retryable request */
+	PROXY_REQ_TOKEN,       /* waiting for the cache */
+	PROXY_REQ_REFRESH,     /* waiting for a refreshed token after invalid_token */
+	PROXY_REQ_FORWARD,     /* the request goes to the upstream; no response head yet */
+	PROXY_REQ_RESPONSE,    /* the response head went to the client; the body follows */
+	PROXY_REQ_CONNECT,     /* CONNECT, tunnel: the far side is connecting */
+};
+
+/* Flags of a request: cleared for the next one. */
+#define PROXY_RF_HEAD_STARTED 0x01u /* the first byte of the head arrived (started_ms) */
+#define PROXY_RF_STAMP	      0x02u /* bearerd's token goes in */
+#define PROXY_RF_RETRYABLE    0x04u /* idempotent, with no body or a small one kept */
+#define PROXY_RF_RETRIED      0x08u /* the invalid_token retry was used */
+#define PROXY_RF_FRESH_CONN   0x10u /* the retry on a new connection (a stale pooled one) was used \
+				     */
+#define PROXY_RF_SENT	    0x20u   /* the whole request is with the upstream */
+#define PROXY_RF_RESP_CLOSE 0x40u   /* the upstream connection cannot serve another request */
+#define PROXY_RF_KEEP_ALIVE 0x80u   /* the client connection serves another request after this */
+
+struct proxy_conn;
 
 /* An upstream connection; idle ones wait in their route's pool. */
-struct upconn {
-	struct proxy_upstream *u;
+struct proxy_upconn {
+	struct proxy_upstream *upstream; /* NULL once out of the pool for good */
 	struct bufferevent *bev;
-	struct pconn *c; /* NULL when idle */
-	TAILQ_ENTRY(upconn) link;
+	struct proxy_conn *conn; /* whose request it serves; NULL when idle */
+	TAILQ_ENTRY(proxy_upconn) link;
 	unsigned uses;
 	bool connected;
 };
 
-TAILQ_HEAD(upconn_list, upconn);
+TAILQ_HEAD(proxy_upconn_list, proxy_upconn);
 
 /* Per route: TLS context, pool, cache entry. */
 struct proxy_upstream {
-	struct proxy *p;
-	const struct config_route *r;
+	struct proxy *proxy;
+	const struct config_route *route;
 	SSL_CTX *ssl;
 	struct cache_entry *entry; /* NULL with passthrough */
 	char *host_field;	   /* "Host: h[:port]\r\n" */
 	size_t host_field_len;
-	struct upconn_list idle;
+	struct proxy_upconn_list idle;
 	unsigned n_idle;
 };
 
 struct proxy_listener {
-	struct proxy *p;
-	struct evconnlistener *ev;
-	struct proxy_upstream *u; /* base-URL listener's route; NULL: the forward proxy */
-	char *name;		  /* own copy: outlives a reloaded configuration */
+	struct proxy *proxy;
+	struct evconnlistener *evl;
+	enum proxy_mode mode;		 /* FORWARD or BASE_URL: its connections' first mode */
+	struct proxy_upstream *upstream; /* BASE_URL: the route; NULL: the forward proxy */
+	char *name;			 /* own copy: outlives a reloaded configuration */
 	unsigned n_conns;
 	bool starved;	    /* out of descriptors was logged; cleared by the next accept */
 	struct event *rest; /* out of descriptors: accepting again a little later */
 };
 
-/* A client connection and its current request. */
-struct pconn {
-	struct proxy *p;
-	struct proxy_listener *l;
-	struct bufferevent *bev;
-	TAILQ_ENTRY(pconn) link;
-	enum conn_state state;
-	char *head; /* the request head; h points into it */
-	struct http_head h;
-	struct proxy_upstream *u;
-	struct evbuffer *out_head; /* upstream request head without Authorization and end */
-	struct evbuffer *body;	   /* whole body of a retryable request, or NULL */
+/* The request a connection serves (PROXY_CONN_HEAD: the head of the next one). */
+struct proxy_req {
+	enum proxy_req_state state;
+	unsigned flags; /* PROXY_RF_* */
+	char *head_buf; /* the request head's bytes; head points into them */
+	struct http_head head;
+	struct proxy_upstream *upstream; /* the route's, once routed */
+	struct proxy_upconn *upconn;	 /* the upstream connection it is on, or NULL */
+	struct evbuffer *upstream_head; /* its head for the upstream, without Authorization and end;
+					 * the buffer is kept for the next request */
+	struct evbuffer *retry_body;	/* the whole body of a retryable request, or NULL */
 	struct proxy_body req_body, resp_body;
 	struct cache_waiter *waiter;
-	struct event *timer;  /* deadlines (head, handshake, linger) and the refresh poll */
-	struct event *linger; /* TLS: waits for the last records to leave */
-	struct upconn *up;
-	struct bufferevent *tun;
-	char *ihost; /* intercepted CONNECT: the host and port the client asked for */
-	unsigned iport;
-	int64_t started_ms;  /* first byte of the request head */
-	int64_t deadline_ms; /* head, handshake or linger must be over by then (see on_timer) */
-	int64_t timer_at_ms; /* when the armed timer fires; 0 when it is not armed */
+	int64_t started_ms; /* first byte of the request head */
 	int64_t refresh_deadline_ms, up_started_ms, up_ms;
 	uint64_t sent_generation; /* of the token stamped on the request */
 	int status;
-	bool tls;	 /* bev is our TLS server side (intercept): no direct writes */
-	bool handshake;	 /* tls: the handshake is not done yet */
-	bool lingering;	 /* CS_CLOSING: our side is shut, reading what the client still sends */
-	bool client_eof; /* the client shut its sending side (plain connections only) */
-	bool far_shut;	 /* tunnel: the far side's sending side was shut after client_eof */
-	bool head_started, stamp, retryable, retried, fresh_conn, req_done, resp_head, resp_close,
-	    keep_alive, read_paused, up_paused;
 };
 
-TAILQ_HEAD(pconn_list, pconn);
+/* A client connection. */
+struct proxy_conn {
+	struct proxy *proxy;
+	struct proxy_listener *listener;
+	struct bufferevent *bev; /* INTERCEPT: our TLS server side, a filter (no direct writes) */
+	TAILQ_ENTRY(proxy_conn) link;
+	enum proxy_mode mode;
+	enum proxy_conn_state state;
+	unsigned flags; /* PROXY_CF_* */
+	struct proxy_req req;
+	struct event *timer;	   /* deadlines (head, handshake, linger) and the refresh poll */
+	struct event *linger_poll; /* INTERCEPT: waits for the last records to leave */
+	int64_t deadline_ms;	   /* head, handshake or linger must be over by then (on_timer) */
+	int64_t timer_at_ms;	   /* when the armed timer fires; 0 when it is not armed */
+	char *connect_host;	   /* INTERCEPT: the host and port CONNECT named */
+	unsigned connect_port;
+	struct bufferevent *tunnel; /* TUNNEL: the far side */
+};
+
+TAILQ_HEAD(proxy_conn_list, proxy_conn);
 
 struct proxy {
 	struct event_base *base;
@@ -151,11 +190,11 @@ struct proxy {
 	const struct config *cfg;
 	struct source **sources;
 	struct evdns_base *dns;
-	struct proxy_upstream *ups;
-	size_t n_ups;
-	struct proxy_listener *ls;
-	size_t n_ls;
-	struct pconn_list conns;
+	struct proxy_upstream *upstreams; /* one per route, in the configuration's order */
+	size_t n_upstreams;
+	struct proxy_listener *listeners;
+	size_t n_listeners;
+	struct proxy_conn_list conns;
 	unsigned n_conns;	  /* over all listeners, bounded by max_connections */
 	struct evbuffer *scratch; /* one outgoing message being put together */
 	struct proxy_ca *ca;	  /* connect = intercept */
@@ -163,10 +202,10 @@ struct proxy {
 	bool stopping;
 };
 
-static void conn_free(struct pconn *c);
-static void request_token(struct pconn *c);
-static void process_head(struct pconn *c);
-static bool pump_response(struct pconn *c);
+static void conn_free(struct proxy_conn *c);
+static void request_token(struct proxy_conn *c);
+static void process_head(struct proxy_conn *c);
+static bool pump_response(struct proxy_conn *c);
 static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_write_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
@@ -219,9 +258,9 @@ adds(struct evbuffer *b, const char *s)
 }
 
 static const char *
-route_name(const struct pconn *c)
+route_name(const struct proxy_conn *c)
 {
-	return c->u != NULL ? c->u->r->name : "-";
+	return c->req.upstream != NULL ? c->req.upstream->route->name : "-";
 }
 
 /*
@@ -231,13 +270,13 @@ route_name(const struct pconn *c)
  * one costs nothing.  -ENOMEM when there is no timer.
  */
 static int
-conn_arm(struct pconn *c, int64_t at_ms)
+conn_arm(struct proxy_conn *c, int64_t at_ms)
 {
 	int64_t now = now_ms(), d = at_ms > now ? at_ms - now : 0;
 	struct timeval tv = {.tv_sec = (time_t)(d / 1000),
 			     .tv_usec = (suseconds_t)(d % 1000) * 1000};
 
-	if (c->timer == NULL && (c->timer = evtimer_new(c->p->base, on_timer, c)) == NULL)
+	if (c->timer == NULL && (c->timer = evtimer_new(c->proxy->base, on_timer, c)) == NULL)
 		return -ENOMEM;
 	if (c->timer_at_ms != 0 && c->timer_at_ms <= at_ms)
 		return 0;
@@ -247,25 +286,35 @@ conn_arm(struct pconn *c, int64_t at_ms)
 	return 0;
 }
 
+/* The connection serves its request, which is now in state st. */
+static void
+request_enter(struct proxy_conn *c, enum proxy_req_state st)
+{
+	c->state = PROXY_CONN_REQUEST;
+	c->req.state = st;
+}
+
 /* One request answered (status 0: cut short); upstream time when there was an answer. */
 static void
-count_request(struct pconn *c, int status)
+count_request(struct proxy_conn *c, int status)
 {
-	if (c->p->metrics != NULL)
-		metrics_proxy_request(c->p->metrics, c->u != NULL ? c->u->r->name : "none", status,
-				      c->up_ms >= 0 ? (double)c->up_ms / 1000.0 : -1.0);
+	if (c->proxy->metrics != NULL)
+		metrics_proxy_request(
+		    c->proxy->metrics,
+		    c->req.upstream != NULL ? c->req.upstream->route->name : "none", status,
+		    c->req.up_ms >= 0 ? (double)c->req.up_ms / 1000.0 : -1.0);
 }
 
 /* Upstream connections */
 
-static struct upconn *
-upconn_free(struct upconn *up)
+static struct proxy_upconn *
+upconn_free(struct proxy_upconn *up)
 {
 	if (up == NULL)
 		return NULL;
-	if (up->c == NULL && up->u != NULL) {
-		TAILQ_REMOVE(&up->u->idle, up, link);
-		up->u->n_idle--;
+	if (up->conn == NULL && up->upstream != NULL) {
+		TAILQ_REMOVE(&up->upstream->idle, up, link);
+		up->upstream->n_idle--;
 	}
 	if (up->bev != NULL)
 		bufferevent_free(up->bev);
@@ -275,22 +324,22 @@ upconn_free(struct upconn *up)
 
 /* Detaches the connection from its request: back to the pool or closed. */
 static void
-upconn_release(struct pconn *c, bool reuse)
+upconn_release(struct proxy_conn *c, bool reuse)
 {
-	struct upconn *up = c->up;
+	struct proxy_upconn *up = c->req.upconn;
 	struct proxy_upstream *u;
 
 	if (up == NULL)
 		return;
-	c->up = NULL;
-	u = up->u;
-	if (!reuse || u->n_idle >= PROXY_POOL_MAX || u->p->stopping) {
-		up->c = NULL;
-		up->u = NULL; /* not in the idle list */
+	c->req.upconn = NULL;
+	u = up->upstream;
+	if (!reuse || u->n_idle >= PROXY_POOL_MAX || u->proxy->stopping) {
+		up->conn = NULL;
+		up->upstream = NULL; /* not in the idle list */
 		upconn_free(up);
 		return;
 	}
-	up->c = NULL;
+	up->conn = NULL;
 	TAILQ_INSERT_TAIL(&u->idle, up, link); /* reading on: notices a close while idle */
 	u->n_idle++;
 }
@@ -306,8 +355,8 @@ host_is_ip(const char *h)
 static struct bufferevent *
 upstream_bev(struct proxy_upstream *u)
 {
-	struct proxy *p = u->p;
-	const struct config_route *r = u->r;
+	struct proxy *p = u->proxy;
+	const struct config_route *r = u->route;
 	int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
 	struct bufferevent *bev;
 	SSL *ssl;
@@ -339,7 +388,7 @@ upstream_bev(struct proxy_upstream *u)
  * it would be read as the next request's response.
  */
 static bool
-upconn_stale(struct upconn *up)
+upconn_stale(struct proxy_upconn *up)
 {
 	int fd = bufferevent_getfd(up->bev);
 	SSL *ssl;
@@ -347,8 +396,8 @@ upconn_stale(struct upconn *up)
 
 	if (evbuffer_get_length(bufferevent_get_input(up->bev)) > 0 || fd < 0)
 		return true;
-	if (up->u->r->upstream_tls && (ssl = bufferevent_openssl_get_ssl(up->bev)) != NULL &&
-	    SSL_pending(ssl) > 0)
+	if (up->upstream->route->upstream_tls &&
+	    (ssl = bufferevent_openssl_get_ssl(up->bev)) != NULL && SSL_pending(ssl) > 0)
 		return true;
 	/* TLS: any record (data, close_notify) is as bad */
 	if (recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0)
@@ -368,17 +417,17 @@ connect_name(const char *host)
 }
 
 /* An idle pooled connection (fresh = false) or a new one. */
-static struct upconn *
+static struct proxy_upconn *
 upconn_get(struct proxy_upstream *u, bool fresh)
 {
-	struct proxy *p = u->p;
-	struct upconn *up;
+	struct proxy *p = u->proxy;
+	struct proxy_upconn *up;
 
-	while (!fresh && (up = TAILQ_LAST(&u->idle, upconn_list)) != NULL) {
+	while (!fresh && (up = TAILQ_LAST(&u->idle, proxy_upconn_list)) != NULL) {
 		TAILQ_REMOVE(&u->idle, up, link);
 		u->n_idle--;
 		if (upconn_stale(up)) {
-			up->u = NULL; /* not in the idle list any more */
+			up->upstream = NULL; /* not in the idle list any more */
 			upconn_free(up);
 			continue;
 		}
@@ -388,7 +437,7 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 	up = calloc(1, sizeof(*up));
 	if (up == NULL)
 		return NULL;
-	up->u = u;
+	up->upstream = u;
 	up->bev = upstream_bev(u);
 	if (up->bev == NULL) {
 		free(up);
@@ -400,9 +449,9 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 	bufferevent_enable(up->bev, EV_READ);
 	set_timeouts(up->bev, pcfg(p)->connect_timeout, pcfg(p)->connect_timeout);
 	if (bufferevent_socket_connect_hostname(up->bev, p->dns, AF_UNSPEC,
-						connect_name(u->r->upstream_host),
-						(int)u->r->upstream_port) < 0) {
-		up->u = NULL; /* not in the idle list */
+						connect_name(u->route->upstream_host),
+						(int)u->route->upstream_port) < 0) {
+		up->upstream = NULL; /* not in the idle list */
 		upconn_free(up);
 		return NULL;
 	}
@@ -411,7 +460,7 @@ upconn_get(struct proxy_upstream *u, bool fresh)
 
 /* Client replies */
 
-static void conn_linger(struct pconn *c);
+static void conn_linger(struct proxy_conn *c);
 
 static void
 on_linger_poll(evutil_socket_t fd, short what, void *arg)
@@ -423,24 +472,25 @@ on_linger_poll(evutil_socket_t fd, short what, void *arg)
 
 /* Shuts our side and reads what the client still sends, so it sees the reply, not a reset. */
 static void
-conn_linger(struct pconn *c)
+conn_linger(struct proxy_conn *c)
 {
-	struct bufferevent *under = c->tls ? bufferevent_get_underlying(c->bev) : NULL;
+	struct bufferevent *under =
+	    c->mode == PROXY_MODE_INTERCEPT ? bufferevent_get_underlying(c->bev) : NULL;
 	struct timeval tv = {0, PROXY_POLL_MS * 1000};
 	int fd = bufferevent_getfd(c->bev);
 
 	/* TLS: the records may still sit below the filter; no callback says when they left */
 	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0) {
-		if (c->linger == NULL)
-			c->linger = evtimer_new(c->p->base, on_linger_poll, c);
-		if (c->linger != NULL && evtimer_add(c->linger, &tv) == 0)
+		if (c->linger_poll == NULL)
+			c->linger_poll = evtimer_new(c->proxy->base, on_linger_poll, c);
+		if (c->linger_poll != NULL && evtimer_add(c->linger_poll, &tv) == 0)
 			return;
 	}
 	if (fd >= 0)
 		shutdown(fd, SHUT_WR);
-	if (!c->lingering) {
+	if (!(c->flags & PROXY_CF_LINGERING)) {
 		/* at most PROXY_LINGER_S in all: a client that keeps trickling is cut too */
-		c->lingering = true;
+		c->flags |= PROXY_CF_LINGERING;
 		c->deadline_ms = now_ms() + PROXY_LINGER_S * 1000;
 		(void)conn_arm(c, c->deadline_ms); /* else the read timeout below still ends it */
 	}
@@ -449,9 +499,9 @@ conn_linger(struct pconn *c)
 }
 
 static void
-conn_close_after_flush(struct pconn *c)
+conn_close_after_flush(struct proxy_conn *c)
 {
-	c->state = CS_CLOSING;
+	c->state = PROXY_CONN_CLOSING;
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	bufferevent_enable(c->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -463,7 +513,7 @@ conn_close_after_flush(struct pconn *c)
  * afterwards).  extra: more header fields ("Name: value\r\n"), or NULL.
  */
 static void
-reply_error_with(struct pconn *c, int status, const char *error, const char *description,
+reply_error_with(struct proxy_conn *c, int status, const char *error, const char *description,
 		 int64_t retry_after, const char *extra)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
@@ -483,19 +533,20 @@ reply_error_with(struct pconn *c, int status, const char *error, const char *des
 		adds(out, extra);
 	adds(out, "Connection: close\r\n\r\n");
 	if (b != NULL) {
-		if (c->h.method == NULL || c->h.method_len != 4 || memcmp(c->h.method, "HEAD", 4))
+		if (c->req.head.method == NULL || c->req.head.method_len != 4 ||
+		    memcmp(c->req.head.method, "HEAD", 4))
 			evbuffer_add_buffer(out, b);
 		evbuffer_free(b);
 	}
 	log_debug("proxy request refused", "route=%s status=%d error=%s", route_name(c), status,
 		  error);
-	c->up_ms = -1;
+	c->req.up_ms = -1;
 	count_request(c, status);
 	conn_close_after_flush(c);
 }
 
 static void
-reply_error(struct pconn *c, int status, const char *error, const char *description,
+reply_error(struct proxy_conn *c, int status, const char *error, const char *description,
 	    int64_t retry_after)
 {
 	reply_error_with(c, status, error, description, retry_after, NULL);
@@ -504,24 +555,24 @@ reply_error(struct pconn *c, int status, const char *error, const char *descript
 /* Requests */
 
 static void
-request_reset(struct pconn *c)
+request_reset(struct proxy_conn *c)
 {
-	const struct config_proxy *cp = pcfg(c->p);
+	const struct config_proxy *cp = pcfg(c->proxy);
 
-	free(c->head);
-	c->head = NULL;
-	memset(&c->h, 0, sizeof(c->h));
-	if (c->body != NULL)
-		evbuffer_free(c->body);
-	c->body = NULL;
-	c->u = NULL;
-	c->up_ms = -1;
-	c->head_started = c->stamp = c->retryable = c->retried = c->fresh_conn = false;
-	c->req_done = c->resp_head = c->resp_close = c->read_paused = c->up_paused = false;
-	c->state = CS_HEAD;
+	free(c->req.head_buf);
+	c->req.head_buf = NULL;
+	memset(&c->req.head, 0, sizeof(c->req.head));
+	if (c->req.retry_body != NULL)
+		evbuffer_free(c->req.retry_body);
+	c->req.retry_body = NULL;
+	c->req.upstream = NULL;
+	c->req.up_ms = -1;
+	c->req.flags = 0;
+	c->flags &= ~(PROXY_CF_READ_PAUSED | PROXY_CF_FAR_PAUSED);
+	c->state = PROXY_CONN_HEAD;
 	set_timeouts(c->bev, cp->idle_timeout, cp->idle_timeout);
 	bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_LOW_WATER, 0);
-	if (!c->client_eof)
+	if (!(c->flags & PROXY_CF_CLIENT_EOF))
 		bufferevent_enable(c->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
 		process_head(c);
@@ -548,16 +599,16 @@ idempotent(const struct http_head *h)
 
 /* The upstream request head, all but Authorization and the blank line. */
 static int
-render_request(struct pconn *c, const char *path, size_t path_len)
+render_request(struct proxy_conn *c, const char *path, size_t path_len)
 {
-	const struct http_head *h = &c->h;
-	const struct config_route *r = c->u->r;
+	const struct http_head *h = &c->req.head;
+	const struct config_route *r = c->req.upstream->route;
 	struct evbuffer *out;
 	char num[64];
 
-	if (c->out_head == NULL && (c->out_head = evbuffer_new()) == NULL)
+	if (c->req.upstream_head == NULL && (c->req.upstream_head = evbuffer_new()) == NULL)
 		return -ENOMEM;
-	out = c->out_head;
+	out = c->req.upstream_head;
 	evbuffer_drain(out, evbuffer_get_length(out));
 	add(out, h->method, h->method_len);
 	add(out, " ", 1);
@@ -566,13 +617,14 @@ render_request(struct pconn *c, const char *path, size_t path_len)
 		add(out, "/", 1);
 	add(out, path, path_len);
 	add(out, " HTTP/1.1\r\n", 11);
-	add(out, c->u->host_field, c->u->host_field_len);
+	add(out, c->req.upstream->host_field, c->req.upstream->host_field_len);
 	for (int i = 0; i < h->nheaders; i++) {
 		const struct http_header *f = &h->headers[i];
 
 		if (proxy_route_hop_by_hop(h, f))
 			continue;
-		if (c->stamp && f->name_len == 13 && strncasecmp(f->name, "authorization", 13) == 0)
+		if ((c->req.flags & PROXY_RF_STAMP) && f->name_len == 13 &&
+		    strncasecmp(f->name, "authorization", 13) == 0)
 			continue;
 		add(out, f->name, f->name_len);
 		add(out, ": ", 2);
@@ -595,13 +647,14 @@ render_request(struct pconn *c, const char *path, size_t path_len)
  * is not a silent upstream).  Write timeouts run only while output waits.
  */
 static void
-arm_timeouts(struct pconn *c)
+arm_timeouts(struct proxy_conn *c)
 {
-	unsigned idle = pcfg(c->p)->idle_timeout;
+	unsigned idle = pcfg(c->proxy)->idle_timeout;
+	bool sent = c->req.flags & PROXY_RF_SENT;
 
-	set_timeouts(c->bev, c->req_done ? 0 : idle, idle);
-	if (c->up != NULL && c->up->connected)
-		set_timeouts(c->up->bev, c->req_done ? idle : 0, idle);
+	set_timeouts(c->bev, sent ? 0 : idle, idle);
+	if (c->req.upconn != NULL && c->req.upconn->connected)
+		set_timeouts(c->req.upconn->bev, sent ? idle : 0, idle);
 }
 
 /*
@@ -622,22 +675,22 @@ send_msg(struct bufferevent *bev, struct evbuffer *msg, bool direct)
 }
 
 static bool
-up_direct(const struct upconn *up)
+up_direct(const struct proxy_upconn *up)
 {
-	return up->connected && !up->u->r->upstream_tls;
+	return up->connected && !up->upstream->route->upstream_tls;
 }
 
 /* Moves request body bytes to the upstream; false when c was freed. */
 static bool
-pump_request(struct pconn *c)
+pump_request(struct proxy_conn *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
-	struct evbuffer *s = c->p->scratch;
-	int r = proxy_body_relay(&c->req_body, in, s);
+	struct evbuffer *s = c->proxy->scratch;
+	int r = proxy_body_relay(&c->req.req_body, in, s);
 
-	send_msg(c->up->bev, s, up_direct(c->up));
+	send_msg(c->req.upconn->bev, s, up_direct(c->req.upconn));
 	if (r < 0) {
-		if (c->resp_head) {
+		if (c->req.state == PROXY_REQ_RESPONSE) {
 			conn_free(c);
 			return false;
 		}
@@ -645,65 +698,66 @@ pump_request(struct pconn *c)
 		return false;
 	}
 	if (r == 1) {
-		c->req_done = true; /* a pipelined request waits in the input */
+		c->req.flags |= PROXY_RF_SENT; /* a pipelined request waits in the input */
 		arm_timeouts(c);
 		return true;
 	}
-	if (c->client_eof) { /* the rest of the body will never come */
-		if (c->resp_head) {
+	if (c->flags & PROXY_CF_CLIENT_EOF) { /* the rest of the body will never come */
+		if (c->req.state == PROXY_REQ_RESPONSE) {
 			conn_free(c);
 			return false;
 		}
 		reply_error(c, 400, "invalid_request", "the request body ended early", 0);
 		return false;
 	}
-	if (evbuffer_get_length(bufferevent_get_output(c->up->bev)) > PROXY_HIGH_WATER) {
+	if (evbuffer_get_length(bufferevent_get_output(c->req.upconn->bev)) > PROXY_HIGH_WATER) {
 		bufferevent_disable(c->bev, EV_READ);
-		c->read_paused = true;
+		c->flags |= PROXY_CF_READ_PAUSED;
 	}
 	return true;
 }
 
 static void
-request_send(struct pconn *c, const struct cache_token *tok)
+request_send(struct proxy_conn *c, const struct cache_token *tok)
 {
-	struct evbuffer *s = c->p->scratch;
-	struct upconn *up;
+	struct evbuffer *s = c->proxy->scratch;
+	struct proxy_upconn *up;
 
-	up = upconn_get(c->u, c->fresh_conn);
+	up = upconn_get(c->req.upstream, c->req.flags & PROXY_RF_FRESH_CONN);
 	if (up == NULL) {
 		reply_error(c, 502, "bad_gateway", "cannot connect to the upstream", 0);
 		return;
 	}
-	up->c = c;
-	c->up = up;
-	c->up_started_ms = now_ms();
-	c->state = CS_FORWARD;
-	c->resp_head = false;
-	c->req_done = false;
-	evbuffer_add(s, evbuffer_pullup(c->out_head, -1), evbuffer_get_length(c->out_head));
+	up->conn = c;
+	c->req.upconn = up;
+	c->req.up_started_ms = now_ms();
+	request_enter(c, PROXY_REQ_FORWARD);
+	c->req.flags &= ~PROXY_RF_SENT;
+	evbuffer_add(s, evbuffer_pullup(c->req.upstream_head, -1),
+		     evbuffer_get_length(c->req.upstream_head));
 	if (tok != NULL) {
-		c->sent_generation = tok->generation;
+		c->req.sent_generation = tok->generation;
 		add(s, "Authorization: Bearer ", 22);
 		add(s, tok->value, tok->len);
 		add(s, "\r\n", 2);
 	}
 	add(s, "\r\n", 2);
-	if (c->body != NULL) {
-		evbuffer_add(s, evbuffer_pullup(c->body, -1), evbuffer_get_length(c->body));
-		c->req_done = true;
-	} else if (c->req_body.mode == PROXY_BODY_NONE) {
-		c->req_done = true;
+	if (c->req.retry_body != NULL) {
+		evbuffer_add(s, evbuffer_pullup(c->req.retry_body, -1),
+			     evbuffer_get_length(c->req.retry_body));
+		c->req.flags |= PROXY_RF_SENT;
+	} else if (c->req.req_body.mode == PROXY_BODY_NONE) {
+		c->req.flags |= PROXY_RF_SENT;
 	}
 	arm_timeouts(c);
-	if (c->req_done)
+	if (c->req.flags & PROXY_RF_SENT)
 		send_msg(up->bev, s, up_direct(up));
 	else
 		pump_request(c); /* the head goes out with the first body bytes */
 }
 
 static void
-on_answer(struct pconn *c, const struct cache_answer *a)
+on_answer(struct proxy_conn *c, const struct cache_answer *a)
 {
 	if (a->status != 200) {
 		reply_error(c, 503, a->error != NULL ? a->error : "temporarily_unavailable",
@@ -717,24 +771,25 @@ on_answer(struct pconn *c, const struct cache_answer *a)
 static void
 on_token(void *arg, const struct cache_answer *a)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 
-	c->waiter = NULL;
+	c->req.waiter = NULL;
 	on_answer(c, a);
 }
 
 static void
-request_token(struct pconn *c)
+request_token(struct proxy_conn *c)
 {
 	struct cache_answer now;
 	int r;
 
-	if (!c->stamp) {
+	if (!(c->req.flags & PROXY_RF_STAMP)) {
 		request_send(c, NULL);
 		return;
 	}
-	c->state = CS_TOKEN;
-	r = cache_request(c->p->cache, c->u->entry, 0, on_token, c, &now, &c->waiter);
+	request_enter(c, PROXY_REQ_TOKEN);
+	r = cache_request(c->proxy->cache, c->req.upstream->entry, 0, on_token, c, &now,
+			  &c->req.waiter);
 	if (r == -EINPROGRESS)
 		return;
 	if (r < 0) {
@@ -744,13 +799,13 @@ request_token(struct pconn *c)
 	on_answer(c, &now);
 }
 
-/* CS_REFRESH: polls the entry until the refresh is over (or wait_timeout). */
+/* PROXY_REQ_REFRESH: polls the entry until the refresh is over (or wait_timeout). */
 static void
-refresh_poll(struct pconn *c, int64_t now)
+refresh_poll(struct proxy_conn *c, int64_t now)
 {
-	enum cache_state st = cache_entry_state(c->u->entry);
+	enum cache_state st = cache_entry_state(c->req.upstream->entry);
 
-	if ((st == CACHE_FETCHING || st == CACHE_REFRESHING) && now < c->refresh_deadline_ms) {
+	if ((st == CACHE_FETCHING || st == CACHE_REFRESHING) && now < c->req.refresh_deadline_ms) {
 		if (conn_arm(c, now + PROXY_POLL_MS) < 0)
 			reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
@@ -760,17 +815,18 @@ refresh_poll(struct pconn *c, int64_t now)
 
 /* The upstream said invalid_token: refresh, then send the request once more. */
 static void
-retry_after_refresh(struct pconn *c)
+retry_after_refresh(struct proxy_conn *c)
 {
 	int64_t now = now_ms();
 
 	log_info("upstream rejected the token, refreshing it", "route=%s", route_name(c));
-	c->retried = true;
+	c->req.flags |= PROXY_RF_RETRIED;
 	upconn_release(c, false);
 	/* at most once per token: a refreshed token that is rejected again is not refreshed */
-	cache_refresh_token(c->p->cache, c->u->entry, c->sent_generation, &(int64_t){0});
-	c->state = CS_REFRESH;
-	c->refresh_deadline_ms = now + c->p->cfg->wait_timeout * 1000;
+	cache_refresh_token(c->proxy->cache, c->req.upstream->entry, c->req.sent_generation,
+			    &(int64_t){0});
+	request_enter(c, PROXY_REQ_REFRESH);
+	c->req.refresh_deadline_ms = now + c->proxy->cfg->wait_timeout * 1000;
 	if (conn_arm(c, now + PROXY_POLL_MS) < 0)
 		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 }
@@ -785,34 +841,36 @@ retry_after_refresh(struct pconn *c)
 static void
 on_timer(evutil_socket_t fd, short what, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 	int64_t now = now_ms();
 
 	(void)fd;
 	(void)what;
 	c->timer_at_ms = 0;
 	switch (c->state) {
-	case CS_REFRESH:
-		refresh_poll(c, now);
-		return;
-	case CS_HEAD:
-		if (!c->handshake && !c->head_started)
+	case PROXY_CONN_REQUEST:
+		if (c->req.state == PROXY_REQ_REFRESH)
+			refresh_poll(c, now);
+		return; /* else a deadline of a head that has arrived meanwhile */
+	case PROXY_CONN_HEAD:
+		if (!(c->flags & PROXY_CF_HANDSHAKE) && !(c->req.flags & PROXY_RF_HEAD_STARTED))
 			return;
 		if (now < c->deadline_ms) {
 			(void)conn_arm(c, c->deadline_ms);
 			return;
 		}
-		if (c->handshake) {
-			log_debug("proxy TLS handshake timed out", "listener=%s", c->l->name);
+		if (c->flags & PROXY_CF_HANDSHAKE) {
+			log_debug("proxy TLS handshake timed out", "listener=%s",
+				  c->listener->name);
 			conn_free(c);
 			return;
 		}
-		log_debug("proxy request head timed out", "listener=%s", c->l->name);
+		log_debug("proxy request head timed out", "listener=%s", c->listener->name);
 		reply_error(c, 408, "invalid_request",
 			    "the request head did not arrive within header_timeout", 0);
 		return;
-	case CS_CLOSING:
-		if (!c->lingering)
+	case PROXY_CONN_CLOSING:
+		if (!(c->flags & PROXY_CF_LINGERING))
 			return;
 		if (now < c->deadline_ms) {
 			(void)conn_arm(c, c->deadline_ms);
@@ -820,24 +878,24 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 		}
 		conn_free(c);
 		return;
-	default:
-		return; /* a deadline of a head that has arrived meanwhile */
+	case PROXY_CONN_TUNNEL:
+		return; /* a deadline of the CONNECT head, which has arrived */
 	}
 }
 
 static void
-buffer_body(struct pconn *c)
+buffer_body(struct proxy_conn *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 
-	if (evbuffer_get_length(in) < (size_t)c->h.content_length)
+	if (evbuffer_get_length(in) < (size_t)c->req.head.content_length)
 		return;
-	c->body = evbuffer_new();
-	if (c->body == NULL) {
+	c->req.retry_body = evbuffer_new();
+	if (c->req.retry_body == NULL) {
 		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
-	evbuffer_remove_buffer(in, c->body, (size_t)c->h.content_length);
+	evbuffer_remove_buffer(in, c->req.retry_body, (size_t)c->req.head.content_length);
 	request_token(c);
 }
 
@@ -858,74 +916,74 @@ tunnel_allowed(const struct config_proxy *cp, const char *host, unsigned port)
 static void
 tun_read_cb(struct bufferevent *bev, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 
 	evbuffer_add_buffer(out, bufferevent_get_input(bev));
 	if (evbuffer_get_length(out) > PROXY_HIGH_WATER) {
 		bufferevent_disable(bev, EV_READ);
-		c->up_paused = true;
+		c->flags |= PROXY_CF_FAR_PAUSED;
 	}
 }
 
 /* After the client's half-close: once its last bytes are out, the far side sees EOF too. */
 static void
-tunnel_shut_far(struct pconn *c)
+tunnel_shut_far(struct proxy_conn *c)
 {
-	if (c->far_shut || c->tun == NULL)
+	if ((c->flags & PROXY_CF_FAR_SHUT) || c->tunnel == NULL)
 		return;
-	if (evbuffer_get_length(bufferevent_get_output(c->tun)) > 0) {
-		bufferevent_setwatermark(c->tun, EV_WRITE, 0, 0); /* tun_write_cb when empty */
+	if (evbuffer_get_length(bufferevent_get_output(c->tunnel)) > 0) {
+		bufferevent_setwatermark(c->tunnel, EV_WRITE, 0, 0); /* tun_write_cb when empty */
 		return;
 	}
-	c->far_shut = true;
-	shutdown(bufferevent_getfd(c->tun), SHUT_WR);
+	c->flags |= PROXY_CF_FAR_SHUT;
+	shutdown(bufferevent_getfd(c->tunnel), SHUT_WR);
 }
 
 static void
 tun_write_cb(struct bufferevent *bev, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 
 	(void)bev;
-	if (c->client_eof) {
+	if (c->flags & PROXY_CF_CLIENT_EOF) {
 		tunnel_shut_far(c);
 		return;
 	}
-	if (c->read_paused) {
-		c->read_paused = false;
+	if (c->flags & PROXY_CF_READ_PAUSED) {
+		c->flags &= ~PROXY_CF_READ_PAUSED;
 		bufferevent_enable(c->bev, EV_READ);
 	}
 }
 
 static void
-tunnel_from_client(struct pconn *c)
+tunnel_from_client(struct proxy_conn *c)
 {
-	struct evbuffer *out = bufferevent_get_output(c->tun);
+	struct evbuffer *out = bufferevent_get_output(c->tunnel);
 
 	evbuffer_add_buffer(out, bufferevent_get_input(c->bev));
 	if (evbuffer_get_length(out) > PROXY_HIGH_WATER) {
 		bufferevent_disable(c->bev, EV_READ);
-		c->read_paused = true;
+		c->flags |= PROXY_CF_READ_PAUSED;
 	}
 }
 
 static void
 tun_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	struct pconn *c = arg;
-	const struct config_proxy *cp = pcfg(c->p);
+	struct proxy_conn *c = arg;
+	const struct config_proxy *cp = pcfg(c->proxy);
 	int fd, one = 1;
 
 	if (what & BEV_EVENT_CONNECTED) {
 		fd = bufferevent_getfd(bev);
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		c->state = CS_TUNNEL;
+		c->state = PROXY_CONN_TUNNEL;
 		adds(bufferevent_get_output(c->bev), "HTTP/1.1 200 Connection Established\r\n\r\n");
 		set_timeouts(bev, cp->idle_timeout, cp->idle_timeout);
 		set_timeouts(c->bev, cp->idle_timeout, cp->idle_timeout);
 		bufferevent_setwatermark(bev, EV_WRITE, PROXY_LOW_WATER, 0);
-		if (c->client_eof) {
+		if (c->flags & PROXY_CF_CLIENT_EOF) {
 			tunnel_from_client(c);
 			tunnel_shut_far(c);
 			return;
@@ -934,9 +992,9 @@ tun_event_cb(struct bufferevent *bev, short what, void *arg)
 		tunnel_from_client(c);
 		return;
 	}
-	if (c->state == CS_TUNNEL_CONNECTING) {
-		bufferevent_free(c->tun);
-		c->tun = NULL;
+	if (c->state == PROXY_CONN_REQUEST) { /* the CONNECT: the far side never answered */
+		bufferevent_free(c->tunnel);
+		c->tunnel = NULL;
 		if (what & BEV_EVENT_TIMEOUT)
 			reply_error(c, 504, "gateway_timeout", "the tunnel host did not answer", 0);
 		else
@@ -945,8 +1003,8 @@ tun_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	/* the far side closed: hand the client what arrived, then close */
 	evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(bev));
-	bufferevent_free(c->tun);
-	c->tun = NULL;
+	bufferevent_free(c->tunnel);
+	c->tunnel = NULL;
 	conn_close_after_flush(c);
 }
 
@@ -970,13 +1028,13 @@ route_for_host(const struct config_proxy *cp, const char *host, unsigned port)
  * before any TLS: nothing is intercepted that would not be stamped.
  */
 static void
-intercept(struct pconn *c, char *host, unsigned port)
+intercept(struct proxy_conn *c, char *host, unsigned port)
 {
 	struct bufferevent *tls;
 	SSL *ssl;
 	char clean[128];
 
-	if (!route_for_host(pcfg(c->p), host, port)) {
+	if (!route_for_host(pcfg(c->proxy), host, port)) {
 		log_info("proxy interception refused", "host=%s port=%u",
 			 log_clean(clean, sizeof(clean), host), port);
 		free(host);
@@ -984,14 +1042,14 @@ intercept(struct pconn *c, char *host, unsigned port)
 			    0);
 		return;
 	}
-	ssl = proxy_ca_ssl(c->p->ca, host);
+	ssl = proxy_ca_ssl(c->proxy->ca, host);
 	if (ssl == NULL) {
 		free(host);
 		reply_error(c, 503, "temporarily_unavailable", "cannot mint a certificate", 1);
 		return;
 	}
 	/* the handshake has header_timeout in all, however slowly its bytes come */
-	c->deadline_ms = now_ms() + (int64_t)pcfg(c->p)->header_timeout * 1000;
+	c->deadline_ms = now_ms() + (int64_t)pcfg(c->proxy)->header_timeout * 1000;
 	if (conn_arm(c, c->deadline_ms) < 0) {
 		SSL_free(ssl);
 		free(host);
@@ -1005,7 +1063,7 @@ intercept(struct pconn *c, char *host, unsigned port)
 	 * handshake would otherwise free c inside that call.  Every update to c
 	 * is done before the filter is enabled, in request_reset at the end.
 	 */
-	tls = bufferevent_openssl_filter_new(c->p->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	tls = bufferevent_openssl_filter_new(c->proxy->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
 					     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (tls == NULL) {
 		SSL_free(ssl);
@@ -1019,35 +1077,36 @@ intercept(struct pconn *c, char *host, unsigned port)
 	 * that streams longer than idle_timeout.  Until then both bound the
 	 * handshake; its write timeout stays (a client that reads nothing).
 	 */
-	set_timeouts(c->bev, pcfg(c->p)->header_timeout, pcfg(c->p)->header_timeout);
+	set_timeouts(c->bev, pcfg(c->proxy)->header_timeout, pcfg(c->proxy)->header_timeout);
 	/* the filter stops encrypting at the high mark, so a slow client slows the upstream */
 	bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_LOW_WATER, PROXY_HIGH_WATER);
 	c->bev = tls;
-	c->tls = true;
-	c->handshake = true;
-	c->ihost = host;
-	c->iport = port;
-	free(c->head);
-	c->head = NULL;
-	memset(&c->h, 0, sizeof(c->h));
+	c->mode = PROXY_MODE_INTERCEPT;
+	c->flags |= PROXY_CF_HANDSHAKE;
+	c->connect_host = host;
+	c->connect_port = port;
+	free(c->req.head_buf);
+	c->req.head_buf = NULL;
+	memset(&c->req.head, 0, sizeof(c->req.head));
 	bufferevent_setcb(tls, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(tls, EV_READ, 0, PROXY_HIGH_WATER);
 	request_reset(c); /* enables reading: the handshake starts; nothing touches c after it */
 }
 
 static void
-handle_connect(struct pconn *c)
+handle_connect(struct proxy_conn *c)
 {
-	const struct config_proxy *cp = pcfg(c->p);
+	const struct config_proxy *cp = pcfg(c->proxy);
 	char *host = NULL;
 	unsigned port;
 	char clean[128];
 
-	if (c->l->u != NULL || c->ihost != NULL || cp->connect == CONFIG_CONNECT_DENY) {
+	if (c->mode != PROXY_MODE_FORWARD || cp->connect == CONFIG_CONNECT_DENY) {
 		reply_error(c, 403, "forbidden", "CONNECT is not allowed by this proxy", 0);
 		return;
 	}
-	if (config_proxy_hostport(c->h.target, c->h.target_len, &host, &port) < 0 || port == 0) {
+	if (config_proxy_hostport(c->req.head.target, c->req.head.target_len, &host, &port) < 0 ||
+	    port == 0) {
 		free(host);
 		reply_error(c, 400, "invalid_request", "CONNECT needs host:port", 0);
 		return;
@@ -1063,25 +1122,26 @@ handle_connect(struct pconn *c)
 		reply_error(c, 403, "forbidden", "this host is not in tunnel_hosts", 0);
 		return;
 	}
-	c->tun =
-	    bufferevent_socket_new(c->p->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (c->tun == NULL) {
+	c->tunnel = bufferevent_socket_new(c->proxy->base, -1,
+					   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (c->tunnel == NULL) {
 		free(host);
 		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
-	bufferevent_setcb(c->tun, tun_read_cb, tun_write_cb, tun_event_cb, c);
-	bufferevent_setwatermark(c->tun, EV_READ, 0, PROXY_HIGH_WATER);
-	set_timeouts(c->tun, cp->connect_timeout, cp->connect_timeout);
-	c->state = CS_TUNNEL_CONNECTING;
+	bufferevent_setcb(c->tunnel, tun_read_cb, tun_write_cb, tun_event_cb, c);
+	bufferevent_setwatermark(c->tunnel, EV_READ, 0, PROXY_HIGH_WATER);
+	set_timeouts(c->tunnel, cp->connect_timeout, cp->connect_timeout);
+	c->mode = PROXY_MODE_TUNNEL;
+	request_enter(c, PROXY_REQ_CONNECT);
 	bufferevent_disable(c->bev, EV_READ);
-	if (bufferevent_socket_connect_hostname(c->tun, c->p->dns, AF_UNSPEC, connect_name(host),
-						(int)port) < 0) {
-		bufferevent_free(c->tun);
-		c->tun = NULL;
+	if (bufferevent_socket_connect_hostname(c->tunnel, c->proxy->dns, AF_UNSPEC,
+						connect_name(host), (int)port) < 0) {
+		bufferevent_free(c->tunnel);
+		c->tunnel = NULL;
 		reply_error(c, 502, "bad_gateway", "cannot connect to the tunnel host", 0);
 	} else {
-		bufferevent_enable(c->tun, EV_READ | EV_WRITE);
+		bufferevent_enable(c->tunnel, EV_READ | EV_WRITE);
 	}
 	free(host);
 }
@@ -1091,17 +1151,17 @@ handle_connect(struct pconn *c)
 static struct proxy_upstream *
 upstream_of(struct proxy *p, const struct config_route *r)
 {
-	for (size_t i = 0; i < p->n_ups; i++)
-		if (p->ups[i].r == r)
-			return &p->ups[i];
+	for (size_t i = 0; i < p->n_upstreams; i++)
+		if (p->upstreams[i].route == r)
+			return &p->upstreams[i];
 	return NULL;
 }
 
 /* A request inside an intercepted CONNECT: the host is the one CONNECT named. */
 static bool
-route_intercepted(struct pconn *c, const char **path, size_t *path_len)
+route_intercepted(struct proxy_conn *c, const char **path, size_t *path_len)
 {
-	const struct http_head *h = &c->h;
+	const struct http_head *h = &c->req.head;
 	const struct http_header *hf = http_head_find(h, "host");
 	const struct config_route *r;
 
@@ -1109,21 +1169,22 @@ route_intercepted(struct pconn *c, const char **path, size_t *path_len)
 		reply_error(c, 400, "invalid_request", "expected a path as request target", 0);
 		return false;
 	}
-	if (hf != NULL &&
-	    !proxy_route_host_agrees(hf->value, hf->value_len, c->ihost, c->iport, 443)) {
+	if (hf != NULL && !proxy_route_host_agrees(hf->value, hf->value_len, c->connect_host,
+						   c->connect_port, 443)) {
 		reply_error(c, 400, "invalid_request",
 			    "the Host header disagrees with the CONNECT target", 0);
 		return false;
 	}
 	*path = h->target;
 	*path_len = h->target_len;
-	r = proxy_route_match(pcfg(c->p), c->ihost, c->iport, 443, *path, *path_len);
+	r = proxy_route_match(pcfg(c->proxy), c->connect_host, c->connect_port, 443, *path,
+			      *path_len);
 	if (r == NULL) {
 		reply_error(c, 403, "forbidden",
 			    "no route matches this host and path: nothing was forwarded", 0);
 		return false;
 	}
-	c->u = upstream_of(c->p, r);
+	c->req.upstream = upstream_of(c->proxy, r);
 	return true;
 }
 
@@ -1135,10 +1196,10 @@ route_intercepted(struct pconn *c, const char **path, size_t *path_len)
  * page's request: request_begin).  False after replying.
  */
 static bool
-base_url_caller_ok(struct pconn *c)
+base_url_caller_ok(struct proxy_conn *c)
 {
-	const struct config_listen *l = c->u->r->listen;
-	const struct http_header *hf = http_head_find(&c->h, "host");
+	const struct config_listen *l = c->req.upstream->route->listen;
+	const struct http_header *hf = http_head_find(&c->req.head, "host");
 	char desc[200];
 
 	if (hf == NULL || !proxy_route_host_is_listener(hf->value, hf->value_len, l)) {
@@ -1153,18 +1214,18 @@ base_url_caller_ok(struct pconn *c)
 
 /* Finds the route and the path to send; false after replying. */
 static bool
-route_request(struct pconn *c, const char **path, size_t *path_len)
+route_request(struct proxy_conn *c, const char **path, size_t *path_len)
 {
-	const struct http_head *h = &c->h;
+	const struct http_head *h = &c->req.head;
 	const struct config_route *r;
 	const struct http_header *hf;
 	char *host = NULL;
 	unsigned port;
 
-	if (c->ihost != NULL)
+	if (c->mode == PROXY_MODE_INTERCEPT)
 		return route_intercepted(c, path, path_len);
-	if (c->l->u != NULL) {
-		c->u = c->l->u;
+	if (c->mode == PROXY_MODE_BASE_URL) {
+		c->req.upstream = c->listener->upstream;
 		if (h->target[0] != '/') {
 			reply_error(c, 400, "invalid_request", "expected a path as request target",
 				    0);
@@ -1190,26 +1251,29 @@ route_request(struct pconn *c, const char **path, size_t *path_len)
 			    "the Host header disagrees with the request target", 0);
 		return false;
 	}
-	r = proxy_route_match(pcfg(c->p), host, port, 80, *path, *path_len);
+	r = proxy_route_match(pcfg(c->proxy), host, port, 80, *path, *path_len);
 	free(host);
 	if (r == NULL) {
 		reply_error(c, 403, "forbidden",
 			    "no route matches this host and path: nothing was forwarded", 0);
 		return false;
 	}
-	c->u = upstream_of(c->p, r);
+	c->req.upstream = upstream_of(c->proxy, r);
 	return true;
 }
 
 static void
-request_begin(struct pconn *c)
+request_begin(struct proxy_conn *c)
 {
-	const struct http_head *h = &c->h;
+	const struct http_head *h = &c->req.head;
 	const struct http_header *f;
 	const char *path;
 	size_t path_len;
 
-	c->keep_alive = h->keep_alive && !c->p->stopping;
+	if (h->keep_alive && !c->proxy->stopping)
+		c->req.flags |= PROXY_RF_KEEP_ALIVE;
+	else
+		c->req.flags &= ~PROXY_RF_KEEP_ALIVE;
 	if (method_is(h, "CONNECT")) {
 		handle_connect(c);
 		return;
@@ -1249,49 +1313,50 @@ request_begin(struct pconn *c)
 		return;
 	}
 	if (h->chunked)
-		proxy_body_init(&c->req_body, PROXY_BODY_CHUNKED, 0);
+		proxy_body_init(&c->req.req_body, PROXY_BODY_CHUNKED, 0);
 	else if (h->content_length > 0)
-		proxy_body_init(&c->req_body, PROXY_BODY_LENGTH, (uint64_t)h->content_length);
+		proxy_body_init(&c->req.req_body, PROXY_BODY_LENGTH, (uint64_t)h->content_length);
 	else
-		proxy_body_init(&c->req_body, PROXY_BODY_NONE, 0);
-	c->stamp = !c->u->r->passthrough &&
-		   (c->u->r->overwrite || http_head_find(h, "authorization") == NULL);
-	c->retryable =
-	    idempotent(h) &&
-	    (c->req_body.mode == PROXY_BODY_NONE ||
-	     (c->req_body.mode == PROXY_BODY_LENGTH && h->content_length <= PROXY_RETRY_BODY_MAX));
+		proxy_body_init(&c->req.req_body, PROXY_BODY_NONE, 0);
+	if (!c->req.upstream->route->passthrough &&
+	    (c->req.upstream->route->overwrite || http_head_find(h, "authorization") == NULL))
+		c->req.flags |= PROXY_RF_STAMP;
+	if (idempotent(h) && (c->req.req_body.mode == PROXY_BODY_NONE ||
+			      (c->req.req_body.mode == PROXY_BODY_LENGTH &&
+			       h->content_length <= PROXY_RETRY_BODY_MAX)))
+		c->req.flags |= PROXY_RF_RETRYABLE;
 	if (render_request(c, path, path_len) < 0) {
 		reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
-	if (f != NULL && c->req_body.mode != PROXY_BODY_NONE)
+	if (f != NULL && c->req.req_body.mode != PROXY_BODY_NONE)
 		adds(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
-	if (c->retryable && c->req_body.mode == PROXY_BODY_LENGTH) {
-		c->state = CS_BODY_BUFFER;
+	if ((c->req.flags & PROXY_RF_RETRYABLE) && c->req.req_body.mode == PROXY_BODY_LENGTH) {
+		request_enter(c, PROXY_REQ_BODY_BUFFER);
 		buffer_body(c);
 		return;
 	}
 	request_token(c);
 }
 
-/* Re-points the parsed head from the input buffer into c->head. */
+/* Re-points the parsed head from the input buffer into c->req.head_buf. */
 static void
-rebase_head(struct pconn *c, const char *from)
+rebase_head(struct proxy_conn *c, const char *from)
 {
-	ptrdiff_t d = c->head - from;
+	ptrdiff_t d = c->req.head_buf - from;
 
-	c->h.method += d;
-	c->h.target += d;
-	for (int i = 0; i < c->h.nheaders; i++) {
-		c->h.headers[i].name += d;
-		c->h.headers[i].value += d;
+	c->req.head.method += d;
+	c->req.head.target += d;
+	for (int i = 0; i < c->req.head.nheaders; i++) {
+		c->req.head.headers[i].name += d;
+		c->req.head.headers[i].value += d;
 	}
 }
 
 static void
-process_head(struct pconn *c)
+process_head(struct proxy_conn *c)
 {
-	const struct config_proxy *cp = pcfg(c->p);
+	const struct config_proxy *cp = pcfg(c->proxy);
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	size_t len = evbuffer_get_length(in), n = len < PROXY_MAX_HEAD ? len : PROXY_MAX_HEAD;
 	const char *buf;
@@ -1299,13 +1364,13 @@ process_head(struct pconn *c)
 
 	if (len == 0)
 		return;
-	if (!c->head_started) {
-		c->head_started = true;
-		c->started_ms = now_ms();
-		c->deadline_ms = c->started_ms + (int64_t)cp->header_timeout * 1000;
+	if (!(c->req.flags & PROXY_RF_HEAD_STARTED)) {
+		c->req.flags |= PROXY_RF_HEAD_STARTED;
+		c->req.started_ms = now_ms();
+		c->deadline_ms = c->req.started_ms + (int64_t)cp->header_timeout * 1000;
 	}
 	buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
-	r = http_parse_request_head(buf, n, &c->h);
+	r = http_parse_request_head(buf, n, &c->req.head);
 	if (r == 0 && len < PROXY_MAX_HEAD) {
 		/* an absolute deadline from the first byte: trickling does not extend it */
 		if (conn_arm(c, c->deadline_ms) < 0)
@@ -1313,7 +1378,7 @@ process_head(struct pconn *c)
 		return;
 	}
 	if (r <= 0) {
-		memset(&c->h, 0, sizeof(c->h));
+		memset(&c->req.head, 0, sizeof(c->req.head));
 		if (r == 0 || r == -E2BIG)
 			reply_error(c, 431, "invalid_request", "request head too large", 0);
 		else if (r == -ENOTSUP)
@@ -1322,12 +1387,12 @@ process_head(struct pconn *c)
 			reply_error(c, 400, "invalid_request", "malformed request head", 0);
 		return;
 	}
-	c->head = malloc((size_t)r);
-	if (c->head == NULL) {
+	c->req.head_buf = malloc((size_t)r);
+	if (c->req.head_buf == NULL) {
 		conn_free(c);
 		return;
 	}
-	memcpy(c->head, buf, (size_t)r);
+	memcpy(c->req.head_buf, buf, (size_t)r);
 	rebase_head(c, buf);
 	evbuffer_drain(in, (size_t)r);
 	request_begin(c);
@@ -1337,9 +1402,9 @@ process_head(struct pconn *c)
 
 /* The client-bound head: the upstream's without hop-by-hop fields, our framing. */
 static void
-render_response(struct pconn *c, const struct http_head *rh, bool dechunk, bool close)
+render_response(struct proxy_conn *c, const struct http_head *rh, bool dechunk, bool close)
 {
-	struct evbuffer *out = c->p->scratch; /* sent with the first body bytes */
+	struct evbuffer *out = c->proxy->scratch; /* sent with the first body bytes */
 	char line[64];
 
 	snprintf(line, sizeof(line), "HTTP/1.1 %03d ", rh->status);
@@ -1358,11 +1423,11 @@ render_response(struct pconn *c, const struct http_head *rh, bool dechunk, bool 
 		add(out, "\r\n", 2);
 	}
 	adds(out, PROXY_VIA);
-	if (c->resp_body.mode == PROXY_BODY_CHUNKED && !dechunk)
+	if (c->req.resp_body.mode == PROXY_BODY_CHUNKED && !dechunk)
 		adds(out, "Transfer-Encoding: chunked\r\n");
 	if (close)
 		adds(out, "Connection: close\r\n");
-	else if (c->h.minor == 0)
+	else if (c->req.head.minor == 0)
 		adds(out, "Connection: keep-alive\r\n");
 	add(out, "\r\n", 2);
 }
@@ -1388,29 +1453,30 @@ invalid_token_challenge(const struct http_head *rh)
  * a request and answer that.
  */
 static bool
-upconn_reusable(const struct pconn *c)
+upconn_reusable(const struct proxy_conn *c)
 {
-	if (!c->req_done || c->resp_close ||
-	    evbuffer_get_length(bufferevent_get_input(c->up->bev)) > 0)
+	if (!(c->req.flags & PROXY_RF_SENT) || (c->req.flags & PROXY_RF_RESP_CLOSE) ||
+	    evbuffer_get_length(bufferevent_get_input(c->req.upconn->bev)) > 0)
 		return false;
-	if (method_is(&c->h, "HEAD") || c->status == 204 || c->status == 304)
+	if (method_is(&c->req.head, "HEAD") || c->req.status == 204 || c->req.status == 304)
 		return false;
-	return c->status < 400 || c->req_body.mode == PROXY_BODY_NONE;
+	return c->req.status < 400 || c->req.req_body.mode == PROXY_BODY_NONE;
 }
 
 static void
-response_done(struct pconn *c)
+response_done(struct proxy_conn *c)
 {
-	log_debug("proxy request", "route=%s status=%d ms=%" PRId64, route_name(c), c->status,
-		  now_ms() - c->started_ms);
-	count_request(c, c->status);
+	log_debug("proxy request", "route=%s status=%d ms=%" PRId64, route_name(c), c->req.status,
+		  now_ms() - c->req.started_ms);
+	count_request(c, c->req.status);
 	upconn_release(c, upconn_reusable(c));
-	if (!c->req_done || c->p->stopping)
-		c->keep_alive = false;
+	if (!(c->req.flags & PROXY_RF_SENT) || c->proxy->stopping)
+		c->req.flags &= ~PROXY_RF_KEEP_ALIVE;
 	/* a client that is done sending gets the answers to what it sent, then the close */
-	if (c->client_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-		c->keep_alive = false;
-	if (!c->keep_alive) {
+	if ((c->flags & PROXY_CF_CLIENT_EOF) &&
+	    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+		c->req.flags &= ~PROXY_RF_KEEP_ALIVE;
+	if (!(c->req.flags & PROXY_RF_KEEP_ALIVE)) {
 		conn_close_after_flush(c);
 		return;
 	}
@@ -1422,9 +1488,9 @@ response_done(struct pconn *c)
  * input needed, -1 when c was answered, retried or freed.
  */
 static int
-response_head(struct pconn *c)
+response_head(struct proxy_conn *c)
 {
-	struct evbuffer *in = bufferevent_get_input(c->up->bev);
+	struct evbuffer *in = bufferevent_get_input(c->req.upconn->bev);
 	struct http_head rh;
 	size_t len, n;
 	const char *buf;
@@ -1451,40 +1517,47 @@ response_head(struct pconn *c)
 			break;
 		evbuffer_drain(in, (size_t)r); /* 1xx: our own 100 Continue was sent already */
 	}
-	if (rh.status == 401 && c->stamp && c->retryable && !c->retried &&
+	if (rh.status == 401 &&
+	    (c->req.flags & (PROXY_RF_STAMP | PROXY_RF_RETRYABLE | PROXY_RF_RETRIED)) ==
+		(PROXY_RF_STAMP | PROXY_RF_RETRYABLE) &&
 	    invalid_token_challenge(&rh)) {
 		retry_after_refresh(c);
 		return -1;
 	}
-	c->status = rh.status;
-	c->up_ms = now_ms() - c->up_started_ms;
-	if (method_is(&c->h, "HEAD") || rh.status == 204 || rh.status == 304)
-		proxy_body_init(&c->resp_body, PROXY_BODY_NONE, 0);
+	c->req.status = rh.status;
+	c->req.up_ms = now_ms() - c->req.up_started_ms;
+	if (method_is(&c->req.head, "HEAD") || rh.status == 204 || rh.status == 304)
+		proxy_body_init(&c->req.resp_body, PROXY_BODY_NONE, 0);
 	else if (rh.chunked)
-		proxy_body_init(&c->resp_body, PROXY_BODY_CHUNKED, 0);
+		proxy_body_init(&c->req.resp_body, PROXY_BODY_CHUNKED, 0);
 	else if (rh.content_length >= 0)
-		proxy_body_init(&c->resp_body, PROXY_BODY_LENGTH, (uint64_t)rh.content_length);
+		proxy_body_init(&c->req.resp_body, PROXY_BODY_LENGTH, (uint64_t)rh.content_length);
 	else
-		proxy_body_init(&c->resp_body, PROXY_BODY_EOF, 0);
-	c->resp_close = !rh.keep_alive || c->resp_body.mode == PROXY_BODY_EOF;
-	dechunk = c->resp_body.mode == PROXY_BODY_CHUNKED && c->h.minor == 0;
-	c->resp_body.dechunk = dechunk;
-	close = !c->keep_alive || c->resp_body.mode == PROXY_BODY_EOF || dechunk || c->p->stopping;
-	c->keep_alive = !close;
+		proxy_body_init(&c->req.resp_body, PROXY_BODY_EOF, 0);
+	if (!rh.keep_alive || c->req.resp_body.mode == PROXY_BODY_EOF)
+		c->req.flags |= PROXY_RF_RESP_CLOSE;
+	else
+		c->req.flags &= ~PROXY_RF_RESP_CLOSE;
+	dechunk = c->req.resp_body.mode == PROXY_BODY_CHUNKED && c->req.head.minor == 0;
+	c->req.resp_body.dechunk = dechunk;
+	close = !(c->req.flags & PROXY_RF_KEEP_ALIVE) || c->req.resp_body.mode == PROXY_BODY_EOF ||
+		dechunk || c->proxy->stopping;
+	if (close)
+		c->req.flags &= ~PROXY_RF_KEEP_ALIVE;
 	render_response(c, &rh, dechunk, close);
 	evbuffer_drain(in, (size_t)r);
-	c->resp_head = true;
+	c->req.state = PROXY_REQ_RESPONSE;
 	return 1;
 }
 
 /* Moves response body bytes to the client; false when c was freed or finished. */
 static bool
-pump_response(struct pconn *c)
+pump_response(struct proxy_conn *c)
 {
-	struct evbuffer *out = bufferevent_get_output(c->bev), *s = c->p->scratch;
-	int r = proxy_body_relay(&c->resp_body, bufferevent_get_input(c->up->bev), s);
+	struct evbuffer *out = bufferevent_get_output(c->bev), *s = c->proxy->scratch;
+	int r = proxy_body_relay(&c->req.resp_body, bufferevent_get_input(c->req.upconn->bev), s);
 
-	send_msg(c->bev, s, !c->tls);
+	send_msg(c->bev, s, c->mode != PROXY_MODE_INTERCEPT);
 	if (r < 0) {
 		log_warnx("malformed response body from the upstream", "route=%s", route_name(c));
 		conn_free(c);
@@ -1495,8 +1568,8 @@ pump_response(struct pconn *c)
 		return false;
 	}
 	if (evbuffer_get_length(out) > PROXY_HIGH_WATER) {
-		bufferevent_disable(c->up->bev, EV_READ);
-		c->up_paused = true;
+		bufferevent_disable(c->req.upconn->bev, EV_READ);
+		c->flags |= PROXY_CF_FAR_PAUSED;
 	}
 	return true;
 }
@@ -1504,15 +1577,15 @@ pump_response(struct pconn *c)
 static void
 up_read_cb(struct bufferevent *bev, void *arg)
 {
-	struct upconn *up = arg;
-	struct pconn *c = up->c;
+	struct proxy_upconn *up = arg;
+	struct proxy_conn *c = up->conn;
 
 	(void)bev;
 	if (c == NULL) {
 		upconn_free(up); /* an idle connection got data or EOF: unusable */
 		return;
 	}
-	if (!c->resp_head && response_head(c) <= 0)
+	if (c->req.state == PROXY_REQ_FORWARD && response_head(c) <= 0)
 		return;
 	pump_response(c);
 }
@@ -1520,29 +1593,30 @@ up_read_cb(struct bufferevent *bev, void *arg)
 static void
 up_write_cb(struct bufferevent *bev, void *arg)
 {
-	struct upconn *up = arg;
-	struct pconn *c = up->c;
+	struct proxy_upconn *up = arg;
+	struct proxy_conn *c = up->conn;
 
 	(void)bev;
-	if (c == NULL || !c->read_paused)
+	if (c == NULL || !(c->flags & PROXY_CF_READ_PAUSED))
 		return;
-	c->read_paused = false;
+	c->flags &= ~PROXY_CF_READ_PAUSED;
 	bufferevent_enable(c->bev, EV_READ);
 	pump_request(c);
 }
 
 static void
-up_failed(struct pconn *c, short what)
+up_failed(struct proxy_conn *c, short what)
 {
-	struct upconn *up = c->up;
+	struct proxy_upconn *up = c->req.upconn;
 	unsigned long e = bufferevent_get_openssl_error(up->bev);
 	char desc[256];
 
 	/* a pooled connection the upstream closed meanwhile: once more on a new one */
-	if (!(what & BEV_EVENT_TIMEOUT) && up->uses > 0 && c->retryable && !c->fresh_conn &&
+	if (!(what & BEV_EVENT_TIMEOUT) && up->uses > 0 &&
+	    (c->req.flags & (PROXY_RF_RETRYABLE | PROXY_RF_FRESH_CONN)) == PROXY_RF_RETRYABLE &&
 	    evbuffer_get_length(bufferevent_get_input(up->bev)) == 0) {
 		upconn_release(c, false);
-		c->fresh_conn = true;
+		c->req.flags |= PROXY_RF_FRESH_CONN;
 		request_token(c);
 		return;
 	}
@@ -1565,8 +1639,8 @@ up_failed(struct pconn *c, short what)
 static void
 up_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	struct upconn *up = arg;
-	struct pconn *c = up->c;
+	struct proxy_upconn *up = arg;
+	struct proxy_conn *c = up->conn;
 	int one = 1;
 
 	if (what & BEV_EVENT_CONNECTED) {
@@ -1580,7 +1654,7 @@ up_event_cb(struct bufferevent *bev, short what, void *arg)
 		upconn_free(up);
 		return;
 	}
-	if (!c->resp_head) {
+	if (c->req.state == PROXY_REQ_FORWARD) {
 		int r = response_head(c);
 
 		if (r < 0)
@@ -1592,8 +1666,8 @@ up_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	if (!pump_response(c))
 		return; /* complete, or c is gone */
-	if ((what & BEV_EVENT_EOF) && c->resp_body.mode == PROXY_BODY_EOF) {
-		c->resp_close = true;
+	if ((what & BEV_EVENT_EOF) && c->req.resp_body.mode == PROXY_BODY_EOF) {
+		c->req.flags |= PROXY_RF_RESP_CLOSE;
 		response_done(c);
 		return;
 	}
@@ -1607,59 +1681,67 @@ up_event_cb(struct bufferevent *bev, short what, void *arg)
 static void
 conn_read_cb(struct bufferevent *bev, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
 	switch (c->state) {
-	case CS_HEAD:
+	case PROXY_CONN_HEAD:
 		process_head(c);
-		break;
-	case CS_BODY_BUFFER:
-		buffer_body(c);
-		break;
-	case CS_FORWARD:
-		if (c->up != NULL && !c->req_done)
-			pump_request(c);
-		break;
-	case CS_TUNNEL:
+		return;
+	case PROXY_CONN_TUNNEL:
 		tunnel_from_client(c);
-		break;
-	case CS_CLOSING:
+		return;
+	case PROXY_CONN_CLOSING:
 		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	case PROXY_CONN_REQUEST:
 		break;
-	default:
-		break; /* waits in the buffer, bounded by the read watermark */
+	}
+	switch (c->req.state) {
+	case PROXY_REQ_BODY_BUFFER:
+		buffer_body(c);
+		return;
+	case PROXY_REQ_FORWARD:
+	case PROXY_REQ_RESPONSE:
+		if (c->req.upconn != NULL && !(c->req.flags & PROXY_RF_SENT))
+			pump_request(c);
+		return;
+	case PROXY_REQ_TOKEN:
+	case PROXY_REQ_REFRESH:
+	case PROXY_REQ_CONNECT:
+		return; /* waits in the buffer, bounded by the read watermark */
 	}
 }
 
 static void
 conn_write_cb(struct bufferevent *bev, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 
-	if (c->state == CS_CLOSING) {
+	if (c->state == PROXY_CONN_CLOSING) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 			conn_linger(c);
 		return;
 	}
-	if (!c->up_paused)
+	if (!(c->flags & PROXY_CF_FAR_PAUSED))
 		return;
-	c->up_paused = false;
-	if (c->state == CS_TUNNEL && c->tun != NULL) {
-		bufferevent_enable(c->tun, EV_READ);
+	c->flags &= ~PROXY_CF_FAR_PAUSED;
+	if (c->state == PROXY_CONN_TUNNEL && c->tunnel != NULL) {
+		bufferevent_enable(c->tunnel, EV_READ);
 		return;
 	}
-	if (c->up != NULL) {
-		bufferevent_enable(c->up->bev, EV_READ);
+	if (c->req.upconn != NULL) {
+		bufferevent_enable(c->req.upconn->bev, EV_READ);
 		pump_response(c);
 	}
 }
 
 /* Bytes not yet handed to the kernel. */
 static size_t
-conn_output_pending(struct pconn *c)
+conn_output_pending(struct proxy_conn *c)
 {
-	struct bufferevent *under = c->tls ? bufferevent_get_underlying(c->bev) : NULL;
+	struct bufferevent *under =
+	    c->mode == PROXY_MODE_INTERCEPT ? bufferevent_get_underlying(c->bev) : NULL;
 
 	return evbuffer_get_length(bufferevent_get_output(c->bev)) +
 	       (under != NULL ? evbuffer_get_length(bufferevent_get_output(under)) : 0);
@@ -1672,34 +1754,42 @@ conn_output_pending(struct pconn *c)
  * anything else ends here.
  */
 static void
-client_done_sending(struct pconn *c)
+client_done_sending(struct proxy_conn *c)
 {
-	c->client_eof = true;
+	c->flags |= PROXY_CF_CLIENT_EOF;
 	switch (c->state) {
-	case CS_TUNNEL_CONNECTING:
-		return; /* tun_event_cb passes it on */
-	case CS_TUNNEL:
+	case PROXY_CONN_HEAD:
+		conn_free(c); /* no request, or an incomplete head */
+		return;
+	case PROXY_CONN_TUNNEL:
 		tunnel_from_client(c);
 		tunnel_shut_far(c);
 		return;
-	case CS_TOKEN:
-	case CS_REFRESH:
-		return; /* request_send sends what there is and finds out if it is complete */
-	case CS_FORWARD:
-		if (c->req_done)
-			return;
-		if (c->up != NULL)
-			pump_request(c); /* answers or frees c when the body is cut short */
-		else
-			conn_free(c);
-		return;
-	case CS_CLOSING:
+	case PROXY_CONN_CLOSING:
 		if (conn_output_pending(c) > 0)
 			return; /* conn_write_cb lingers when it is out */
 		conn_free(c);
 		return;
-	default:
-		conn_free(c); /* no request or an incomplete one */
+	case PROXY_CONN_REQUEST:
+		break;
+	}
+	switch (c->req.state) {
+	case PROXY_REQ_BODY_BUFFER:
+		conn_free(c); /* an incomplete request */
+		return;
+	case PROXY_REQ_CONNECT:
+		return; /* tun_event_cb passes it on */
+	case PROXY_REQ_TOKEN:
+	case PROXY_REQ_REFRESH:
+		return; /* request_send sends what there is and finds out if it is complete */
+	case PROXY_REQ_FORWARD:
+	case PROXY_REQ_RESPONSE:
+		if (c->req.flags & PROXY_RF_SENT)
+			return;
+		if (c->req.upconn != NULL)
+			pump_request(c); /* answers or frees c when the body is cut short */
+		else
+			conn_free(c);
 		return;
 	}
 }
@@ -1707,16 +1797,18 @@ client_done_sending(struct pconn *c)
 static void
 conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	struct pconn *c = arg;
+	struct proxy_conn *c = arg;
 
 	if (what & BEV_EVENT_CONNECTED) {
 		/* the TLS handshake of an intercepted CONNECT is done: see intercept() */
-		c->handshake = false;
+		c->flags &= ~PROXY_CF_HANDSHAKE;
 		if (bufferevent_get_underlying(bev) != NULL)
-			set_timeouts(bufferevent_get_underlying(bev), 0, pcfg(c->p)->idle_timeout);
+			set_timeouts(bufferevent_get_underlying(bev), 0,
+				     pcfg(c->proxy)->idle_timeout);
 		return;
 	}
-	if ((what & BEV_EVENT_EOF) && !(what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) && !c->tls) {
+	if ((what & BEV_EVENT_EOF) && !(what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) &&
+	    c->mode != PROXY_MODE_INTERCEPT) {
 		client_done_sending(c);
 		return;
 	}
@@ -1724,28 +1816,28 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 static void
-conn_free(struct pconn *c)
+conn_free(struct proxy_conn *c)
 {
-	struct proxy_listener *l = c->l;
-	struct proxy *p = c->p;
+	struct proxy_listener *l = c->listener;
+	struct proxy *p = c->proxy;
 
-	if (c->waiter != NULL)
-		cache_waiter_cancel(c->p->cache, c->waiter);
+	if (c->req.waiter != NULL)
+		cache_waiter_cancel(c->proxy->cache, c->req.waiter);
 	if (c->timer != NULL)
 		event_free(c->timer);
-	if (c->linger != NULL)
-		event_free(c->linger);
+	if (c->linger_poll != NULL)
+		event_free(c->linger_poll);
 	upconn_release(c, false);
-	if (c->tun != NULL)
-		bufferevent_free(c->tun);
+	if (c->tunnel != NULL)
+		bufferevent_free(c->tunnel);
 	bufferevent_free(c->bev);
-	free(c->ihost);
-	free(c->head);
-	if (c->out_head != NULL)
-		evbuffer_free(c->out_head);
-	if (c->body != NULL)
-		evbuffer_free(c->body);
-	TAILQ_REMOVE(&c->p->conns, c, link);
+	free(c->connect_host);
+	free(c->req.head_buf);
+	if (c->req.upstream_head != NULL)
+		evbuffer_free(c->req.upstream_head);
+	if (c->req.retry_body != NULL)
+		evbuffer_free(c->req.retry_body);
+	TAILQ_REMOVE(&c->proxy->conns, c, link);
 	l->n_conns--;
 	p->n_conns--;
 	free(c);
@@ -1782,8 +1874,8 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 	  void *arg)
 {
 	struct proxy_listener *l = arg;
-	struct proxy *p = l->p;
-	struct pconn *c;
+	struct proxy *p = l->proxy;
+	struct proxy_conn *c;
 	int one = 1;
 
 	(void)sa;
@@ -1808,8 +1900,9 @@ on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, in
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	c->p = p;
-	c->l = l;
+	c->proxy = p;
+	c->listener = l;
+	c->mode = l->mode;
 	TAILQ_INSERT_TAIL(&p->conns, c, link);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_HIGH_WATER);
@@ -1826,8 +1919,8 @@ on_accept_rest(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!l->p->stopping)
-		evconnlistener_enable(l->ev);
+	if (!l->proxy->stopping)
+		evconnlistener_enable(l->evl);
 }
 
 /* accept failed: out of descriptors would make the listener spin, so it rests 100 ms */
@@ -1845,7 +1938,7 @@ on_accept_error(struct evconnlistener *ev, void *arg)
 	l->starved = true;
 	evconnlistener_disable(ev);
 	if (l->rest == NULL)
-		l->rest = evtimer_new(l->p->base, on_accept_rest, l);
+		l->rest = evtimer_new(l->proxy->base, on_accept_rest, l);
 	if (l->rest != NULL)
 		evtimer_add(l->rest, &tv);
 }
@@ -1873,7 +1966,7 @@ listen_tcp(const struct config_listen *cl)
 static int
 listener_start(struct proxy *p, struct proxy_upstream *u, const struct config_listen *cl)
 {
-	struct proxy_listener *l = &p->ls[p->n_ls];
+	struct proxy_listener *l = &p->listeners[p->n_listeners];
 	int fd;
 
 	fd = listen_tcp(cl);
@@ -1882,24 +1975,25 @@ listener_start(struct proxy *p, struct proxy_upstream *u, const struct config_li
 			  strerror(-fd));
 		return fd;
 	}
-	l->p = p;
-	l->u = u;
-	l->name = strdup(u != NULL ? u->r->name : "forward");
-	l->ev = l->name != NULL
-		    ? evconnlistener_new(p->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, 0, fd)
-		    : NULL;
-	if (l->ev == NULL) {
+	l->proxy = p;
+	l->mode = u != NULL ? PROXY_MODE_BASE_URL : PROXY_MODE_FORWARD;
+	l->upstream = u;
+	l->name = strdup(u != NULL ? u->route->name : "forward");
+	l->evl = l->name != NULL
+		     ? evconnlistener_new(p->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, 0, fd)
+		     : NULL;
+	if (l->evl == NULL) {
 		free(l->name);
 		l->name = NULL;
 		close(fd);
 		return -ENOMEM;
 	}
-	evconnlistener_set_error_cb(l->ev, on_accept_error);
-	p->n_ls++;
+	evconnlistener_set_error_cb(l->evl, on_accept_error);
+	p->n_listeners++;
 	log_info("proxy listening", "mode=%s address=%s", u != NULL ? "base-url" : "forward",
 		 cl->text);
 	if (u != NULL)
-		log_info("proxy route", "route=%s upstream=%s", u->r->name, u->r->upstream);
+		log_info("proxy route", "route=%s upstream=%s", u->route->name, u->route->upstream);
 	return 0;
 }
 
@@ -1927,8 +2021,8 @@ upstream_init(struct proxy *p, struct proxy_upstream *u, const struct config_rou
 	bool dflt = r->upstream_port == (r->upstream_tls ? 443u : 80u);
 	int n;
 
-	u->p = p;
-	u->r = r;
+	u->proxy = p;
+	u->route = r;
 	TAILQ_INIT(&u->idle);
 	n = dflt
 		? asprintf(&u->host_field, v6 ? "Host: [%s]\r\n" : "Host: %s\r\n", r->upstream_host)
@@ -1959,7 +2053,7 @@ upstream_init(struct proxy *p, struct proxy_upstream *u, const struct config_rou
 static void
 upstream_fini(struct proxy_upstream *u)
 {
-	struct upconn *up;
+	struct proxy_upconn *up;
 
 	while ((up = TAILQ_FIRST(&u->idle)) != NULL)
 		upconn_free(up);
@@ -2034,13 +2128,13 @@ proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 	if (cp->connect == CONFIG_CONNECT_INTERCEPT && (r = ca_start(p, cp)) < 0)
 		goto fail;
 	r = -ENOMEM;
-	p->ups = calloc(cp->n_routes + 1, sizeof(*p->ups));
-	p->ls = calloc(cp->n_routes + 1, sizeof(*p->ls));
-	if (p->dns == NULL || p->ups == NULL || p->ls == NULL || p->scratch == NULL)
+	p->upstreams = calloc(cp->n_routes + 1, sizeof(*p->upstreams));
+	p->listeners = calloc(cp->n_routes + 1, sizeof(*p->listeners));
+	if (p->dns == NULL || p->upstreams == NULL || p->listeners == NULL || p->scratch == NULL)
 		goto fail;
 	for (size_t i = 0; i < cp->n_routes; i++) {
-		p->n_ups++;
-		r = upstream_init(p, &p->ups[i], &cp->routes[i]);
+		p->n_upstreams++;
+		r = upstream_init(p, &p->upstreams[i], &cp->routes[i]);
 		if (r < 0)
 			goto fail;
 	}
@@ -2048,7 +2142,7 @@ proxy_new(struct proxy **out, struct event_base *base, struct cache *cache,
 		goto fail;
 	for (size_t i = 0; i < cp->n_routes; i++)
 		if (cp->routes[i].listen != NULL &&
-		    (r = listener_start(p, &p->ups[i], cp->routes[i].listen)) < 0)
+		    (r = listener_start(p, &p->upstreams[i], cp->routes[i].listen)) < 0)
 			goto fail;
 	*out = p;
 	return 0;
@@ -2060,16 +2154,17 @@ fail:
 void
 proxy_stop_accepting(struct proxy *p)
 {
-	struct pconn *c, *next;
+	struct proxy_conn *c, *next;
 
 	if (p == NULL)
 		return;
 	p->stopping = true;
-	for (size_t i = 0; i < p->n_ls; i++)
-		evconnlistener_disable(p->ls[i].ev);
+	for (size_t i = 0; i < p->n_listeners; i++)
+		evconnlistener_disable(p->listeners[i].evl);
 	for (c = TAILQ_FIRST(&p->conns); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, link);
-		if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+		if (c->state == PROXY_CONN_HEAD &&
+		    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
 			conn_free(c);
 	}
 }
@@ -2077,15 +2172,14 @@ proxy_stop_accepting(struct proxy *p)
 unsigned
 proxy_pending(const struct proxy *p)
 {
-	const struct pconn *c;
+	const struct proxy_conn *c;
 	unsigned n = 0;
 
 	if (p == NULL)
 		return 0;
 	TAILQ_FOREACH(c, &p->conns, link)
-	if (c->state == CS_BODY_BUFFER || c->state == CS_TOKEN || c->state == CS_REFRESH ||
-	    c->state == CS_FORWARD)
-		n++;
+	if (c->state == PROXY_CONN_REQUEST && c->req.state != PROXY_REQ_CONNECT)
+		n++; /* a tunnel's far side is not a request in flight */
 	return n;
 }
 
@@ -2098,23 +2192,23 @@ proxy_connections(const struct proxy *p)
 struct proxy *
 proxy_free(struct proxy *p)
 {
-	struct pconn *c;
+	struct proxy_conn *c;
 
 	if (p == NULL)
 		return NULL;
 	p->stopping = true;
 	while ((c = TAILQ_FIRST(&p->conns)) != NULL)
 		conn_free(c);
-	for (size_t i = 0; i < p->n_ls; i++) {
-		evconnlistener_free(p->ls[i].ev);
-		if (p->ls[i].rest != NULL)
-			event_free(p->ls[i].rest);
-		free(p->ls[i].name);
+	for (size_t i = 0; i < p->n_listeners; i++) {
+		evconnlistener_free(p->listeners[i].evl);
+		if (p->listeners[i].rest != NULL)
+			event_free(p->listeners[i].rest);
+		free(p->listeners[i].name);
 	}
-	for (size_t i = 0; i < p->n_ups; i++)
-		upstream_fini(&p->ups[i]);
-	free(p->ls);
-	free(p->ups);
+	for (size_t i = 0; i < p->n_upstreams; i++)
+		upstream_fini(&p->upstreams[i]);
+	free(p->listeners);
+	free(p->upstreams);
 	if (p->scratch != NULL)
 		evbuffer_free(p->scratch);
 	proxy_ca_free(p->ca);
@@ -2136,9 +2230,10 @@ proxy_collect(const struct proxy *p, struct metrics *m)
 {
 	char name[160];
 
-	for (size_t i = 0; p != NULL && i < p->n_ls; i++) {
-		snprintf(name, sizeof(name), "proxy-%s", p->ls[i].name);
-		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, name, (double)p->ls[i].n_conns);
+	for (size_t i = 0; p != NULL && i < p->n_listeners; i++) {
+		snprintf(name, sizeof(name), "proxy-%s", p->listeners[i].name);
+		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, name,
+				  (double)p->listeners[i].n_conns);
 	}
 }
 
@@ -2159,17 +2254,17 @@ proxy_reconfigure(struct proxy *p, const struct config *cfg, struct source **sou
 		return has_listener(cfg->proxy) ? -ENOTSUP : 0;
 	if (!config_proxy_equal(p->cfg->proxy, cfg->proxy))
 		return -ENOTSUP;
-	entries = calloc(p->n_ups + 1, sizeof(*entries));
+	entries = calloc(p->n_upstreams + 1, sizeof(*entries));
 	if (entries == NULL)
 		return -ENOMEM;
-	for (size_t i = 0; i < p->n_ups && r == 0; i++)
+	for (size_t i = 0; i < p->n_upstreams && r == 0; i++)
 		r = route_entry(p, cfg, sources, &cfg->proxy->routes[i], &entries[i]);
 	if (r == 0) {
 		p->cfg = cfg;
 		p->sources = sources;
-		for (size_t i = 0; i < p->n_ups; i++) {
-			p->ups[i].r = &cfg->proxy->routes[i];
-			p->ups[i].entry = entries[i];
+		for (size_t i = 0; i < p->n_upstreams; i++) {
+			p->upstreams[i].route = &cfg->proxy->routes[i];
+			p->upstreams[i].entry = entries[i];
 		}
 	}
 	free(entries);
