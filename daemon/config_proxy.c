@@ -73,12 +73,13 @@ host_char_ok(const char *h)
 }
 
 int
-config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
+config_proxy_hostport_buf(const char *s, size_t len, char *host, size_t size, unsigned *port)
 {
 	const char *end = s + len, *hs = s, *he, *ps = NULL;
 	unsigned long n = 0;
 	bool v6 = false;
-	char *h;
+	char h[CONFIG_PROXY_HOST_MAX + 1];
+	size_t hl;
 
 	if (len == 0)
 		return -EINVAL;
@@ -111,21 +112,33 @@ config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
 		if (n == 0 || n > 65535)
 			return -EINVAL;
 	}
-	if (he == hs || he - hs > 253)
+	hl = (size_t)(he - hs);
+	if (hl == 0 || hl > CONFIG_PROXY_HOST_MAX || hl >= size)
 		return -EINVAL;
-	h = strndup(hs, (size_t)(he - hs));
-	if (h == NULL)
-		return -ENOMEM;
-	for (char *c = h; *c != '\0'; c++)
-		if (*c >= 'A' && *c <= 'Z')
-			*c = (char)(*c | 0x20);
+	for (size_t i = 0; i < hl; i++)
+		h[i] = hs[i] >= 'A' && hs[i] <= 'Z' ? (char)(hs[i] | 0x20) : hs[i];
+	h[hl] = '\0';
 	if (v6 ? h[strspn(h, "0123456789abcdef:.")] != '\0' || strchr(h, ':') == NULL
-	       : !host_char_ok(h)) {
-		free(h);
+	       : !host_char_ok(h))
 		return -EINVAL;
-	}
-	*host = h;
+	memcpy(host, h, hl + 1);
 	*port = (unsigned)n;
+	return 0;
+}
+
+int
+config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
+{
+	char h[CONFIG_PROXY_HOST_MAX + 1];
+	unsigned pt;
+	int r = config_proxy_hostport_buf(s, len, h, sizeof(h), &pt);
+
+	if (r < 0)
+		return r;
+	*host = strdup(h);
+	if (*host == NULL)
+		return -ENOMEM;
+	*port = pt;
 	return 0;
 }
 

@@ -113,12 +113,22 @@ bool config_route_equal(const struct config_route *a, const struct config_route 
  */
 bool config_proxy_equal(const struct config_proxy *a, const struct config_proxy *b);
 
+/* The longest host config_proxy_hostport accepts (a DNS name's limit). */
+#define CONFIG_PROXY_HOST_MAX 253
+
 /*
  * Splits "host[:port]" or "[v6]:port" (len bytes of s) into a malloc'd lower
  * case host without brackets and the port (0 when absent).  -EINVAL when the
  * host has characters a DNS name or address cannot have, or the port is bad.
  */
 int config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port);
+
+/*
+ * The same into host, size bytes (CONFIG_PROXY_HOST_MAX + 1 take every host),
+ * without allocating: for the proxy's decisions on each request.  -EINVAL
+ * also when the host does not fit.
+ */
+int config_proxy_hostport_buf(const char *s, size_t len, char *host, size_t size, unsigned *port);
 
 /*
  * True for the names RFC 6761 reserves for loopback: "localhost" and

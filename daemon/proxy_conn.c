@@ -34,11 +34,9 @@
 #include "proxy_int.h"
 #include "proxy_route.h"
 
-#define PROXY_MAX_HEAD	     16384 /* request head; larger -> 431 */
-#define PROXY_RETRY_BODY_MAX 65536 /* bodies kept for a retry */
-#define PROXY_LINGER_S	     2	   /* reading what a client still sends after our close */
-#define PROXY_POLL_MS	     10	   /* checks for a refreshed token */
-#define PROXY_ALLOW	     "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" /* 405 to TRACE */
+#define PROXY_MAX_HEAD 16384 /* request head; larger -> 431 */
+#define PROXY_LINGER_S 2     /* reading what a client still sends after our close */
+#define PROXY_POLL_MS  10    /* checks for a refreshed token */
 
 static void process_head(struct proxy_conn *c);
 static void conn_linger(struct proxy_conn *c);
@@ -123,11 +121,11 @@ proxy_conn_close_after_flush(struct proxy_conn *c)
 
 /*
  * A JSON error to the client, then the connection closes (nothing forwarded
- * afterwards).  extra: more header fields ("Name: value\r\n"), or NULL.
+ * afterwards).  allow: the Allow field's value (405), or NULL.
  */
 static void
 reply_error_with(struct proxy_conn *c, int status, const char *error, const char *description,
-		 int64_t retry_after, const char *extra)
+		 int64_t retry_after, const char *allow)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	struct evbuffer *b = evbuffer_new();
@@ -142,8 +140,8 @@ reply_error_with(struct proxy_conn *c, int status, const char *error, const char
 			    status, reason, b != NULL ? evbuffer_get_length(b) : 0);
 	if (retry_after > 0)
 		evbuffer_add_printf(out, "Retry-After: %" PRId64 "\r\n", retry_after);
-	if (extra != NULL)
-		proxy_add_str(out, extra);
+	if (allow != NULL)
+		evbuffer_add_printf(out, "Allow: %s\r\n", allow);
 	proxy_add_str(out, "Connection: close\r\n\r\n");
 	if (b != NULL) {
 		if (c->req.head.method == NULL || c->req.head.method_len != 4 ||
@@ -348,129 +346,24 @@ upstream_of(struct proxy *p, const struct config_route *r)
 	return NULL;
 }
 
-/* A request inside an intercepted CONNECT: the host is the one CONNECT named. */
-static bool
-route_intercepted(struct proxy_conn *c, const char **path, size_t *path_len)
-{
-	const struct http_head *h = &c->req.head;
-	const struct http_header *hf = http_head_find(h, "host");
-	const struct config_route *r;
-
-	if (h->target[0] != '/') {
-		proxy_conn_reply_error(c, 400, "invalid_request",
-				       "expected a path as request target", 0);
-		return false;
-	}
-	if (hf != NULL && !proxy_route_host_agrees(hf->value, hf->value_len, c->connect_host,
-						   c->connect_port, 443)) {
-		proxy_conn_reply_error(c, 400, "invalid_request",
-				       "the Host header disagrees with the CONNECT target", 0);
-		return false;
-	}
-	*path = h->target;
-	*path_len = h->target_len;
-	r = proxy_route_match(proxy_cfg(c->proxy), c->connect_host, c->connect_port, 443, *path,
-			      *path_len);
-	if (r == NULL) {
-		proxy_conn_reply_error(c, 403, "forbidden",
-				       "no route matches this host and path: nothing was forwarded",
-				       0);
-		return false;
-	}
-	c->req.upstream = upstream_of(c->proxy, r);
-	return true;
-}
-
-/*
- * A base-URL listener is an ordinary http:// origin to a browser: a page from
- * anywhere could send it requests (cross-site, or reading the answers after
- * DNS rebinding) and have them stamped with the route's token.  So the Host
- * must be the listener itself (and, as on every path, nothing may look like a
- * page's request: request_begin).  False after replying.
- */
-static bool
-base_url_caller_ok(struct proxy_conn *c)
-{
-	const struct config_listen *l = c->req.upstream->route->listen;
-	const struct http_header *hf = http_head_find(&c->req.head, "host");
-	char desc[200];
-
-	if (hf == NULL || !proxy_route_host_is_listener(hf->value, hf->value_len, l)) {
-		snprintf(desc, sizeof(desc),
-			 "the Host header must name this listener (%s, or localhost with its port)",
-			 l->text);
-		proxy_conn_reply_error(c, 400, "invalid_request", desc, 0);
-		return false;
-	}
-	return true;
-}
-
-/* Finds the route and the path to send; false after replying. */
-static bool
-route_request(struct proxy_conn *c, const char **path, size_t *path_len)
-{
-	const struct http_head *h = &c->req.head;
-	const struct config_route *r;
-	const struct http_header *hf;
-	char *host = NULL;
-	unsigned port;
-
-	if (c->mode == PROXY_MODE_INTERCEPT)
-		return route_intercepted(c, path, path_len);
-	if (c->mode == PROXY_MODE_BASE_URL) {
-		c->req.upstream = c->listener->upstream;
-		if (h->target[0] != '/') {
-			proxy_conn_reply_error(c, 400, "invalid_request",
-					       "expected a path as request target", 0);
-			return false;
-		}
-		if (!base_url_caller_ok(c))
-			return false;
-		*path = h->target;
-		*path_len = h->target_len;
-		return true;
-	}
-	if (proxy_route_absolute(h->target, h->target_len, &host, &port, path, path_len) < 0) {
-		proxy_conn_reply_error(
-		    c, 400, "invalid_request",
-		    "this is a proxy: expected an absolute http:// request target (or "
-		    "CONNECT)",
-		    0);
-		return false;
-	}
-	hf = http_head_find(h, "host");
-	if (hf != NULL && !proxy_route_host_agrees(hf->value, hf->value_len, host, port, 80)) {
-		free(host);
-		proxy_conn_reply_error(c, 400, "invalid_request",
-				       "the Host header disagrees with the request target", 0);
-		return false;
-	}
-	r = proxy_route_match(proxy_cfg(c->proxy), host, port, 80, *path, *path_len);
-	free(host);
-	if (r == NULL) {
-		proxy_conn_reply_error(c, 403, "forbidden",
-				       "no route matches this host and path: nothing was forwarded",
-				       0);
-		return false;
-	}
-	c->req.upstream = upstream_of(c->proxy, r);
-	return true;
-}
-
 /* Request heads */
 
-static bool
-idempotent(const struct http_head *h)
+/* The verdict for h per c's mode (not CONNECT), with the route set when known. */
+static int
+route_request(struct proxy_conn *c, const struct http_head *h, struct proxy_verdict *v)
 {
-	return proxy_method_is(h, "GET") || proxy_method_is(h, "HEAD") ||
-	       proxy_method_is(h, "OPTIONS") || proxy_method_is(h, "PUT") ||
-	       proxy_method_is(h, "DELETE");
-}
+	const struct config_proxy *cp = proxy_cfg(c->proxy);
 
-static bool
-method_is_nocase(const struct http_head *h, const char *m)
-{
-	return h->method_len == strlen(m) && strncasecmp(h->method, m, h->method_len) == 0;
+	switch (c->mode) {
+	case PROXY_MODE_BASE_URL:
+		return proxy_route_base_url(c->listener->upstream->route, h, v);
+	case PROXY_MODE_INTERCEPT:
+		return proxy_route_intercepted(cp, c->connect_host, c->connect_port, h, v);
+	case PROXY_MODE_FORWARD:
+	case PROXY_MODE_TUNNEL: /* never parses a head */
+		break;
+	}
+	return proxy_route_forward(cp, h, v);
 }
 
 static void
@@ -478,8 +371,7 @@ request_begin(struct proxy_conn *c)
 {
 	const struct http_head *h = &c->req.head;
 	const struct http_header *f;
-	const char *path;
-	size_t path_len;
+	struct proxy_verdict v;
 
 	if (h->keep_alive && !c->proxy->stopping)
 		c->req.flags |= PROXY_RF_KEEP_ALIVE;
@@ -489,39 +381,13 @@ request_begin(struct proxy_conn *c)
 		proxy_connect_handle(c);
 		return;
 	}
-	/*
-	 * An upstream that echoes the request (as TRACE asks) would hand the
-	 * token back; in any case, as some servers read methods so.
-	 */
-	if (method_is_nocase(h, "TRACE") || method_is_nocase(h, "TRACK")) {
-		reply_error_with(c, 405, "invalid_request",
-				 "TRACE is not forwarded: the answer would carry the token", 0,
-				 "Allow: " PROXY_ALLOW "\r\n");
-		return;
-	}
-	if (!route_request(c, &path, &path_len))
-		return;
-	/*
-	 * A browser whose http_proxy is bearerd, like one that reaches a
-	 * base-URL listener, would let any site make stamped calls: requests
-	 * that bear a web page's marks are refused on every path.
-	 */
-	if (proxy_route_from_web_page(h)) {
-		log_info("proxy request from a web page refused", "route=%s",
-			 proxy_conn_route_name(c));
-		proxy_conn_reply_error(
-		    c, 403, "forbidden",
-		    "requests from web pages (Origin, Sec-Fetch-Site) are not forwarded", 0);
-		return;
-	}
-	if (proxy_route_path_unsafe(path, path_len)) {
-		proxy_conn_reply_error(c, 400, "invalid_request",
-				       "dot segments and encoded slashes are not forwarded", 0);
-		return;
-	}
-	f = http_head_find(h, "expect");
-	if (f != NULL && !(f->value_len == 12 && strncasecmp(f->value, "100-continue", 12) == 0)) {
-		proxy_conn_reply_error(c, 417, "invalid_request", "unsupported Expect", 0);
+	route_request(c, h, &v);
+	if (v.route != NULL)
+		c->req.upstream = upstream_of(c->proxy, v.route);
+	if (v.status != 0) {
+		if (v.log != NULL)
+			log_info(v.log, "route=%s", proxy_conn_route_name(c));
+		reply_error_with(c, v.status, v.error, v.description, 0, v.allow);
 		return;
 	}
 	if (h->chunked)
@@ -530,17 +396,15 @@ request_begin(struct proxy_conn *c)
 		proxy_body_init(&c->req.req_body, PROXY_BODY_LENGTH, (uint64_t)h->content_length);
 	else
 		proxy_body_init(&c->req.req_body, PROXY_BODY_NONE, 0);
-	if (!c->req.upstream->route->passthrough &&
-	    (c->req.upstream->route->overwrite || http_head_find(h, "authorization") == NULL))
+	if (proxy_route_stamps(c->req.upstream->route, h))
 		c->req.flags |= PROXY_RF_STAMP;
-	if (idempotent(h) && (c->req.req_body.mode == PROXY_BODY_NONE ||
-			      (c->req.req_body.mode == PROXY_BODY_LENGTH &&
-			       h->content_length <= PROXY_RETRY_BODY_MAX)))
+	if (proxy_route_retryable(h))
 		c->req.flags |= PROXY_RF_RETRYABLE;
-	if (proxy_upstream_render_request(c, path, path_len) < 0) {
+	if (proxy_upstream_render_request(c, v.path, v.path_len) < 0) {
 		proxy_conn_reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
+	f = http_head_find(h, "expect"); /* 100-continue: every_path refused the others */
 	if (f != NULL && c->req.req_body.mode != PROXY_BODY_NONE)
 		proxy_add_str(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
 	if ((c->req.flags & PROXY_RF_RETRYABLE) && c->req.req_body.mode == PROXY_BODY_LENGTH) {

@@ -22,20 +22,9 @@
 #include "log.h"
 #include "proxy_ca.h"
 #include "proxy_int.h"
+#include "proxy_route.h"
 
 /* Tunnel */
-
-static bool
-tunnel_allowed(const struct config_proxy *cp, const char *host, unsigned port)
-{
-	char want[300];
-
-	snprintf(want, sizeof(want), "%s:%u", host, port);
-	for (size_t i = 0; cp->tunnel_hosts != NULL && cp->tunnel_hosts[i] != NULL; i++)
-		if (strcmp(cp->tunnel_hosts[i], want) == 0)
-			return true;
-	return false;
-}
 
 static void
 tun_read_cb(struct bufferevent *bev, void *arg)
@@ -137,45 +126,30 @@ tun_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* Intercept */
 
-static bool
-route_for_host(const struct config_proxy *cp, const char *host, unsigned port)
-{
-	for (size_t i = 0; i < cp->n_routes; i++) {
-		const struct config_route *r = &cp->routes[i];
-
-		if (r->match_host != NULL && strcmp(r->match_host, host) == 0 &&
-		    (r->match_port_set ? r->match_port == port : port == 443))
-			return true;
-	}
-	return false;
-}
-
 /*
  * connect = intercept: answer 200, then speak TLS to the client with a leaf
  * for host from the local CA and serve the requests inside like forward
- * ones, routed by the CONNECT host.  Hosts without a route are refused
- * before any TLS: nothing is intercepted that would not be stamped.
+ * ones, routed by the CONNECT host.  Hosts without a route were refused
+ * before any TLS (proxy_route_connect): nothing is intercepted that would
+ * not be stamped.
  */
 static void
-intercept(struct proxy_conn *c, char *host, unsigned port)
+intercept(struct proxy_conn *c, const char *name, unsigned port)
 {
 	struct bufferevent *tls;
+	char *host;
 	SSL *ssl;
-	char clean[128];
 
-	if (!route_for_host(proxy_cfg(c->proxy), host, port)) {
-		log_info("proxy interception refused", "host=%s port=%u",
-			 log_clean(clean, sizeof(clean), host), port);
-		free(host);
-		proxy_conn_reply_error(c, 403, "forbidden",
-				       "no route for this host: nothing was forwarded", 0);
-		return;
-	}
-	ssl = proxy_ca_ssl(c->proxy->ca, host);
+	ssl = proxy_ca_ssl(c->proxy->ca, name);
 	if (ssl == NULL) {
-		free(host);
 		proxy_conn_reply_error(c, 503, "temporarily_unavailable",
 				       "cannot mint a certificate", 1);
+		return;
+	}
+	host = strdup(name);
+	if (host == NULL) {
+		SSL_free(ssl);
+		proxy_conn_reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
 	/* the handshake has header_timeout in all, however slowly its bytes come */
@@ -192,7 +166,8 @@ intercept(struct proxy_conn *c, char *host, unsigned port)
 	 * Deferred callbacks (STYLE.md rule 12): enabling the filter runs the
 	 * handshake on bytes the client sent along with CONNECT, and a failed
 	 * handshake would otherwise free c inside that call.  Every update to c
-	 * is done before the filter is enabled, in proxy_conn_next_request at the end.
+	 * is done before the filter is enabled, in proxy_conn_next_request at
+	 * the end.
 	 */
 	tls = bufferevent_openssl_filter_new(c->proxy->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
 					     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -221,8 +196,8 @@ intercept(struct proxy_conn *c, char *host, unsigned port)
 	c->req.head_buf = NULL;
 	memset(&c->req.head, 0, sizeof(c->req.head));
 	proxy_conn_watch(c);
-	proxy_conn_next_request(
-	    c); /* enables reading: the handshake starts; nothing touches c after it */
+	/* enables reading: the handshake starts; nothing touches c after it */
+	proxy_conn_next_request(c);
 }
 
 /* CONNECT */
@@ -231,36 +206,23 @@ void
 proxy_connect_handle(struct proxy_conn *c)
 {
 	const struct config_proxy *cp = proxy_cfg(c->proxy);
-	char *host = NULL;
-	unsigned port;
+	struct proxy_verdict v;
 	char clean[128];
 
-	if (c->mode != PROXY_MODE_FORWARD || cp->connect == CONFIG_CONNECT_DENY) {
-		proxy_conn_reply_error(c, 403, "forbidden", "CONNECT is not allowed by this proxy",
-				       0);
-		return;
-	}
-	if (config_proxy_hostport(c->req.head.target, c->req.head.target_len, &host, &port) < 0 ||
-	    port == 0) {
-		free(host);
-		proxy_conn_reply_error(c, 400, "invalid_request", "CONNECT needs host:port", 0);
+	if (proxy_route_connect(cp, c->mode == PROXY_MODE_FORWARD, &c->req.head, &v) != 0) {
+		if (v.log != NULL)
+			log_info(v.log, "host=%s port=%u", log_clean(clean, sizeof(clean), v.host),
+				 v.port);
+		proxy_conn_reply_error(c, v.status, v.error, v.description, 0);
 		return;
 	}
 	if (cp->connect == CONFIG_CONNECT_INTERCEPT) {
-		intercept(c, host, port);
-		return;
-	}
-	if (!tunnel_allowed(cp, host, port)) {
-		log_info("proxy tunnel refused", "host=%s port=%u",
-			 log_clean(clean, sizeof(clean), host), port);
-		free(host);
-		proxy_conn_reply_error(c, 403, "forbidden", "this host is not in tunnel_hosts", 0);
+		intercept(c, v.host, v.port);
 		return;
 	}
 	c->tunnel = bufferevent_socket_new(c->proxy->base, -1,
 					   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	if (c->tunnel == NULL) {
-		free(host);
 		proxy_conn_reply_error(c, 503, "temporarily_unavailable", "out of memory", 1);
 		return;
 	}
@@ -271,7 +233,7 @@ proxy_connect_handle(struct proxy_conn *c)
 	proxy_req_enter(c, PROXY_REQ_CONNECT);
 	bufferevent_disable(c->bev, EV_READ);
 	if (bufferevent_socket_connect_hostname(c->tunnel, c->proxy->dns, AF_UNSPEC,
-						proxy_dial_name(host), (int)port) < 0) {
+						proxy_dial_name(v.host), (int)v.port) < 0) {
 		bufferevent_free(c->tunnel);
 		c->tunnel = NULL;
 		proxy_conn_reply_error(c, 502, "bad_gateway", "cannot connect to the tunnel host",
@@ -279,5 +241,4 @@ proxy_connect_handle(struct proxy_conn *c)
 	} else {
 		bufferevent_enable(c->tunnel, EV_READ | EV_WRITE);
 	}
-	free(host);
 }
