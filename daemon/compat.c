@@ -738,13 +738,14 @@ port_of(const struct sockaddr_storage *a)
 	return ntohs(((const struct sockaddr_in *)a)->sin_port);
 }
 
-/* The bounds on callers from [bearerd] (TCP peers have no uid: no per-uid cap). */
+/* The bounds on callers from [bearerd]; TCP peers are counted by the owner of their socket. */
 static void
 compat_limits(const struct config *cfg, struct http_limits *limits)
 {
 	http_limits_default(limits);
 	if (cfg->max_connections > 0)
 		limits->max_conns = cfg->max_connections;
+	limits->max_conns_per_uid = cfg->max_connections_per_uid;
 	if (cfg->header_timeout > 0)
 		limits->head_timeout = cfg->header_timeout;
 	if (cfg->keepalive_timeout > 0)
