@@ -2369,6 +2369,7 @@ config_load(struct config **out, const char *path, FILE *errs)
 {
 	struct parser p = {.name = path};
 	struct stat st;
+	char msg[256];
 	int r;
 
 	p.f = fopen(path, "re");
@@ -2377,6 +2378,12 @@ config_load(struct config **out, const char *path, FILE *errs)
 		if (errs != NULL)
 			fprintf(errs, "%s: %s\n", path, strerror(-r));
 		return r;
+	}
+	if (secret_check_config(fileno(p.f), msg, sizeof(msg)) < 0) {
+		if (errs != NULL)
+			fprintf(errs, "%s: %s\n", path, msg);
+		r = -EPERM;
+		goto out;
 	}
 	/* the reader bounds the size too; this spares reading a huge file first */
 	if (fstat(fileno(p.f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > CONFIG_MAX_SIZE) {
