@@ -514,8 +514,9 @@ caller_not_a_web_page(struct compat_listener *l, struct http_request *req)
 	const struct http_header *h = http_request_header(req, "Host");
 
 	if (h == NULL || !host_names_no_dns(h->value, h->value_len)) {
-		log_info("compat request refused", "listener=%s reason=%s", l->name,
-			 h == NULL ? "no_host" : "host_not_an_address");
+		/* debug: any page can make a browser send these, as often as it likes */
+		log_debug("compat request refused", "listener=%s reason=%s", l->name,
+			  h == NULL ? "no_host" : "host_not_an_address");
 		reply_error(l, req, 400, "invalid_request",
 			    "the Host header must be an IP address or localhost, with or without "
 			    "the port",
@@ -525,7 +526,7 @@ caller_not_a_web_page(struct compat_listener *l, struct http_request *req)
 	h = http_request_header(req, "Sec-Fetch-Site");
 	if (http_request_header(req, "Origin") != NULL ||
 	    (h != NULL && !(h->value_len == 4 && strncasecmp(h->value, "none", 4) == 0))) {
-		log_info("compat request refused", "listener=%s reason=web_page", l->name);
+		log_debug("compat request refused", "listener=%s reason=web_page", l->name);
 		reply_error(l, req, 403, "forbidden",
 			    "requests from web pages (Origin, Sec-Fetch-Site) are refused", 0);
 		return false;
