@@ -242,7 +242,9 @@ def test_silent_connections_are_closed_after_header_timeout(daemon):
 
 def test_header_timeout_cuts_a_slow_head(daemon):
     d = daemon(header_timeout=1)
-    for s in (unix_conn(d), tcp_conn(compat_port(d))):
+    # one after the other: a connection that sent nothing for header_timeout is closed
+    for conn in (lambda: unix_conn(d), lambda: tcp_conn(compat_port(d))):
+        s = conn()
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
         t0 = time.monotonic()
         reply = read_all(s)  # socket.timeout (a failure) if it is not cut off
