@@ -499,6 +499,22 @@ host_names_no_dns(const char *value, size_t len)
 	return ok;
 }
 
+/* An Origin, or a Sec-Fetch-Site other than "none" (a URL the user typed), in any of h's fields. */
+static bool
+from_web_page(const struct http_head *h)
+{
+	for (int i = 0; i < h->nheaders; i++) {
+		const struct http_header *f = &h->headers[i];
+
+		if (f->name_len == 6 && strncasecmp(f->name, "Origin", 6) == 0)
+			return true;
+		if (f->name_len == 14 && strncasecmp(f->name, "Sec-Fetch-Site", 14) == 0 &&
+		    !(f->value_len == 4 && strncasecmp(f->value, "none", 4) == 0))
+			return true;
+	}
+	return false;
+}
+
 /*
  * Both listeners are plain http:// origins on loopback: a web page in a local
  * browser could reach them, cross-site or (after DNS rebinding) as its own
@@ -523,9 +539,7 @@ caller_not_a_web_page(struct compat_listener *l, struct http_request *req)
 			    0);
 		return false;
 	}
-	h = http_request_header(req, "Sec-Fetch-Site");
-	if (http_request_header(req, "Origin") != NULL ||
-	    (h != NULL && !(h->value_len == 4 && strncasecmp(h->value, "none", 4) == 0))) {
+	if (from_web_page(http_request_head(req))) {
 		log_debug("compat request refused", "listener=%s reason=web_page", l->name);
 		reply_error(l, req, 403, "forbidden",
 			    "requests from web pages (Origin, Sec-Fetch-Site) are refused", 0);

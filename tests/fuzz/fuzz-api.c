@@ -449,26 +449,32 @@ static bool
 first_request_may_have_a_token(const char *p, size_t len, int to)
 {
 	struct http_head h;
-	bool host = false, auth = false;
+	bool host = false, auth = false, seen_auth = false;
 
 	if (http_parse_request_head(p, len, &h) <= 0)
 		return false;
+	/* the listeners read the first Metadata or X-IDENTITY-HEADER (Host is never repeated) */
 	for (int i = 0; i < h.nheaders; i++) {
 		const struct http_header *f = &h.headers[i];
 
 		if (field_is(f, "host"))
 			host = host_ok(f->value, f->value_len);
+		else if (seen_auth && (field_is(f, "metadata") || field_is(f, "x-identity-header")))
+			continue;
 		else if (field_is(f, "origin") || field_is(f, "x-forwarded-for") ||
 			 field_is(f, "forwarded") || field_is(f, "via") || field_is(f, "x-real-ip"))
 			return false;
 		else if (field_is(f, "sec-fetch-site") &&
 			 !(f->value_len == 4 && strncasecmp(f->value, "none", 4) == 0))
 			return false;
-		else if (to == TO_IMDS && field_is(f, "metadata"))
+		else if (to == TO_IMDS && field_is(f, "metadata")) {
 			auth = f->value_len == 4 && memcmp(f->value, "true", 4) == 0;
-		else if (to == TO_APPSVC && field_is(f, "x-identity-header"))
+			seen_auth = true;
+		} else if (to == TO_APPSVC && field_is(f, "x-identity-header")) {
 			auth = f->value_len == strlen(FUZZ_SECRET) &&
 			       memcmp(f->value, FUZZ_SECRET, f->value_len) == 0;
+			seen_auth = true;
+		}
 	}
 	return host && auth;
 }

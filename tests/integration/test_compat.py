@@ -165,9 +165,17 @@ def test_upstream_failure_is_a_clear_error_soon(fake, compat, kind, via):
 
 
 def raw(port, path, headers=None, method="GET"):
+    """headers: a dict, or a list of (name, value) to send fields more than once."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        c.request(method, path, headers=headers or {})
+        if isinstance(headers, list):
+            c.putrequest(method, path, skip_host=any(k == "Host" for k, _ in headers),
+                         skip_accept_encoding=True)
+            for k, v in headers:
+                c.putheader(k, v)
+            c.endheaders()
+        else:
+            c.request(method, path, headers=headers or {})
         r = c.getresponse()
         body = r.read()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, body
@@ -323,6 +331,10 @@ def test_web_pages_are_refused(fake, compat, listener):
         ({"Host": f"127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"}, 403),
         ({"Host": f"localhost:{port}", "Sec-Fetch-Site": "same-site"}, 403),
     ]
+    # a repeated Sec-Fetch-Site is judged by every occurrence
+    st, _, body = raw(port, path, [("Host", f"127.0.0.1:{port}"), *auth.items(),
+                                   ("Sec-Fetch-Site", "none"), ("Sec-Fetch-Site", "cross-site")])
+    assert st == 403 and b"access_token" not in body, (st, shown(body))
     for headers, want in refused:
         st, body = ask(**headers)
         doc = json.loads(body)
