@@ -179,7 +179,8 @@ def close_all(socks):
 
 
 def test_10k_concurrent_connections_all_get_a_token(many_fds, fake, start_daemon):
-    d = start_daemon(load_config(fake))
+    # one uid holds them all, and the first waits for the last to connect before it asks
+    d = start_daemon(load_config(fake, max_connections_per_uid=0, header_timeout=60))
     tok = d.get("/v1/token/api").json()["access_token"]
     remember_token(tok)
     rss0, anon0 = memory(d)
@@ -209,7 +210,7 @@ def test_10k_concurrent_connections_all_get_a_token(many_fds, fake, start_daemon
 def test_connections_over_the_cap_get_a_clear_503(fake, start_daemon):
     """The contract beyond [bearerd] max_connections: 503 JSON, Connection: close, no hang."""
     cap = 100
-    d = start_daemon(load_config(fake, max_connections=cap))
+    d = start_daemon(load_config(fake, max_connections=cap, max_connections_per_uid=0))
     held = connect_all(d.socket, cap)
     try:
         wait_for(lambda: open_fds(d) >= cap, timeout=10, what="bearerd to accept them")
