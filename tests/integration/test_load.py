@@ -118,10 +118,20 @@ def connect_all(path, n):
     try:
         for _ in range(n):
             s = socket.socket(family, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(path)
-            s.setblocking(False)
             socks.append(s)
+            s.settimeout(30)
+            # A full AF_UNIX backlog answers a connect in timeout mode with EAGAIN at
+            # once rather than waiting (a loaded machine accepts late): retry it.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    s.connect(path)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            s.setblocking(False)
     except BaseException:
         for s in socks:
             s.close()
