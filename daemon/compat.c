@@ -37,6 +37,7 @@
 #include "cache.h"
 #include "compat.h"
 #include "config.h"
+#include "config_proxy.h"
 #include "http.h"
 #include "json_write.h"
 #include "log.h"
@@ -472,15 +473,101 @@ done:
 	wait_free(w);
 }
 
+/*
+ * True when a Host value names this host without DNS: an IPv4 or [IPv6]
+ * literal or localhost, with or without a port.  A page whose own name was
+ * made to resolve to 127.0.0.1 (DNS rebinding) sends that name instead.  Any
+ * literal passes, not only the listener's address: behind an OUTPUT
+ * redirect, or bound at 169.254.169.254:80, clients send Host:
+ * 169.254.169.254 whatever address the socket has.
+ */
+static bool
+host_names_no_dns(const char *value, size_t len)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	char *host = NULL;
+	unsigned port;
+	bool ok;
+
+	if (config_proxy_hostport(value, len, &host, &port) < 0)
+		return false;
+	if (strchr(host, ':') != NULL)
+		ok = inet_pton(AF_INET6, host, addr) == 1;
+	else
+		ok = strcmp(host, "localhost") == 0 || inet_pton(AF_INET, host, addr) == 1;
+	free(host);
+	return ok;
+}
+
+/* An Origin, or a Sec-Fetch-Site other than "none" (a URL the user typed), in any of h's fields. */
+static bool
+from_web_page(const struct http_head *h)
+{
+	for (int i = 0; i < h->nheaders; i++) {
+		const struct http_header *f = &h->headers[i];
+
+		if (f->name_len == 6 && strncasecmp(f->name, "Origin", 6) == 0)
+			return true;
+		if (f->name_len == 14 && strncasecmp(f->name, "Sec-Fetch-Site", 14) == 0 &&
+		    !(f->value_len == 4 && strncasecmp(f->value, "none", 4) == 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Both listeners are plain http:// origins on loopback: a web page in a local
+ * browser could reach them, cross-site or (after DNS rebinding) as its own
+ * origin, where it may send Metadata: true without a preflight and read the
+ * answer.  SDKs name the listener by address (Host: 127.0.0.1:PORT, or
+ * localhost) and send neither Origin nor Sec-Fetch-Site; browsers always send
+ * Host with the page's name, and Origin or Sec-Fetch-Site with what a page
+ * sends.  False after replying (nothing reaches the cache).
+ */
+static bool
+caller_not_a_web_page(struct compat_listener *l, struct http_request *req)
+{
+	const struct http_header *h = http_request_header(req, "Host");
+
+	if (h == NULL || !host_names_no_dns(h->value, h->value_len)) {
+		/* debug: any page can make a browser send these, as often as it likes */
+		log_debug("compat request refused", "listener=%s reason=%s", l->name,
+			  h == NULL ? "no_host" : "host_not_an_address");
+		reply_error(l, req, 400, "invalid_request",
+			    "the Host header must be an IP address or localhost, with or without "
+			    "the port",
+			    0);
+		return false;
+	}
+	if (from_web_page(http_request_head(req))) {
+		log_debug("compat request refused", "listener=%s reason=web_page", l->name);
+		reply_error(l, req, 403, "forbidden",
+			    "requests from web pages (Origin, Sec-Fetch-Site) are refused", 0);
+		return false;
+	}
+	return true;
+}
+
+/* Fields a forwarding proxy adds: IMDS refuses requests that went through one. */
+static const char *const forwarded_fields[] = {
+    "X-Forwarded-For",
+    "Forwarded",
+    "Via",
+    "X-Real-IP",
+};
+
 /* Checks shared by both protocols; true when the request may go on. */
 static bool
 common_checks(struct compat_listener *l, struct http_request *req, const char *query, size_t qlen)
 {
+	char desc[64];
 	int r;
 
-	if (http_request_header(req, "X-Forwarded-For") != NULL) {
-		reply_error(l, req, 400, "invalid_request", "X-Forwarded-For header is not allowed",
-			    0);
+	for (size_t i = 0; i < sizeof(forwarded_fields) / sizeof(forwarded_fields[0]); i++) {
+		if (http_request_header(req, forwarded_fields[i]) == NULL)
+			continue;
+		snprintf(desc, sizeof(desc), "%s header is not allowed", forwarded_fields[i]);
+		reply_error(l, req, 400, "invalid_request", desc, 0);
 		return false;
 	}
 	r = query_check(query, qlen);
@@ -586,7 +673,7 @@ imds_handle(struct http_request *req, void *arg)
 				    "The requested resource was not found", 0);
 		return;
 	}
-	if (!method_get(l, req))
+	if (!method_get(l, req) || !caller_not_a_web_page(l, req))
 		return;
 	/* SSRF guard; also what the JS probe (no query, no header) reads as "available" */
 	h = http_request_header(req, "Metadata");
@@ -634,7 +721,7 @@ appservice_handle(struct http_request *req, void *arg)
 		reply_error(l, req, 404, "not_found", "The requested resource was not found", 0);
 		return;
 	}
-	if (!method_get(l, req))
+	if (!method_get(l, req) || !caller_not_a_web_page(l, req))
 		return;
 	if (!secret_matches(l->compat, http_request_header(req, "X-IDENTITY-HEADER"))) {
 		reply_error(l, req, 401, "unauthorized",
@@ -738,13 +825,14 @@ port_of(const struct sockaddr_storage *a)
 	return ntohs(((const struct sockaddr_in *)a)->sin_port);
 }
 
-/* The bounds on callers from [bearerd] (TCP peers have no uid: no per-uid cap). */
+/* The bounds on callers from [bearerd]; TCP peers are counted by the owner of their socket. */
 static void
 compat_limits(const struct config *cfg, struct http_limits *limits)
 {
 	http_limits_default(limits);
 	if (cfg->max_connections > 0)
 		limits->max_conns = cfg->max_connections;
+	limits->max_conns_per_uid = cfg->max_connections_per_uid;
 	if (cfg->header_timeout > 0)
 		limits->head_timeout = cfg->header_timeout;
 	if (cfg->keepalive_timeout > 0)
@@ -990,6 +1078,28 @@ compat_pending(const struct compat *c)
 	if (c->appservice.http != NULL)
 		n += http_server_pending(c->appservice.http);
 	return n;
+}
+
+unsigned
+compat_port(const struct compat *c, bool imds)
+{
+	const struct compat_listener *l;
+
+	if (c == NULL)
+		return 0;
+	l = imds ? &c->imds : &c->appservice;
+	return l->http != NULL ? port_of(&l->bound) : 0;
+}
+
+unsigned
+compat_connections(const struct compat *c, bool imds)
+{
+	const struct compat_listener *l;
+
+	if (c == NULL)
+		return 0;
+	l = imds ? &c->imds : &c->appservice;
+	return l->http != NULL ? http_server_connections(l->http) : 0;
 }
 
 int

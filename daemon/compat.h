@@ -6,6 +6,8 @@
 #ifndef BEARERD_COMPAT_H
 #define BEARERD_COMPAT_H
 
+#include <stdbool.h>
+
 struct cache;
 struct compat;
 struct config;
@@ -42,6 +44,10 @@ void compat_collect(const struct compat *c, struct metrics *m);
 void compat_stop_accepting(struct compat *c);
 /* Requests still waiting for a token. */
 unsigned compat_pending(const struct compat *c);
+/* The port of the IMDS (imds) or App Service listener, 0 when there is none (tests, fuzzing). */
+unsigned compat_port(const struct compat *c, bool imds);
+/* Open connections of that listener. */
+unsigned compat_connections(const struct compat *c, bool imds);
 
 /*
  * Appends {"IDENTITY_ENDPOINT":"http://...","IDENTITY_HEADER":"<secret>"}

@@ -67,7 +67,8 @@
 #define DEFAULT_MAX_CONNS     1024
 #define DEFAULT_HEADER_TMO    10
 #define DEFAULT_KEEPALIVE_TMO 60
-#define DEFAULT_DYNAMIC_RATE  10 /* new dynamic entries per second per caller */
+#define DEFAULT_DYNAMIC_RATE  10       /* new dynamic entries per second per caller */
+#define PER_UID_UNSET	      UINT_MAX /* default: max_connections / 4 */
 
 static const char *const bkey_names[BK__N] = {
     "socket",	      "socket_mode",	   "socket_group",    "log_level",
@@ -2268,6 +2269,7 @@ config_new(struct config **out)
 	c->wait_timeout = DEFAULT_WAIT_TIMEOUT;
 	c->max_entries = DEFAULT_MAX_ENTRIES;
 	c->max_connections = DEFAULT_MAX_CONNS;
+	c->max_connections_per_uid = PER_UID_UNSET;
 	c->header_timeout = DEFAULT_HEADER_TMO;
 	c->keepalive_timeout = DEFAULT_KEEPALIVE_TMO;
 	c->dynamic_rate = DEFAULT_DYNAMIC_RATE;
@@ -2321,6 +2323,10 @@ load(struct config **out, struct parser *p, FILE *errs)
 		if (c->socket == NULL)
 			p->oom = true;
 	}
+	/* a quarter of the slots: one user cannot take them all, four still may */
+	if (c->max_connections_per_uid == PER_UID_UNSET)
+		c->max_connections_per_uid =
+		    c->max_connections >= 4 ? c->max_connections / 4 : c->max_connections;
 	if (c->metrics_listen != NULL && !c->metrics_allow_non_loopback &&
 	    !config_addr_is_loopback(&c->metrics_listen->addr))
 		perr_at(p, p->bearerd_lines[BK_METRICS_LISTEN],
@@ -2363,6 +2369,7 @@ config_load(struct config **out, const char *path, FILE *errs)
 {
 	struct parser p = {.name = path};
 	struct stat st;
+	char msg[256];
 	int r;
 
 	p.f = fopen(path, "re");
@@ -2371,6 +2378,12 @@ config_load(struct config **out, const char *path, FILE *errs)
 		if (errs != NULL)
 			fprintf(errs, "%s: %s\n", path, strerror(-r));
 		return r;
+	}
+	if (secret_check_config(fileno(p.f), msg, sizeof(msg)) < 0) {
+		if (errs != NULL)
+			fprintf(errs, "%s: %s\n", path, msg);
+		r = -EPERM;
+		goto out;
 	}
 	/* the reader bounds the size too; this spares reading a huge file first */
 	if (fstat(fileno(p.f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > CONFIG_MAX_SIZE) {

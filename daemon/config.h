@@ -158,7 +158,8 @@ struct config {
 	char *ca_file;		/* extra trust anchor for every upstream, or NULL */
 	/* bounds on callers, for every listener (http_limits); keys of the same names */
 	unsigned max_connections;	  /* per listener, default 1024 */
-	unsigned max_connections_per_uid; /* Unix socket, per peer uid; default 0 = no limit */
+	unsigned max_connections_per_uid; /* per listener and peer uid; 0 = no limit; default
+					     max_connections / 4 */
 	unsigned header_timeout;	  /* s to receive a request head, default 10 */
 	unsigned keepalive_timeout;	  /* s an idle client connection stays open, default 60 */
 	struct config_listen *metrics_listen; /* TCP listener serving only /metrics, or NULL */

@@ -29,6 +29,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "peer.h"
 
 #define HEAD_STACK_SIZE	 512   /* reply heads up to this size are rendered on the stack */
 #define SEND_IOV_MAX	 16    /* iovecs of an evbuffer body sent directly */
@@ -38,7 +39,8 @@
 #define LINGER_MAX_BYTES (1u << 20)
 #define ACCEPT_RETRY_MS	 100 /* accept pause after EMFILE and friends */
 #define TIMER_SLACK_MS	 5
-#define READ_SIZE	 4000 /* bytes per read: a 4 KiB chain with evbuffer's header */
+#define READ_SIZE	 4000	     /* bytes per read: a 4 KiB chain with evbuffer's header */
+#define UID_UNKNOWN	 ((uid_t)-1) /* the bucket of TCP peers whose owner is not known */
 
 enum conn_state {
 	CONN_HEAD,	 /* waiting for a request head (idle when nothing has arrived) */
@@ -82,8 +84,10 @@ struct http_conn {
 	bool close_after; /* close once the current reply is written */
 	bool linger;	  /* the peer may still be sending: shut down gently */
 	bool started;	  /* bytes of the current request have arrived */
+	bool fresh;	  /* no request yet: header_timeout runs from the accept */
 	bool is_unix;
 	struct ucred cred;
+	uid_t uid; /* the per-uid bucket this connection counts in (UID_UNKNOWN for some TCP) */
 	uint64_t since;	   /* ms: start of the idle period or of the request */
 	uint64_t deadline; /* ms: when the timer fires, 0 when it is not armed */
 	size_t parsed_len; /* input length at the last incomplete parse */
@@ -103,6 +107,12 @@ struct http_listener {
 	struct event *retry;
 };
 
+/* Open connections of one peer uid. */
+struct uid_count {
+	uid_t uid;
+	unsigned n;
+};
+
 struct http_server {
 	struct event_base *base;
 	struct http_limits limits;
@@ -111,6 +121,9 @@ struct http_server {
 	LIST_HEAD(, http_listener) listeners;
 	LIST_HEAD(, http_conn) conns;
 	unsigned nconns;
+	struct uid_count *uids; /* one per uid with open connections: few, searched linearly */
+	size_t nuids, uids_cap;
+	struct peer *peer; /* owner lookups of TCP peers, opened at the first TCP connection */
 	unsigned npending;
 	size_t in_max; /* input buffered beyond this pauses reading */
 	struct timeval write_tv;
@@ -160,6 +173,47 @@ event_free_null(struct event **ev)
 	*ev = NULL;
 }
 
+static struct uid_count *
+uid_find(struct http_server *s, uid_t uid)
+{
+	for (size_t i = 0; i < s->nuids; i++)
+		if (s->uids[i].uid == uid)
+			return &s->uids[i];
+	return NULL;
+}
+
+/* Counts a connection of uid; -ENOMEM. */
+static int
+uid_add(struct http_server *s, uid_t uid)
+{
+	struct uid_count *u = uid_find(s, uid);
+
+	if (u == NULL) {
+		if (s->nuids == s->uids_cap) {
+			size_t cap = s->uids_cap > 0 ? s->uids_cap * 2 : 8;
+			struct uid_count *n = realloc(s->uids, cap * sizeof(*n));
+
+			if (n == NULL)
+				return -ENOMEM;
+			s->uids = n;
+			s->uids_cap = cap;
+		}
+		u = &s->uids[s->nuids++];
+		*u = (struct uid_count){.uid = uid};
+	}
+	u->n++;
+	return 0;
+}
+
+static void
+uid_remove(struct http_server *s, uid_t uid)
+{
+	struct uid_count *u = uid_find(s, uid);
+
+	if (u != NULL && --u->n == 0)
+		*u = s->uids[--s->nuids];
+}
+
 /* Frees the socket side: events, buffers and the descriptor. */
 static void
 conn_shut(struct http_conn *c)
@@ -179,6 +233,7 @@ conn_shut(struct http_conn *c)
 	close(c->fd);
 	c->fd = -1;
 	c->server->nconns--;
+	uid_remove(c->server, c->uid);
 }
 
 static void
@@ -500,7 +555,9 @@ conn_wait(struct http_conn *c)
 {
 	if (!c->started) {
 		c->started = true;
-		c->since = now_ms();
+		/* a new connection's first head is due header_timeout after the accept */
+		if (!c->fresh)
+			c->since = now_ms();
 		if (c->server->limits.head_timeout > 0)
 			conn_arm(c, c->since + (uint64_t)c->server->limits.head_timeout * 1000);
 	}
@@ -540,6 +597,7 @@ conn_dispatch(struct http_conn *c)
 	req->cancel_arg = NULL;
 	c->state = CONN_PENDING;
 	c->started = false;
+	c->fresh = false;
 	s->npending++;
 	s->handler(req, s->arg);
 }
@@ -985,12 +1043,20 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 				goto out;
 			}
 			next = c->since + head;
-		} else if (!c->started && idle > 0) {
-			if (now >= c->since + idle) {
+		} else if (!c->started) {
+			/*
+			 * Idle between requests: keepalive.  Silent since the accept: a
+			 * socket held open, not a client; header_timeout if shorter.
+			 */
+			uint64_t limit =
+			    c->fresh && head > 0 && (idle == 0 || head < idle) ? head : idle;
+
+			if (limit > 0 && now >= c->since + limit) {
 				conn_close(c);
 				goto out;
 			}
-			next = c->since + idle;
+			if (limit > 0)
+				next = c->since + limit;
 		}
 		break;
 	case CONN_LINGER:
@@ -1031,16 +1097,43 @@ reject_busy(int fd)
 	close(fd);
 }
 
-static unsigned
-count_uid(const struct http_server *s, uid_t uid)
+/*
+ * The uid a new connection counts under: SO_PEERCRED on the Unix socket,
+ * the owner of the other end for TCP (UID_UNKNOWN when that is not a socket
+ * of this host or the lookup fails).  False when the connection must go.
+ */
+static bool
+accept_peer(struct http_server *s, int fd, const struct sockaddr *sa, struct ucred *cred,
+	    uid_t *uid)
 {
-	const struct http_conn *c;
-	unsigned n = 0;
+	int r;
 
-	LIST_FOREACH(c, &s->conns, link)
-	if (c->fd >= 0 && c->is_unix && c->cred.uid == uid)
-		n++;
-	return n;
+	if (sa != NULL && sa->sa_family == AF_UNIX) {
+		r = peer_unix(fd, cred);
+		if (r < 0) {
+			log_warn("SO_PEERCRED failed", "fd=%d", fd);
+			return false;
+		}
+		*uid = cred->uid;
+		return true;
+	}
+	*uid = UID_UNKNOWN;
+	if (s->peer == NULL) {
+		if (peer_new(&s->peer, PEER_AUTO) < 0)
+			return true;
+		if (strcmp(peer_method_name(s->peer), "proc") == 0)
+			log_info("TCP peers are identified through /proc/net/tcp (netlink is not "
+				 "available; allow AF_NETLINK for sock_diag)",
+				 "");
+		else
+			log_debug("TCP peers are identified through sock_diag", "");
+	}
+	r = peer_tcp_uid(s->peer, fd, uid);
+	if (r < 0) {
+		log_debug("http peer not identified", "error=\"%s\"", strerror(-r));
+		*uid = UID_UNKNOWN;
+	}
+	return true;
 }
 
 static void
@@ -1052,8 +1145,9 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 	const struct http_limits *l = &s->limits;
 	struct http_conn *c;
 	struct ucred cred = {0};
+	const struct uid_count *u;
 	bool is_unix = sa != NULL && sa->sa_family == AF_UNIX;
-	socklen_t len = sizeof(cred);
+	uid_t uid;
 	int one = 1;
 
 	if (s->nconns >= l->max_conns) {
@@ -1061,24 +1155,27 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 		reject_busy(fd);
 		return;
 	}
-	if (is_unix) {
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-			log_warn("SO_PEERCRED failed", "fd=%d", (int)fd);
-			close(fd);
-			return;
-		}
-		if (l->max_conns_per_uid > 0 && count_uid(s, cred.uid) >= l->max_conns_per_uid) {
-			log_debug("http connection refused", "reason=max_conns_per_uid uid=%u",
-				  (unsigned)cred.uid);
-			reject_busy(fd);
-			return;
-		}
-	} else if (sa != NULL && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (!accept_peer(s, fd, sa, &cred, &uid)) {
+		close(fd);
+		return;
 	}
+	u = uid_find(s, uid);
+	if (l->max_conns_per_uid > 0 && u != NULL && u->n >= l->max_conns_per_uid) {
+		if (uid == UID_UNKNOWN)
+			log_debug("http connection refused",
+				  "reason=max_conns_per_uid uid=unknown");
+		else
+			log_debug("http connection refused", "reason=max_conns_per_uid uid=%u",
+				  (unsigned)uid);
+		reject_busy(fd);
+		return;
+	}
+	if (!is_unix && sa != NULL && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6))
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
 	c = calloc(1, sizeof(*c));
-	if (c == NULL) {
+	if (c == NULL || uid_add(s, uid) < 0) {
+		free(c);
 		close(fd);
 		return;
 	}
@@ -1086,6 +1183,7 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 	c->req.conn = c;
 	c->is_unix = is_unix;
 	c->cred = cred;
+	c->uid = uid;
 	c->fd = fd;
 	LIST_INSERT_HEAD(&s->conns, c, link);
 	s->nconns++;
@@ -1103,9 +1201,13 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 	}
 	conn_set_reading(c, true);
 	c->state = CONN_HEAD;
+	c->fresh = true;
 	c->since = now_ms();
-	if (l->idle_timeout > 0)
+	/* the lazy timer must be due by the earliest deadline the connection may reach */
+	if (l->idle_timeout > 0 && (l->head_timeout == 0 || l->idle_timeout < l->head_timeout))
 		conn_arm(c, c->since + (uint64_t)l->idle_timeout * 1000);
+	else if (l->head_timeout > 0)
+		conn_arm(c, c->since + (uint64_t)l->head_timeout * 1000);
 }
 
 static void
@@ -1149,7 +1251,7 @@ http_limits_default(struct http_limits *l)
 	    .idle_timeout = 60,
 	    .head_timeout = 10,
 	    .write_timeout = 30,
-	    .max_conns_per_uid = 0,
+	    .max_conns_per_uid = 256,
 	};
 }
 
@@ -1202,6 +1304,8 @@ http_server_free(struct http_server *s)
 		}
 		conn_free(c);
 	}
+	free(s->uids);
+	peer_free(s->peer);
 	free(s);
 	return NULL;
 }

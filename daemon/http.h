@@ -19,13 +19,23 @@ struct http_server;
 struct http_request;
 
 struct http_limits {
-	size_t max_head;	    /* bytes of request line + headers; default 16384 -> 431 */
-	size_t max_body;	    /* request body bytes; default 65536 -> 413 */
-	unsigned max_conns;	    /* open connections per server; default 1024 */
-	unsigned idle_timeout;	    /* seconds a keep-alive connection may sit idle; default 60 */
-	unsigned head_timeout;	    /* seconds to receive a whole head once started; default 10 */
-	unsigned write_timeout;	    /* seconds a reply may take to drain; default 30 */
-	unsigned max_conns_per_uid; /* AF_UNIX connections per peer uid; 0 (default) = no limit */
+	size_t max_head;       /* bytes of request line + headers; default 16384 -> 431 */
+	size_t max_body;       /* request body bytes; default 65536 -> 413 */
+	unsigned max_conns;    /* open connections per server; default 1024 */
+	unsigned idle_timeout; /* seconds a keep-alive connection may sit idle; default 60 */
+	/*
+	 * Seconds to receive a whole head once its first byte came, and a new
+	 * connection's first head from the accept (a silent one is closed);
+	 * default 10.
+	 */
+	unsigned head_timeout;
+	unsigned write_timeout; /* seconds a reply may take to drain; default 30 */
+	/*
+	 * Open connections per peer uid: SO_PEERCRED on AF_UNIX, for TCP the
+	 * owner of the local socket at the other end (peer.c); TCP peers not
+	 * identified share one bucket.  0 = no limit; default 256.
+	 */
+	unsigned max_conns_per_uid;
 };
 
 /*

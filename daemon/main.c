@@ -972,7 +972,6 @@ metrics_listen(struct daemon *d, const struct http_limits *api_limits)
 
 	if (cl == NULL)
 		return 0;
-	limits.max_conns_per_uid = 0; /* TCP peers have no uid */
 	r = http_server_new(&d->metrics_http, d->base, &limits, api_handle_metrics, d->api);
 	if (r < 0)
 		return r;

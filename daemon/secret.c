@@ -1,11 +1,16 @@
 /*
  * Secret files (see secret.h).  The rule follows OpenSMTPD and ssh: a secret
- * that another user can read, or that a user other than ours or root could
- * have written (as owner, through the group or as anyone), is refused rather
- * than used, with a message saying why.
+ * that another user can read (as anyone, or through a group that is not
+ * bearerd's own), or that a user other than ours or root could have written
+ * (as owner, through the group or as anyone), is refused rather than used,
+ * with a message saying why.  Symbolic links are followed only when root or
+ * bearerd's user made them: Kubernetes secret volumes are links
+ * (key -> ..data/key, ..data -> ..2024_...), made by the kubelet as root; a
+ * link another user made, to /etc/shadow say, is theirs.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +22,8 @@
 #include "secret.h"
 #include "urlencode.h"
 
-#define CRED_VAR "CREDENTIALS_DIRECTORY"
+#define CRED_VAR  "CREDENTIALS_DIRECTORY"
+#define MAX_LINKS 40 /* as the kernel's path walk */
 
 int
 secret_path_expand(const char *value, char **out)
@@ -53,6 +59,27 @@ enum file_rule {
 	RULE_PUBLIC,	    /* not a secret (a certificate): only regular and bounded */
 };
 
+/*
+ * True when path lies inside $CREDENTIALS_DIRECTORY (systemd's LoadCredential=):
+ * systemd grants bearerd's user read access there with an ACL, which shows
+ * as group read in the mode, and the directory is private to the service.
+ */
+static bool
+in_credentials_dir(const char *path)
+{
+	const char *dir = getenv(CRED_VAR);
+	size_t n = dir != NULL ? strlen(dir) : 0;
+
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	if (n == 0 || dir[0] != '/' || strncmp(path, dir, n) != 0 || path[n] != '/')
+		return false;
+	for (const char *p = path + n; (p = strstr(p, "/..")) != NULL; p += 3)
+		if (p[3] == '/' || p[3] == '\0')
+			return false;
+	return true;
+}
+
 static int
 check_stat(const struct stat *st, const char *path, enum file_rule rule, char *msg, size_t size)
 {
@@ -82,27 +109,188 @@ check_stat(const struct stat *st, const char *path, enum file_rule rule, char *m
 			 path, (unsigned)(st->st_mode & 07777));
 		return -EPERM;
 	}
+	/* as ssh: the group's other members could read it, unless the group is bearerd's own */
+	if (rule == RULE_SECRET && (st->st_mode & S_IRGRP) && st->st_gid != getegid() &&
+	    !in_credentials_dir(path)) {
+		snprintf(msg, size,
+			 "'%.200s' is readable by its group (gid %u, mode %04o), which is not "
+			 "bearerd's own (gid %u): chmod g-r it, or give it bearerd's group",
+			 path, (unsigned)st->st_gid, (unsigned)(st->st_mode & 07777),
+			 (unsigned)getegid());
+		return -EPERM;
+	}
 	return 0;
+}
+
+/*
+ * Opens path for reading (O_NONBLOCK: a FIFO does not wait for a writer),
+ * walking it one component at a time so that every symbolic link on the way,
+ * and only those, are checked: each must be owned by root or by us.  The fd
+ * is the file the checks saw.  Returns the fd, or -errno with a reason.
+ */
+static int
+open_walk(const char *path, char *msg, size_t size)
+{
+	char rest[PATH_MAX], link[PATH_MAX], comp[NAME_MAX + 1];
+	const char *p = rest;
+	int dirfd, links = 0, fd = -1, r;
+	uid_t me = geteuid();
+
+	if (strlen(path) >= sizeof(rest)) {
+		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(ENAMETOOLONG));
+		return -ENAMETOOLONG;
+	}
+	strcpy(rest, path);
+	dirfd = open(path[0] == '/' ? "/" : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0)
+		goto fail_errno;
+	for (;;) {
+		struct stat st;
+		size_t n;
+		bool last;
+
+		while (*p == '/')
+			p++;
+		n = strcspn(p, "/");
+		if (n == 0) { /* "dir/": the path names a directory */
+			r = -EISDIR;
+			goto fail;
+		}
+		if (n > NAME_MAX) {
+			r = -ENAMETOOLONG;
+			goto fail;
+		}
+		memcpy(comp, p, n);
+		comp[n] = '\0';
+		p += n;
+		last = p[strspn(p, "/")] == '\0';
+		if (strcmp(comp, ".") == 0 && !last)
+			continue;
+		fd = openat(dirfd, comp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &st) < 0)
+			goto fail_errno;
+		if (S_ISLNK(st.st_mode)) {
+			ssize_t len;
+
+			if (st.st_uid != me && st.st_uid != 0) {
+				snprintf(msg, size,
+					 "'%.200s' goes through a symbolic link ('%.64s') owned by "
+					 "uid %u, not by bearerd's user (uid %u) or root",
+					 path, comp, (unsigned)st.st_uid, (unsigned)me);
+				r = -EPERM;
+				goto fail_quiet;
+			}
+			len = readlinkat(fd, "", link, sizeof(link) - 1);
+			if (len < 0)
+				goto fail_errno;
+			if (++links > MAX_LINKS || len == 0) {
+				r = len == 0 ? -ENOENT : -ELOOP;
+				goto fail;
+			}
+			link[len] = '\0';
+			/* the link's target, then what was left of the path */
+			if ((size_t)len + 1 + strlen(p) >= sizeof(rest)) {
+				r = -ENAMETOOLONG;
+				goto fail;
+			}
+			memmove(rest + len + 1, p, strlen(p) + 1);
+			memcpy(rest, link, (size_t)len);
+			rest[len] = '/';
+			if (last)
+				rest[len] = '\0';
+			p = rest;
+			close(fd);
+			fd = -1;
+			if (link[0] == '/') {
+				close(dirfd);
+				dirfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+				if (dirfd < 0)
+					goto fail_errno;
+			}
+			continue;
+		}
+		if (last) {
+			struct stat st2;
+			int rfd = openat(dirfd, comp,
+					 O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+
+			if (rfd < 0)
+				goto fail_errno;
+			/* the file opened is the one the walk found (nothing swapped in between) */
+			if (fstat(rfd, &st2) < 0 || st2.st_dev != st.st_dev ||
+			    st2.st_ino != st.st_ino) {
+				close(rfd);
+				r = -EAGAIN;
+				goto fail;
+			}
+			close(fd);
+			close(dirfd);
+			return rfd;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			r = -ENOTDIR;
+			goto fail;
+		}
+		close(dirfd);
+		dirfd = fd;
+		fd = -1;
+	}
+fail_errno:
+	r = -errno;
+fail:
+	snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
+fail_quiet:
+	if (fd >= 0)
+		close(fd);
+	if (dirfd >= 0)
+		close(dirfd);
+	return r;
 }
 
 int
 secret_check_path(const char *path, bool others_may_read, char *msg, size_t size)
 {
 	struct stat st;
-	int r;
+	int fd = open_walk(path, msg, size), r;
 
-	if (stat(path, &st) < 0) {
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0) {
 		r = -errno;
 		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
-		return r;
+	} else {
+		r = check_stat(&st, path, others_may_read ? RULE_SECRET_SHARED : RULE_SECRET, msg,
+			       size);
 	}
-	r = check_stat(&st, path, others_may_read ? RULE_SECRET_SHARED : RULE_SECRET, msg, size);
-	if (r < 0)
-		return r;
-	if (access(path, R_OK) < 0) {
-		r = -errno;
-		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
-		return r;
+	close(fd);
+	return r;
+}
+
+int
+secret_check_config(int fd, char *msg, size_t size)
+{
+	struct stat st;
+	uid_t me = geteuid();
+
+	if (fstat(fd, &st) < 0) {
+		snprintf(msg, size, "%s", strerror(errno));
+		return -errno;
+	}
+	if (!S_ISREG(st.st_mode))
+		return 0; /* a pipe (bearerd -n -c /dev/stdin): whoever wrote it ran us */
+	if (st.st_uid != me && st.st_uid != 0) {
+		snprintf(msg, size,
+			 "the configuration is owned by uid %u, not by bearerd's user (uid %u) or "
+			 "root: chown it",
+			 (unsigned)st.st_uid, (unsigned)me);
+		return -EPERM;
+	}
+	if (st.st_mode & (S_IWOTH | S_IWGRP)) {
+		snprintf(msg, size,
+			 "the configuration is writable by %s (mode %04o): chmod go-w it",
+			 (st.st_mode & S_IWOTH) ? "other users" : "its group",
+			 (unsigned)(st.st_mode & 07777));
+		return -EPERM;
 	}
 	return 0;
 }
@@ -127,12 +315,15 @@ read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *
 	ssize_t got;
 	int fd, r;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (fd < 0) {
+	fd = rule == RULE_PUBLIC ? open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
+				 : open_walk(path, msg, size);
+	if (fd < 0 && rule == RULE_PUBLIC) {
 		r = -errno;
 		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));
 		return r;
 	}
+	if (fd < 0)
+		return fd;
 	if (fstat(fd, &st) < 0) {
 		r = -errno;
 		snprintf(msg, size, "cannot read '%.200s': %s", path, strerror(-r));

@@ -22,11 +22,21 @@ int secret_path_expand(const char *value, char **out);
 /*
  * Checks that path is a regular file owned by our effective uid or root that
  * other users can neither write nor (unless others_may_read) read, and that
- * its group cannot write.  Group read access is allowed: Kubernetes and
- * systemd credentials are 0440/0640 root:group.
+ * its group cannot write, nor read unless the group is our effective gid
+ * (or the file is in $CREDENTIALS_DIRECTORY, where systemd's ACL shows as
+ * group read).  Symbolic links on the way are followed only when owned by
+ * root or by us (Kubernetes secret volumes are links the kubelet made).
  * Returns 0, or -errno with a one-line reason in msg (never the content).
  */
 int secret_check_path(const char *path, bool others_may_read, char *msg, size_t size);
+
+/*
+ * The configuration file, open on fd, must be owned by root or by us, and
+ * writable by nobody else: whoever can write it chooses where tokens come
+ * from and who gets them.  A pipe passes.  0, or -EPERM with the reason in
+ * msg (without the path, which the caller prefixes).
+ */
+int secret_check_config(int fd, char *msg, size_t size);
 
 /*
  * Reads the whole secret file (at most SECRET_MAX_SIZE bytes) into *out,

@@ -14,13 +14,25 @@
  * status outside what the API sends, no token in /v1/status, never a token
  * for the audience restricted to another uid, and the connection must end
  * once the client has sent everything and shut down its side.
+ *
+ * An input that starts with byte 0x01 (0x02) goes, without that byte, to the
+ * IMDS-compatible (App Service) TCP listener of daemon/compat.c instead.
+ * There a token may answer the first request only if that request passed
+ * every guard: a Host that is an IP literal or localhost, no Origin, no
+ * Sec-Fetch-Site but "none", no forwarding proxy's fields, Metadata: true
+ * (IMDS) or the App Service secret (FUZZ_SECRET).
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,8 +41,10 @@
 
 #include "api.h"
 #include "cache.h"
+#include "compat.h"
 #include "config.h"
 #include "http.h"
+#include "http_parse.h"
 #include "log.h"
 #include "metrics.h"
 #include "source.h"
@@ -40,6 +54,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_SOURCES 4
 #define OUT_MAX	    (1u << 20) /* replies kept for checking; more is discarded */
 #define DEADLINE_MS 5000       /* a connection still open after this is a hang */
+#define FUZZ_SECRET "fuzz-identity-header"
+#define TO_IMDS	    0x01 /* first input byte: the IMDS-compatible listener */
+#define TO_APPSVC   0x02 /* first input byte: the App Service listener */
 
 /*
  * "locked" allows only a uid that is not ours: its token must never come back.
@@ -66,7 +83,12 @@ static const char config_text[] = "[bearerd]\n"
 				  "allow_uids = 4242\n"
 				  "[audience \"other.api\"]\n"
 				  "identity = other\n"
-				  "resource = api://other\n";
+				  "resource = api://other\n"
+				  "[compat]\n"
+				  "identity = dev\n"
+				  "imds_listen = 127.0.0.1:0\n"
+				  "appservice_listen = 127.0.0.1:0\n"
+				  "appservice_secret_file = @SECRET@\n";
 
 static struct {
 	struct event_base *base;
@@ -76,6 +98,8 @@ static struct {
 	struct metrics *metrics;
 	struct api *api;
 	struct http_server *server;
+	struct compat *compat;
+	unsigned imds_port, appsvc_port;
 	struct event *cache_timer;
 	struct sockaddr_un addr;
 	socklen_t addr_len;
@@ -192,17 +216,43 @@ listen_socket(void)
 	return fd;
 }
 
+/* The config with the App Service secret in a private file of ours. */
+static char *
+config_with_secret(void)
+{
+	static char dir[] = "/tmp/bearerd-fuzz-api.XXXXXX";
+	const char *at = strstr(config_text, "@SECRET@");
+	char *path = NULL, *text = NULL;
+	int fd;
+
+	check(mkdtemp(dir) != NULL, "mkdtemp");
+	check(asprintf(&path, "%s/identity-header", dir) > 0, "asprintf");
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	check(fd >= 0 &&
+		  write(fd, FUZZ_SECRET "\n", sizeof(FUZZ_SECRET)) == (ssize_t)sizeof(FUZZ_SECRET),
+	      "the secret file");
+	close(fd);
+	check(asprintf(&text, "%.*s%s%s", (int)(at - config_text), config_text, path,
+		       at + strlen("@SECRET@")) > 0,
+	      "asprintf");
+	free(path);
+	return text;
+}
+
 static void
 setup(void)
 {
 	struct cache_params cp;
 	struct http_limits limits;
+	char *text;
 
 	log_init(LOG_LEVEL_ERROR);
 	g.rnd = 1;
 	g.base = event_base_new();
 	check(g.base != NULL, "event_base_new");
-	check(config_load_string(&g.cfg, "fuzz-api.conf", config_text, stderr) == 0, "config");
+	text = config_with_secret();
+	check(config_load_string(&g.cfg, "fuzz-api.conf", text, stderr) == 0, "config");
+	free(text);
 	check(g.cfg->n_identities <= MAX_SOURCES, "identities");
 	for (size_t i = 0; i < g.cfg->n_identities; i++)
 		check(source_new(&g.sources[i], &g.cfg->identities[i], g.base, NULL) == 0,
@@ -225,6 +275,11 @@ setup(void)
 	limits.max_body = 1024;
 	check(http_server_new(&g.server, g.base, &limits, api_handle, g.api) == 0, "server");
 	check(http_server_add_listener(g.server, listen_socket()) == 0, "listener");
+	check(compat_new(&g.compat, g.base, g.cache, g.cfg, g.sources) == 0, "compat_new");
+	api_set_compat(g.api, g.compat);
+	g.imds_port = compat_port(g.compat, true);
+	g.appsvc_port = compat_port(g.compat, false);
+	check(g.imds_port != 0 && g.appsvc_port != 0, "compat ports");
 }
 
 struct client {
@@ -286,8 +341,8 @@ find(const char *hay, size_t len, const char *needle)
 static int
 status_known(int s)
 {
-	static const int known[] = {200, 202, 400, 403, 404, 405, 408, 411,
-				    413, 414, 417, 431, 501, 503, 504, 505};
+	static const int known[] = {200, 202, 400, 401, 403, 404, 405, 408, 411, 413,
+				    414, 417, 429, 431, 500, 501, 503, 504, 505};
 
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		if (s == known[i])
@@ -342,21 +397,150 @@ check_replies(const char *p, size_t len, int has_head)
 	}
 }
 
+static bool
+field_is(const struct http_header *f, const char *name)
+{
+	return f->name_len == strlen(name) && strncasecmp(f->name, name, f->name_len) == 0;
+}
+
+/* Host as the guard must read it, written again here: an IP literal or localhost[:port]. */
+static bool
+host_ok(const char *v, size_t len)
+{
+	char host[64];
+	const char *end = v + len, *hs = v, *he, *port = NULL;
+	unsigned char a[16];
+	unsigned long p = 0;
+
+	if (len > 0 && v[0] == '[') {
+		hs = v + 1;
+		he = memchr(hs, ']', len - 1);
+		if (he == NULL || (he + 1 < end && he[1] != ':'))
+			return false;
+		port = he + 1 < end ? he + 2 : NULL;
+	} else {
+		he = memchr(v, ':', len);
+		port = he != NULL ? he + 1 : NULL;
+		if (he == NULL)
+			he = end;
+	}
+	if (port != NULL) {
+		if (port == end || end - port > 5)
+			return false;
+		for (const char *d = port; d < end; d++) {
+			if (*d < '0' || *d > '9')
+				return false;
+			p = p * 10 + (unsigned long)(*d - '0');
+		}
+		if (p == 0 || p > 65535)
+			return false;
+	}
+	if (he == hs || (size_t)(he - hs) >= sizeof(host))
+		return false;
+	memcpy(host, hs, (size_t)(he - hs));
+	host[he - hs] = '\0';
+	if (v[0] == '[')
+		return inet_pton(AF_INET6, host, a) == 1;
+	return strcasecmp(host, "localhost") == 0 || inet_pton(AF_INET, host, a) == 1;
+}
+
+/* True when the first request in p passes every guard a token needs on listener `to`. */
+static bool
+first_request_may_have_a_token(const char *p, size_t len, int to)
+{
+	struct http_head h;
+	bool host = false, auth = false, seen_auth = false;
+
+	if (http_parse_request_head(p, len, &h) <= 0)
+		return false;
+	/* the listeners read the first Metadata or X-IDENTITY-HEADER (Host is never repeated) */
+	for (int i = 0; i < h.nheaders; i++) {
+		const struct http_header *f = &h.headers[i];
+
+		if (field_is(f, "host"))
+			host = host_ok(f->value, f->value_len);
+		else if (seen_auth && (field_is(f, "metadata") || field_is(f, "x-identity-header")))
+			continue;
+		else if (field_is(f, "origin") || field_is(f, "x-forwarded-for") ||
+			 field_is(f, "forwarded") || field_is(f, "via") || field_is(f, "x-real-ip"))
+			return false;
+		else if (field_is(f, "sec-fetch-site") &&
+			 !(f->value_len == 4 && strncasecmp(f->value, "none", 4) == 0))
+			return false;
+		else if (to == TO_IMDS && field_is(f, "metadata")) {
+			auth = f->value_len == 4 && memcmp(f->value, "true", 4) == 0;
+			seen_auth = true;
+		} else if (to == TO_APPSVC && field_is(f, "x-identity-header")) {
+			auth = f->value_len == strlen(FUZZ_SECRET) &&
+			       memcmp(f->value, FUZZ_SECRET, f->value_len) == 0;
+			seen_auth = true;
+		}
+	}
+	return host && auth;
+}
+
+/* A connected, non-blocking client socket to the API socket or a compat listener. */
+static int
+client_socket(int to)
+{
+	struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int fd;
+
+	if (to != TO_IMDS && to != TO_APPSVC) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		check(fd >= 0, "client socket");
+		check(connect(fd, (struct sockaddr *)&g.addr, g.addr_len) == 0, "connect");
+		return fd;
+	}
+	in.sin_port = htons((uint16_t)(to == TO_IMDS ? g.imds_port : g.appsvc_port));
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	check(fd >= 0, "client socket");
+	check(connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0, "connect over TCP");
+	check(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) == 0, "O_NONBLOCK");
+	return fd;
+}
+
+/* Open connections of the listener the input went to. */
+static unsigned
+connections_of(int to)
+{
+	if (to == TO_IMDS || to == TO_APPSVC)
+		return compat_connections(g.compat, to == TO_IMDS);
+	return http_server_connections(g.server);
+}
+
+/* The first reply carries a token: then the first request must have passed the guards. */
+static void
+check_first_token(const char *out, size_t out_len, const uint8_t *in, size_t in_len, int to)
+{
+	const char *end = find(out, out_len, "\r\n\r\n");
+
+	if (end == NULL || out_len < 12 || memcmp(out + 9, "200", 3) != 0)
+		return;
+	if (find(end, out_len - (size_t)(end - out), "\"access_token\":\"") == NULL)
+		return;
+	check(first_request_may_have_a_token((const char *)in, in_len, to),
+	      "a compat token for a request that should have been refused");
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct client c = {.in = data, .in_len = size};
+	struct client c;
 	struct event *ev;
 	int64_t deadline;
-	int writing;
+	int writing, to = size > 0 && (data[0] == TO_IMDS || data[0] == TO_APPSVC) ? data[0] : 0;
 
 	if (g.base == NULL)
 		setup();
+	if (to != 0) {
+		data++;
+		size--;
+	}
+	c = (struct client){.in = data, .in_len = size};
 	c.out = malloc(OUT_MAX);
 	check(c.out != NULL, "malloc");
-	c.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	check(c.fd >= 0, "client socket");
-	check(connect(c.fd, (struct sockaddr *)&g.addr, g.addr_len) == 0, "connect");
+	c.fd = client_socket(to);
 	ev = event_new(g.base, c.fd, EV_READ | EV_WRITE | EV_PERSIST, on_client, &c);
 	check(ev != NULL && event_add(ev, NULL) == 0, "client event");
 	client_io(&c);
@@ -374,14 +558,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		event_base_loop(g.base, EVLOOP_ONCE);
 	}
 	event_free(ev);
+	if (to != 0) {
+		/* a reset leaves no TIME_WAIT behind: thousands of inputs reuse the ports */
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+		(void)setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
 	close(c.fd);
 	/* let the server side notice and free its connection before the next input */
-	while (http_server_connections(g.server) > 0 && mono_ms(NULL) < deadline)
+	while (connections_of(to) > 0 && mono_ms(NULL) < deadline)
 		event_base_loop(g.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-	check(http_server_connections(g.server) == 0, "the server freed the connection");
+	check(connections_of(to) == 0, "the server freed the connection");
 	/* replies to a reset connection may be cut short: check only a clean end */
 	if (c.dropped == 0 && c.sent == c.in_len)
 		check_replies(c.out, c.out_len, memmem(data, size, "HEAD", 4) != NULL);
+	if (to != 0)
+		check_first_token(c.out, c.out_len, data, size, to);
 	free(c.out);
 	return 0;
 }

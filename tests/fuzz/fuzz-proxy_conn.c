@@ -143,10 +143,11 @@ rnd(void *ctx)
 }
 
 static int
-fetch(void *ctx, struct source *src, const char *resource, source_done_fn *done, void *arg)
+fetch(void *ctx, struct source *src, const char *resource, enum source_priority prio,
+      source_done_fn *done, void *arg)
 {
 	(void)ctx;
-	return source_fetch(src, resource, done, arg);
+	return source_fetch_prio(src, resource, prio, done, arg);
 }
 
 static void

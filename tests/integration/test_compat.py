@@ -165,9 +165,17 @@ def test_upstream_failure_is_a_clear_error_soon(fake, compat, kind, via):
 
 
 def raw(port, path, headers=None, method="GET"):
+    """headers: a dict, or a list of (name, value) to send fields more than once."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        c.request(method, path, headers=headers or {})
+        if isinstance(headers, list):
+            c.putrequest(method, path, skip_host=any(k == "Host" for k, _ in headers),
+                         skip_accept_encoding=True)
+            for k, v in headers:
+                c.putheader(k, v)
+            c.endheaders()
+        else:
+            c.request(method, path, headers=headers or {})
         r = c.getresponse()
         body = r.read()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, body
@@ -266,6 +274,118 @@ def test_appservice_listener_rules(fake, compat):
     assert env.returncode == 0, env.stderr
     assert env.stdout == (f"IDENTITY_ENDPOINT=http://127.0.0.1:{p}/msi/token\n"
                           f"IDENTITY_HEADER={d.secret}\n")
+
+
+def raw_bytes(port, data, timeout=10):
+    """Sends data as is on a new connection; the status of the answer and its body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+WEB_RESOURCE = "https://rebind.example"
+
+
+def shown(body):
+    """A body for an assertion message: never a token, even when the test fails."""
+    return "<an answer with a token>" if b"access_token" in body else body
+
+
+@pytest.mark.parametrize("listener", ["imds", "appservice"])
+def test_web_pages_are_refused(fake, compat, listener):
+    """DNS rebinding and cross-site requests: the Host must name this host by address or as
+    localhost, and nothing may carry a web page's Origin or Sec-Fetch-Site.  Refusals are
+    JSON 4xx and never reach the cache.  What SDKs send (Host: 127.0.0.1:PORT, localhost,
+    169.254.169.254 behind a redirect, no port for :80) is served."""
+    d = compat()
+    port = d.imds_port if listener == "imds" else d.app_port
+    path = (TOKEN + "?api-version=2018-02-01" if listener == "imds"
+            else "/msi/token?api-version=2019-08-01") + "&resource=" + WEB_RESOURCE
+    auth = MD if listener == "imds" else {"X-IDENTITY-HEADER": d.secret}
+
+    def ask(**headers):
+        st, _, body = raw(port, path, dict(auth, **headers))
+        return st, body
+
+    refused = [
+        # the review's request: a rebound name with the listener's port, and an Origin
+        ({"Host": f"rebind.attacker.example:{port}",
+          "Origin": f"http://rebind.attacker.example:{port}"}, 400),
+        ({"Host": f"rebind.attacker.example:{port}"}, 400),  # same-origin GET: no Origin
+        ({"Host": "rebind.attacker.example"}, 400),
+        ({"Host": f"localhost.:{port}"}, 400),
+        ({"Host": f"127.0.0.1.nip.io:{port}"}, 400),
+        ({"Host": f"localhost.attacker.example:{port}"}, 400),
+        ({"Host": "2130706433"}, 400),  # 127.0.0.1 as one number: a name to a resolver
+        ({"Host": f"[::1:{port}"}, 400),
+        ({"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"}, 403),
+        ({"Host": f"127.0.0.1:{port}", "Origin": "null"}, 403),
+        ({"Host": f"127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}, 403),
+        ({"Host": f"127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Host": f"localhost:{port}", "Sec-Fetch-Site": "same-site"}, 403),
+    ]
+    # a repeated Sec-Fetch-Site is judged by every occurrence
+    st, _, body = raw(port, path, [("Host", f"127.0.0.1:{port}"), *auth.items(),
+                                   ("Sec-Fetch-Site", "none"), ("Sec-Fetch-Site", "cross-site")])
+    assert st == 403 and b"access_token" not in body, (st, shown(body))
+    for headers, want in refused:
+        st, body = ask(**headers)
+        doc = json.loads(body)
+        assert (st, sorted(doc)) == (want, ["error", "error_description"]), \
+            (headers, st, shown(body))
+        assert doc["error"] == ("invalid_request" if want == 400 else "forbidden")
+    assert b"access_token" not in body
+    # a request without any Host (HTTP/1.1 and 1.0), as bytes
+    for version in (b"1.1", b"1.0"):
+        head = b"GET " + path.encode() + b" HTTP/" + version + b"\r\n" + \
+            b"".join(k.encode() + b": " + v.encode() + b"\r\n" for k, v in auth.items()) + \
+            b"Connection: close\r\n\r\n"
+        st, body = raw_bytes(port, head)
+        assert st == 400 and b"Host header" in body, (version, st, shown(body))
+    # none of them reached the cache: no fetch, no entry
+    assert fake.stats()["requests"] == 0
+    assert all(e.get("resource") != WEB_RESOURCE for e in d.get("/v1/status").json())
+
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "127.0.0.1",
+                 "169.254.169.254", "169.254.169.254:80", f"[::1]:{port}",
+                 f"[::ffff:127.0.0.1]:{port}"):
+        st, body = ask(Host=host, **{"Sec-Fetch-Site": "none"} if host == "127.0.0.1" else {})
+        assert st == 200, (host, st, shown(body))
+        remember_token(json.loads(body)["access_token"])
+    assert fake.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("listener", ["imds", "appservice"])
+def test_forwarding_proxy_fields_are_refused(fake, compat, listener):
+    """IMDS refuses requests that went through a proxy: X-Forwarded-For, and the other
+    fields a proxy adds (Forwarded, Via, X-Real-IP), whatever their case."""
+    d = compat()
+    port = d.imds_port if listener == "imds" else d.app_port
+    path = (TOKEN + Q if listener == "imds"
+            else "/msi/token?api-version=2019-08-01&resource=api%3A%2F%2Ftest-app")
+    auth = MD if listener == "imds" else {"X-IDENTITY-HEADER": d.secret}
+    for name, value in (("X-Forwarded-For", "10.0.0.1"), ("Forwarded", "for=10.0.0.1"),
+                        ("forwarded", "for=10.0.0.1;proto=http"), ("Via", "1.1 squid"),
+                        ("VIA", "1.0 proxy"), ("X-Real-IP", "10.0.0.1"),
+                        ("x-real-ip", "10.0.0.1")):
+        st, _, body = raw(port, path, dict(auth, **{name: value}))
+        canonical = {"x-forwarded-for": "X-Forwarded-For", "forwarded": "Forwarded",
+                     "via": "Via", "x-real-ip": "X-Real-IP"}[name.lower()]
+        assert (st, body) == (400, json.dumps({
+            "error": "invalid_request",
+            "error_description": f"{canonical} header is not allowed"},
+            separators=(",", ":")).encode()), (name, st, shown(body))
+    assert fake.stats()["requests"] == 0
+    st, _, body = raw(port, path, auth)
+    assert st == 200, shown(body)
+    remember_token(json.loads(body)["access_token"])
 
 
 def test_validity_and_allow_list(fake, compat):

@@ -130,7 +130,7 @@ def test_per_uid_cap(daemon):
 
 def test_max_connections(daemon):
     cap = 4
-    d = daemon(max_connections=cap)
+    d = daemon(max_connections=cap, max_connections_per_uid=0)  # the total alone
     # per server: the API's connections do not count against the compat listener's
     for conn, name in ((lambda: unix_conn(d), "api"),
                        (lambda: tcp_conn(compat_port(d)), "imds")):
@@ -148,9 +148,103 @@ def test_max_connections(daemon):
                 s.close()
 
 
+def test_per_uid_cap_default_is_a_quarter_of_max_connections(daemon):
+    """Unset, max_connections_per_uid is max_connections / 4, on the socket and on TCP."""
+    d = daemon(max_connections=8)
+    for conn in (lambda: unix_conn(d), lambda: tcp_conn(compat_port(d))):
+        held = [conn() for _ in range(2)]
+        try:
+            for s in held:
+                assert healthz(s) in (200, 404)
+            s = conn()
+            reply = read_all(s)
+            s.close()
+            assert reply.startswith(b"HTTP/1.1 503 ") and b"too many connections" in reply
+        finally:
+            for s in held:
+                s.close()
+
+
+SDK = Path(__file__).resolve().parents[1] / "clients"
+
+
+def sdk_as_nobody(port, home):
+    """The real @azure/identity ManagedIdentityCredential, run as another uid, through the
+    IMDS-compatible listener; its JSON line."""
+    import json
+    if shutil.which("node") is None or not (SDK / "node_modules").is_dir():
+        pytest.fail("node and tests/clients/node_modules are needed: "
+                    "npm ci --prefix tests/clients (scripts/check does it)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "NO_PROXY": "*",
+           "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{port}"}
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        "node", str(SDK / "get-token.mjs"), "mi", "api://limits"],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=str(SDK))
+    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
+    if "token" in out:
+        SEEN_TOKENS.add(out["token"])
+    return r.returncode, out, r.stderr
+
+
+def test_one_uid_holding_tcp_connections_does_not_lock_out_another(daemon, open_tmp):
+    """Loopback TCP peers are counted by the uid that owns their socket (sock_diag): root
+    holding every connection it may have on the IMDS listener leaves room for nobody's SDK."""
+    total, per_uid = 20, 5
+    d = daemon(max_connections=total, max_connections_per_uid=per_uid)
+    port = compat_port(d)
+    held, refused = [], 0
+    try:
+        for _ in range(total):
+            s = tcp_conn(port)
+            s.settimeout(0.5)
+            try:
+                data = s.recv(4096)  # refused connections get a 503 at once
+            except socket.timeout:
+                data = None
+            if data is None:
+                held.append(s)
+            else:
+                assert data.startswith(b"HTTP/1.1 503 ") and b"too many connections" in data
+                refused += 1
+                s.close()
+        assert (len(held), refused) == (per_uid, total - per_uid)
+        home = open_tmp / "home"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        rc, out, err = sdk_as_nobody(port, home)
+        assert rc == 0 and "token" in out, (out, err)
+        assert "too many connections" not in d.logs()
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_silent_connections_are_closed_after_header_timeout(daemon):
+    """A connection that never sends a byte is closed header_timeout after it was accepted,
+    not held for keepalive_timeout (60 s here)."""
+    d = daemon(header_timeout=1)
+    for conn in (lambda: unix_conn(d), lambda: tcp_conn(compat_port(d))):
+        s = conn()
+        t0 = time.monotonic()
+        reply = read_all(s)  # socket.timeout (a failure) if it is still open after WAIT
+        took = time.monotonic() - t0
+        s.close()
+        assert reply == b""
+        assert 0.5 < took < WAIT, took
+    # a connection that asked once and went quiet keeps keepalive_timeout
+    s = unix_conn(d)
+    assert healthz(s) == 200
+    s.settimeout(2.5)
+    with pytest.raises(socket.timeout):
+        s.recv(1)
+    s.close()
+
+
 def test_header_timeout_cuts_a_slow_head(daemon):
     d = daemon(header_timeout=1)
-    for s in (unix_conn(d), tcp_conn(compat_port(d))):
+    # one after the other: a connection that sent nothing for header_timeout is closed
+    for conn in (lambda: unix_conn(d), lambda: tcp_conn(compat_port(d))):
+        s = conn()
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
         t0 = time.monotonic()
         reply = read_all(s)  # socket.timeout (a failure) if it is not cut off

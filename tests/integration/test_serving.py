@@ -56,7 +56,9 @@ def test_upstream_request_shape(fake, start_daemon):
 
 def test_thousand_cold_requests_one_upstream_request(fake, start_daemon):
     fake.configure(delay=1.0)
-    d = start_daemon(imds_config(fake))
+    # one uid, 1000 connections at once: over max_connections_per_uid's default (256)
+    d = start_daemon(imds_config(fake).replace("[bearerd]\n",
+                                               "[bearerd]\nmax_connections_per_uid = 0\n"))
 
     async def one():
         r, w = await asyncio.open_unix_connection(d.socket)

@@ -958,7 +958,7 @@ test_limits(void **state)
 	struct config *c = expect_ok(IMDS);
 
 	assert_int_equal(c->max_connections, 1024);
-	assert_int_equal(c->max_connections_per_uid, 0);
+	assert_int_equal(c->max_connections_per_uid, 256); /* a quarter of max_connections */
 	assert_int_equal(c->header_timeout, 10);
 	assert_int_equal(c->keepalive_timeout, 60);
 	assert_null(c->ca_file);
@@ -969,6 +969,13 @@ test_limits(void **state)
 	assert_int_equal(c->max_connections_per_uid, 8);
 	assert_int_equal(c->header_timeout, 300);
 	assert_int_equal(c->keepalive_timeout, 1);
+	config_free(c);
+	/* the default follows max_connections; 0 says "no limit" */
+	c = expect_ok("[bearerd]\nmax_connections = 10\n" IMDS);
+	assert_int_equal(c->max_connections_per_uid, 2);
+	config_free(c);
+	c = expect_ok("[bearerd]\nmax_connections = 3\nmax_connections_per_uid = 0\n" IMDS);
+	assert_int_equal(c->max_connections_per_uid, 0);
 	config_free(c);
 	expect_errors("[bearerd]\nmax_connections = 0\nmax_connections_per_uid = 100001\n"
 		      "header_timeout = 0\nkeepalive_timeout = 3601\nmax_connections = 5\n" IMDS,
