@@ -2,7 +2,7 @@
  * Configuration of the proxy: [proxy] (the forward listener, CONNECT policy,
  * bounds) and [route "NAME"] (which requests get which audience's token, and
  * where they go).  Everything is validated here with FILE:LINE errors so that
- * proxy.c can trust it: a route never stamps a token onto plain HTTP to a
+ * the proxy can trust it: a route never stamps a token onto plain HTTP to a
  * non-loopback host, never listens beyond loopback unless told, and no two
  * routes claim the same match.
  */
