@@ -377,7 +377,7 @@ request_begin(struct proxy_conn *c)
 		c->req.flags |= PROXY_RF_KEEP_ALIVE;
 	else
 		c->req.flags &= ~PROXY_RF_KEEP_ALIVE;
-	if (proxy_method_is(h, "CONNECT")) {
+	if (proxy_route_method_is(h, "CONNECT")) {
 		proxy_connect_handle(c);
 		return;
 	}

@@ -207,12 +207,6 @@ proxy_add_str(struct evbuffer *b, const char *s)
 	evbuffer_add(b, s, strlen(s));
 }
 
-static inline bool
-proxy_method_is(const struct http_head *h, const char *m)
-{
-	return h->method_len == strlen(m) && memcmp(h->method, m, h->method_len) == 0;
-}
-
 /*
  * The name to hand to the resolver for host: localhost names (RFC 6761) are
  * 127.0.0.1 without asking anyone, since a hosts file without them sends the

@@ -278,8 +278,8 @@ method_is_nocase(const struct http_head *h, const char *m)
 	return h->method_len == strlen(m) && strncasecmp(h->method, m, h->method_len) == 0;
 }
 
-static bool
-method_is(const struct http_head *h, const char *m)
+bool
+proxy_route_method_is(const struct http_head *h, const char *m)
 {
 	return h->method_len == strlen(m) && memcmp(h->method, m, h->method_len) == 0;
 }
@@ -462,8 +462,9 @@ proxy_route_stamps(const struct config_route *r, const struct http_head *h)
 bool
 proxy_route_retryable(const struct http_head *h)
 {
-	bool idempotent = method_is(h, "GET") || method_is(h, "HEAD") || method_is(h, "OPTIONS") ||
-			  method_is(h, "PUT") || method_is(h, "DELETE");
+	bool idempotent = proxy_route_method_is(h, "GET") || proxy_route_method_is(h, "HEAD") ||
+			  proxy_route_method_is(h, "OPTIONS") || proxy_route_method_is(h, "PUT") ||
+			  proxy_route_method_is(h, "DELETE");
 
 	return idempotent && !h->chunked && h->content_length <= PROXY_ROUTE_RETRY_BODY_MAX;
 }

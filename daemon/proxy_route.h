@@ -49,6 +49,9 @@ struct proxy_verdict {
 	char msg[200];			      /* a formatted description */
 };
 
+/* True when h's method is m, exactly (methods are case-sensitive). */
+bool proxy_route_method_is(const struct http_head *h, const char *m);
+
 /* TRACE and TRACK (in any case) get 405: an upstream that echoes would hand the token back. */
 int proxy_route_method(const struct http_head *h, struct proxy_verdict *v);
 

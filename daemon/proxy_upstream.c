@@ -405,7 +405,8 @@ upconn_reusable(const struct proxy_conn *c)
 	if (!(c->req.flags & PROXY_RF_SENT) || (c->req.flags & PROXY_RF_RESP_CLOSE) ||
 	    evbuffer_get_length(bufferevent_get_input(c->req.upconn->bev)) > 0)
 		return false;
-	if (proxy_method_is(&c->req.head, "HEAD") || c->req.status == 204 || c->req.status == 304)
+	if (proxy_route_method_is(&c->req.head, "HEAD") || c->req.status == 204 ||
+	    c->req.status == 304)
 		return false;
 	return c->req.status < 400 || c->req.req_body.mode == PROXY_BODY_NONE;
 }
@@ -473,7 +474,7 @@ response_head(struct proxy_conn *c)
 	}
 	c->req.status = rh.status;
 	c->req.up_ms = proxy_now_ms() - c->req.up_started_ms;
-	if (proxy_method_is(&c->req.head, "HEAD") || rh.status == 204 || rh.status == 304)
+	if (proxy_route_method_is(&c->req.head, "HEAD") || rh.status == 204 || rh.status == 304)
 		proxy_body_init(&c->req.resp_body, PROXY_BODY_NONE, 0);
 	else if (rh.chunked)
 		proxy_body_init(&c->req.resp_body, PROXY_BODY_CHUNKED, 0);
