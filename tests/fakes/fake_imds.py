@@ -47,11 +47,6 @@ and GET or POST /metadata/scheduledevents; each needs Metadata: true (else
 field came with it).  Every token request's X-Bearerd-Loop presence is in
 stats "loop_fields" (a count).
 
-With --host ADDR it binds ADDR instead of 127.0.0.1: only a 127.0.0.0/8
-address or 169.254.169.254, and the latter only inside a network namespace
-of a test's own (tests/integration/test_legacy_clients.py puts it on that
-namespace's lo to stand for the real IMDS behind bearerd's redirect).
-
 With --jwt-key PEM (an RSA private key) the tokens are RS256 JWTs signed with
 it (header kid = --jwt-kid), with claims iss (--jwt-issuer), aud (the
 resource), sub (the selector as "name=value", or "system"), roles (the
@@ -59,7 +54,7 @@ config's "roles"), iat, nbf and exp (= expires_on), so that an API can verify
 them against the key's JWKS (tests/fakes/protected_api.py --jwks-file).
 --jwt-tenant TID adds the claim tid (the Azure CLI reads the tenant there).
 
-Usage: fake_imds.py [--host 127.0.0.1] [--port 0] [--port-file PATH] [--quiet]
+Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
                     [--jwt-key PEM [--jwt-kid KID] [--jwt-issuer ISS] [--jwt-tenant TID]]
 The chosen port is written to PATH once the socket listens.
 Standard library only, but for --jwt-key (python3-jwt).  Token values never
@@ -560,10 +555,7 @@ class Server(ThreadingHTTPServer):
 def main():
     global QUIET, JWT
     ap = argparse.ArgumentParser(description="fake Azure IMDS token endpoint (loopback only)")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="address to bind: 127.0.0.0/8, or 169.254.169.254 in a test's own "
-                         "network namespace")
-    ap.add_argument("--port", type=int, default=0, help="TCP port on --host (0: any)")
+    ap.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
     ap.add_argument("--port-file", help="write the chosen port here once listening")
     ap.add_argument("--quiet", action="store_true", help="no request log on stderr")
     ap.add_argument("--jwt-key", help="issue RS256 JWTs signed with this RSA private key (PEM)")
@@ -571,22 +563,20 @@ def main():
     ap.add_argument("--jwt-issuer", default="fake-imds", help="the JWTs' iss")
     ap.add_argument("--jwt-tenant", help="the JWTs' tid")
     args = ap.parse_args()
-    if not (args.host.startswith("127.") or args.host == "169.254.169.254"):
-        ap.error("--host must be a 127.0.0.0/8 address or 169.254.169.254")
     QUIET = args.quiet
     if args.jwt_key:
         with open(args.jwt_key) as f:
             JWT = {"key": f.read(), "kid": args.jwt_kid, "issuer": args.jwt_issuer,
                    "tenant": args.jwt_tenant}
 
-    server = Server((args.host, args.port), Handler)  # binds and listens
+    server = Server(("127.0.0.1", args.port), Handler)  # binds and listens
     port = server.server_address[1]
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:
             f.write("%d\n" % port)
         os.replace(tmp, args.port_file)
-    log("listening on %s:%d" % (args.host, port))
+    log("listening on 127.0.0.1:%d" % port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
