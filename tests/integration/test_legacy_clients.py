@@ -565,3 +565,51 @@ def test_vm_redirect_without_exemption_is_a_clear_error(cgroups, adal_token, set
     # adal retries 5xx: with one attempt it reports the same reason
     out = run_json([str(adal_token), RESOURCE], clean_env(tmp_path))
     assert out["_rc"] == 1 and "came back to bearerd" in out["error"], out
+
+
+# -- the transparent IMDS in a pod: deploy/kubernetes/transparent-imds.yaml ----------------------
+
+def manifest_config():
+    """transparent-imds.yaml's bearerd.conf, as the ConfigMap holds it."""
+    import yaml
+    docs = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" /
+                               "transparent-imds.yaml").read_text())
+    (text,) = [d["data"]["bearerd.conf"] for d in docs if d and d["kind"] == "ConfigMap"]
+    return text
+
+
+def test_pod_manifest_config_with_real_clients(adal_token, msrestazure, fe, start_daemon,
+                                               linklocal, tmp_path, testca):
+    """The pod manifest's own config (only its socket path, and the test CA for the fake Entra
+    ID, changed) at 169.254.169.254:80 with the AKS webhook's variables: Go's adal and
+    msrestazure with nothing set get tokens that bearerd exchanged the federated token for,
+    one upstream request per resource; a resource outside its list and uid 1000's audience
+    are refused; IMDS's other paths are 403."""
+    from test_sources_entra import federated_jwt
+    from conftest import secret_file
+    client = "5f9b1c2e-0000-4000-8000-00000000c11e"
+    assertion = federated_jwt("pod")
+    fe.configure(tenant=TENANT, clients={client: {"federated": assertion}})
+    path = secret_file(tmp_path, "azure-identity-token", assertion)
+    text = manifest_config().replace("socket = /run/bearerd/bearerd.sock",
+                                     f"socket = @SOCKET@\nca_file = {testca.ca.cert}")
+    d = start_daemon(text, env={"AZURE_CLIENT_ID": client, "AZURE_TENANT_ID": TENANT,
+                                "AZURE_FEDERATED_TOKEN_FILE": str(path),
+                                "AZURE_AUTHORITY_HOST": fe.authority + "/"})
+    outs = [run_json([str(adal_token), "https://vault.azure.net"], clean_env(tmp_path)),
+            run_json(["/usr/bin/python3", str(msrestazure), "https://vault.azure.net"],
+                     clean_env(tmp_path)),
+            run_json([str(adal_token), "https://management.azure.com/"], clean_env(tmp_path))]
+    for o in outs:
+        assert o["_rc"] == 0, o
+    issued = [sha(remember_token(t)) for t in fe.stats()["issued"]]
+    # apim (prefetch) first, then one per resource the clients asked for
+    assert len(issued) == 3 and [o["sha256"] for o in outs] == [issued[1], issued[1],
+                                                                 issued[2]], outs
+    for query, want in (("resource=https://example.com/", 400),
+                        ("resource=api://apim-managedidentity-nwe-i2jdr", 403)):
+        st, body = curl_imds(f"/metadata/identity/oauth2/token?api-version=2018-02-01&{query}")
+        assert st == want and "access_token" not in body, (query, st, body)
+    assert curl_imds("/metadata/instance?api-version=2021-02-01")[0] == 403
+    assert len(fe.stats()["issued"]) == 3
+    assert d.ctl("status").returncode == 0
