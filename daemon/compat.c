@@ -918,12 +918,15 @@ relay_start(struct compat_listener *l, struct http_request *req, const char *pat
 		plen--;
 	}
 	rl = calloc(1, sizeof(*rl));
-	if (rl == NULL ||
-	    asprintf(&url, "%s%.*s%s%.*s", origin, (int)plen, path, qlen > 0 ? "?" : "", (int)qlen,
-		     query) < 0 ||
-	    (post && type != NULL && asprintf(&ctype, "Content-Type: %s", type->value) < 0)) {
+	if (rl == NULL || asprintf(&url, "%s%.*s%s%.*s", origin, (int)plen, path,
+				   qlen > 0 ? "?" : "", (int)qlen, query) < 0)
 		url = NULL;
+	if (url != NULL && post && type != NULL &&
+	    asprintf(&ctype, "Content-Type: %s", type->value) < 0)
+		ctype = NULL;
+	if (url == NULL || (post && type != NULL && ctype == NULL)) {
 		reply_error(l, req, 500, "server_error", "out of memory", 1);
+		free(url);
 		free(rl);
 		return;
 	}
