@@ -5,7 +5,13 @@
  *   - IMDS: GET /metadata/identity/oauth2/token with Metadata: true, reached
  *     through AZURE_POD_IDENTITY_AUTHORITY_HOST;
  *   - App Service: GET /msi/token with X-IDENTITY-HEADER, reached through
- *     IDENTITY_ENDPOINT + IDENTITY_HEADER.
+ *     IDENTITY_ENDPOINT + IDENTITY_HEADER; and its 2017-09-01 form with the
+ *     header "secret" (MSI_ENDPOINT + MSI_SECRET);
+ *   - Cloud Shell: POST with Metadata: true and a form body resource=...
+ *     (MSI_ENDPOINT alone), on the IMDS listener.
+ * The IMDS listener may also hold 169.254.169.254:80 itself (a pod's own
+ * network namespace) or sit behind an OUTPUT redirect (a VM), for clients that
+ * hard-code IMDS; there it relays IMDS's other paths when told to.
  * Both are answered from the same cache entries as the local API, one per
  * (identity, resource), so every process on the host shares one token.
  *
@@ -38,10 +44,12 @@
 #include "compat.h"
 #include "config.h"
 #include "config_proxy.h"
+#include "fetch.h"
 #include "http.h"
 #include "json_write.h"
 #include "log.h"
 #include "metrics.h"
+#include "source_azure.h"
 
 #define COMPAT_MAX_PARAMS   64	 /* query parameters in one request */
 #define COMPAT_MAX_KEY	    64	 /* bytes of a parameter name we compare */
@@ -51,9 +59,22 @@
 #define SDK_MIN_VALIDITY    300	 /* SDKs treat a token with less left as expired */
 #define COMPAT_RETRY_AFTER  1	 /* seconds, on every 503 and 429 */
 
-#define IMDS_PATH	"/identity/oauth2/token"
-#define APPSERVICE_PATH "/msi/token"
-#define APPSERVICE_API	"2019-08-01"
+/*
+ * Request bodies: a Cloud Shell form (a resource of COMPAT_MAX_VALUE bytes
+ * and a selector, percent-encoded) or a relayed scheduledevents answer; more
+ * is a 413 from the server layer.
+ */
+#define COMPAT_MAX_BODY	  16384
+#define COMPAT_MAX_RELAYS 16	/* IMDS requests relayed at once (IMDS allows 5 a second) */
+#define COMPAT_RELAY_MS	  10000 /* one relayed request, whole */
+#define COMPAT_MAX_ORIGIN 256	/* bytes of the real IMDS's scheme://host:port */
+
+#define IMDS_PATH	    "/identity/oauth2/token"
+#define CLOUDSHELL_PATH	    "/oauth2/token" /* Cloud Shell's own MSI_ENDPOINT path */
+#define APPSERVICE_PATH	    "/msi/token"
+#define APPSERVICE_API	    "2019-08-01"
+#define APPSERVICE_API_2017 "2017-09-01"
+#define FORM_TYPE	    "application/x-www-form-urlencoded"
 
 enum compat_kind {
 	COMPAT_IMDS,
@@ -77,7 +98,9 @@ struct compat {
 	char *secret; /* App Service X-IDENTITY-HEADER value */
 	size_t secret_len;
 	unsigned char secret_digest[SHA256_DIGEST_LENGTH];
-	struct metrics *metrics; /* or NULL */
+	struct metrics *metrics;   /* or NULL */
+	struct fetch *relay_fetch; /* made at the first relayed request (imds_relay) */
+	unsigned relays;	   /* relayed requests in flight */
 };
 
 /* A request waiting for the cache. */
@@ -153,6 +176,7 @@ reply_token(struct compat_listener *l, struct http_request *req, const struct ca
 	struct evbuffer *b;
 	unsigned char *body;
 	size_t len;
+	bool by_client;
 
 	count_answer(l->compat, id, resource, ans->status == 200 ? 200 : 503, ans->status == 504);
 	if (ans->status != 200) {
@@ -176,9 +200,12 @@ reply_token(struct compat_listener *l, struct http_request *req, const struct ca
 	}
 	evbuffer_add_printf(b, "{\"access_token\":");
 	json_append_string(b, ans->token->value, ans->token->len);
-	if (sel_name != NULL && strcmp(sel_name, "client_id") != 0)
+	/* App Service 2017-09-01 names it clientid, and answers client_id like the others */
+	by_client = sel_name != NULL &&
+		    (strcmp(sel_name, "client_id") == 0 || strcmp(sel_name, "clientid") == 0);
+	if (sel_name != NULL && !by_client)
 		add_string_field(b, sel_name, sel_value, strlen(sel_value));
-	if (sel_name != NULL && strcmp(sel_name, "client_id") == 0)
+	if (by_client)
 		add_string_field(b, "client_id", sel_value, strlen(sel_value));
 	else if (sel_name != NULL && id != NULL && id->client_id != NULL)
 		add_string_field(b, "client_id", id->client_id, strlen(id->client_id));
@@ -281,10 +308,25 @@ query_value(const char *query, size_t len, const char *name, char *out, size_t s
 	return http_query_get_rfc3986(query, len, name, out, size, &count);
 }
 
+/*
+ * The same for the parameters of a request: the query, or (form) a Cloud
+ * Shell body, application/x-www-form-urlencoded, where '+' is a space (Go's
+ * url.Values and Python's requests encode a plus as %2B there).
+ */
+static int
+param_value(const char *params, size_t len, bool form, const char *name, char *out, size_t size)
+{
+	int count = 0;
+
+	if (!form)
+		return query_value(params, len, name, out, size);
+	return http_query_get(params, len, name, out, size, &count);
+}
+
 static const struct config_identity *
 identity_by_selector(const struct config *cfg, const char *sel, const char *value)
 {
-	bool client = strcmp(sel, "client_id") == 0;
+	bool client = strcmp(sel, "client_id") == 0 || strcmp(sel, "clientid") == 0;
 	bool object = strcmp(sel, "object_id") == 0 || strcmp(sel, "principal_id") == 0;
 
 	for (size_t i = 0; i < cfg->n_identities; i++) {
@@ -350,17 +392,22 @@ wait_cancelled(struct http_request *req, void *arg)
 /*
  * The selectors SDKs send: IMDS's client_id, object_id, msi_res_id; App
  * Service's client_id, principal_id/object_id, mi_res_id; and msi-res-id, with
- * hyphens, which .NET's DefaultAzureCredential probe names a resource id by.
+ * hyphens, which .NET's DefaultAzureCredential probe names a resource id by;
+ * App Service 2017-09-01's clientid (Go's adal, msrestazure, Azure ML).
  * Every name here is a selector: one the list lacked would be ignored like any
  * unknown parameter, and the caller would get the default identity's token.
  */
 static const char *const selector_names[] = {
-    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id", "msi-res-id",
+    "client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id", "msi-res-id", "clientid",
 };
 
-/* Everything after the protocol's own checks: parameters, identity, resource, cache. */
+/*
+ * Everything after the protocol's own checks: parameters (the query, or with
+ * form a Cloud Shell body), identity, resource, cache.
+ */
 static void
-serve(struct compat_listener *l, struct http_request *req, const char *query, size_t qlen)
+serve(struct compat_listener *l, struct http_request *req, const char *query, size_t qlen,
+      bool form)
 {
 	struct compat *c = l->compat;
 	const struct config_compat *cc = &c->cfg->compat;
@@ -381,7 +428,7 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 	}
 	w->l = l;
 	w->req = req;
-	r = query_value(query, qlen, "resource", value, COMPAT_MAX_VALUE);
+	r = param_value(query, qlen, form, "resource", value, COMPAT_MAX_VALUE);
 	if (r < 0 || value[0] == '\0') {
 		reply_error(l, req, 400, "invalid_request",
 			    r == -ENOENT || r == 0 ? "Required audience parameter not specified"
@@ -391,7 +438,7 @@ serve(struct compat_listener *l, struct http_request *req, const char *query, si
 	}
 	w->resource = strdup(value);
 	for (size_t i = 0; i < sizeof(selector_names) / sizeof(selector_names[0]); i++) {
-		r = query_value(query, qlen, selector_names[i], value, COMPAT_MAX_VALUE);
+		r = param_value(query, qlen, form, selector_names[i], value, COMPAT_MAX_VALUE);
 		if (r == -ENOENT)
 			continue;
 		if (r < 0 || value[0] == '\0' || found++ > 0) {
@@ -556,7 +603,7 @@ static const char *const forwarded_fields[] = {
     "X-Real-IP",
 };
 
-/* Checks shared by both protocols; true when the request may go on. */
+/* Checks shared by every protocol; true when the request may go on. */
 static bool
 common_checks(struct compat_listener *l, struct http_request *req, const char *query, size_t qlen)
 {
@@ -582,20 +629,72 @@ common_checks(struct compat_listener *l, struct http_request *req, const char *q
 	return true;
 }
 
+/* 405 with Allow; description NULL for the usual one. */
+static void
+method_refused(struct compat_listener *l, struct http_request *req, const char *allow,
+	       const char *description)
+{
+	struct evbuffer *b = evbuffer_new();
+	char extra[64];
+
+	log_debug("compat request", "listener=%s status=%d", l->name, 405);
+	snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+	if (b == NULL) {
+		http_reply(req, 405, "application/json; charset=utf-8", extra, NULL, 0);
+		return;
+	}
+	json_append_error(b, "method_not_allowed",
+			  description != NULL ? description
+					      : "The request method is not supported");
+	http_reply(req, 405, "application/json; charset=utf-8", extra, evbuffer_pullup(b, -1),
+		   evbuffer_get_length(b));
+	evbuffer_free(b);
+}
+
 static bool
 method_get(struct compat_listener *l, struct http_request *req)
 {
 	if (http_request_method_is(req, "GET"))
 		return true;
-	log_debug("compat request", "listener=%s status=%d", l->name, 405);
-	http_reply(
-	    req, 405, "application/json; charset=utf-8", "Allow: GET\r\n",
-	    "{\"error\":\"method_not_allowed\",\"error_description\":\"The request method is "
-	    "not supported\"}",
-	    sizeof("{\"error\":\"method_not_allowed\",\"error_description\":\"The request "
-		   "method is not supported\"}") -
-		1);
+	method_refused(l, req, "GET", NULL);
 	return false;
+}
+
+/* SSRF guard; also what the JS probe (no query, no header) reads as "available". */
+static bool
+metadata_true(struct compat_listener *l, struct http_request *req)
+{
+	const struct http_header *h = http_request_header(req, "Metadata");
+
+	if (h != NULL && h->value_len == 4 && memcmp(h->value, "true", 4) == 0)
+		return true;
+	reply_error(l, req, 400, "invalid_request", "Required metadata header not specified", 0);
+	return false;
+}
+
+/*
+ * A request that bearerd itself sent (its own managed-identity fetch, or a
+ * relay) came back to one of its listeners: the identity's endpoint leads
+ * here, through an IMDS redirect that does not exempt bearerd or an endpoint
+ * aimed at a listener.  Answered at once, 508, so that the fetch fails with
+ * this reason instead of waiting for itself until wait_timeout.
+ */
+static bool
+from_bearerd_itself(struct compat_listener *l, struct http_request *req)
+{
+	const struct http_header *h = http_request_header(req, AZURE_LOOP_FIELD);
+
+	if (h == NULL || !azure_mi_loop_is_ours(h->value, h->value_len))
+		return false;
+	log_error("bearerd asked itself for a token: its upstream leads back to this listener",
+		  "listener=%s hint=\"exempt bearerd from the IMDS redirect (its cgroup or uid), "
+		  "or point the identity's endpoint at the real IMDS\"",
+		  l->name);
+	reply_error(l, req, 508, "loop_detected",
+		    "bearerd's own upstream request came back to bearerd: exempt bearerd from "
+		    "the IMDS redirect, or point its endpoint at the real IMDS",
+		    0);
+	return true;
 }
 
 /*
@@ -628,60 +727,323 @@ imds_path(const char *path, size_t len)
 	return metadata_path(path, len, IMDS_PATH, false);
 }
 
+/* Cloud Shell's own token path, "/oauth2/token" (and the old VM extension's). */
+static bool
+cloudshell_path(const char *path, size_t len)
+{
+	size_t n = strlen(CLOUDSHELL_PATH);
+
+	if (len > n && path[len - 1] == '/')
+		len--;
+	return len == n && strncasecmp(path, CLOUDSHELL_PATH, n) == 0;
+}
+
+/* Content-Type: application/x-www-form-urlencoded, any case, parameters allowed. */
+static bool
+form_type(const struct http_header *h)
+{
+	size_t n = strlen(FORM_TYPE);
+
+	if (h == NULL || h->value_len < n || strncasecmp(h->value, FORM_TYPE, n) != 0)
+		return false;
+	return h->value_len == n || h->value[n] == ';' || h->value[n] == ' ' || h->value[n] == '\t';
+}
+
 /*
- * IMDS paths that MSAL.NET asks while it discovers mTLS proof-of-possession
- * (a token request with isProofOfPossessionEnabled): GET
- * /metadata/identity/getplatformmetadata, where a 400 means "IMDSv2 is here",
- * and GET /metadata/instance/compute.  bearerd serves neither, and answers 403
- * rather than 404, which Azure.Identity's pipeline retries five times (about 25
- * s each), and rather than 400.  MSAL then settles for a bearer token from the
- * IMDSv1 path.  Answered before the Metadata check: that 400 would be the
- * "IMDSv2 is here" answer.  true when path was one of them and is answered.
+ * Cloud Shell's form, which clients use when only MSI_ENDPOINT is set (Go's
+ * adal, msrestazure and so the Azure CLI, the MSALs): POST with Metadata: true
+ * and an application/x-www-form-urlencoded body resource=...[&client_id=|
+ * object_id=|msi_res_id=], chunked or with a Content-Length, no api-version,
+ * to whatever MSI_ENDPOINT names: Cloud Shell's /oauth2/token or the IMDS
+ * path.  The guards are the IMDS listener's; the answer is IMDS's.
+ */
+static void
+cloudshell_handle(struct compat_listener *l, struct http_request *req, const char *query,
+		  size_t qlen)
+{
+	const char *body;
+	size_t blen;
+
+	if (!caller_not_a_web_page(l, req) || !metadata_true(l, req) ||
+	    !common_checks(l, req, "", 0))
+		return;
+	if (qlen > 0) {
+		reply_error(l, req, 400, "invalid_request",
+			    "a Cloud Shell request (POST) carries its parameters in the body, not "
+			    "in the query",
+			    0);
+		return;
+	}
+	if (!form_type(http_request_header(req, "Content-Type"))) {
+		reply_error(l, req, 400, "invalid_request",
+			    "a Cloud Shell request (POST) needs Content-Type: " FORM_TYPE, 0);
+		return;
+	}
+	body = http_request_body(req, &blen);
+	if (!common_checks(l, req, body, blen))
+		return;
+	serve(l, req, body, blen, true);
+}
+
+/*
+ * IMDS's other paths that software on a VM relies on.  None is a token
+ * path: with imds_relay they go to the real IMDS untouched (behind an OUTPUT
+ * redirect bearerd holds every request for 169.254.169.254:80), else 403.
+ * Not 404, which Azure.Core retries for about 25 s, and not 400.
+ * scheduledevents also takes POST (acknowledging an event).
+ */
+static const char *const imds_relayed[] = {
+    "/instance", "/attested", "/scheduledevents", "/versions", "/loadbalancer",
+};
+
+/*
+ * A path that may be put in a URL to the real IMDS as it came: letters,
+ * digits, "/", "-", "_", "." and no "." or ".." segment, and a query
+ * without "#"; nothing another URL parser could read another way.
  */
 static bool
-imds_unserved(struct compat_listener *l, struct http_request *req, const char *path, size_t len)
+relay_path_plain(const char *path, size_t len, const char *query, size_t qlen)
 {
-	if (metadata_path(path, len, "/identity/getplatformmetadata", false)) {
+	for (size_t i = 0; i < len; i++) {
+		char ch = path[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '/' || ch == '-' || ch == '_' || ch == '.'))
+			return false;
+		if (ch == '.' && path[i - 1] == '/' &&
+		    (i + 1 == len || path[i + 1] == '/' ||
+		     (path[i + 1] == '.' && (i + 2 == len || path[i + 2] == '/'))))
+			return false;
+	}
+	return memchr(query, '#', qlen) == NULL;
+}
+
+/* One relayed request; outlives its caller if that goes away first. */
+struct compat_relay {
+	struct compat *compat;
+	struct compat_listener *l;
+	struct http_request *req; /* NULL once the caller went away */
+};
+
+static void
+relay_cancelled(struct http_request *req, void *arg)
+{
+	struct compat_relay *rl = arg;
+
+	(void)req;
+	rl->req = NULL;
+}
+
+static void
+relay_done(void *arg, const struct fetch_response *resp)
+{
+	struct compat_relay *rl = arg;
+	char extra[64] = "", desc[192];
+
+	rl->compat->relays--;
+	if (rl->req == NULL) {
+		free(rl);
+		return;
+	}
+	if (resp->error != 0 || resp->status < 200 || resp->status > 599) {
+		snprintf(desc, sizeof(desc), "the real IMDS did not answer: %.128s",
+			 resp->error != 0 ? resp->message : "no HTTP status");
+		log_warnx("IMDS relay failed", "listener=%s error=\"%s\"", rl->l->name, desc);
+		reply_error(rl->l, rl->req, 502, "bad_gateway", desc, 0);
+		free(rl);
+		return;
+	}
+	if (resp->retry_after >= 0)
+		snprintf(extra, sizeof(extra), "Retry-After: %" PRId64 "\r\n", resp->retry_after);
+	log_debug("compat request", "listener=%s status=%ld relayed=yes", rl->l->name,
+		  resp->status);
+	http_reply(rl->req, (int)resp->status,
+		   resp->content_type != NULL ? resp->content_type
+					      : "application/json; charset=utf-8",
+		   extra[0] != '\0' ? extra : NULL, resp->body, resp->body_len);
+	free(rl);
+}
+
+/* scheme://host[:port] of the real IMDS: the [compat] identity's endpoint's. */
+static bool
+relay_origin(const struct compat *c, char *out, size_t size)
+{
+	const struct config_identity *id = c->cfg->compat.identity;
+	const char *e, *host;
+	size_t n;
+
+	if (id == NULL || id->source != CONFIG_SOURCE_AZURE_IMDS || id->endpoint == NULL)
+		return false;
+	e = id->endpoint;
+	host = strstr(e, "://");
+	if (host == NULL)
+		return false;
+	host += 3;
+	n = (size_t)(host - e) + strcspn(host, "/?#");
+	if (n >= size)
+		return false;
+	memcpy(out, e, n);
+	out[n] = '\0';
+	return true;
+}
+
+/* Passes one request to the real IMDS; the guards have been checked. */
+static void
+relay_start(struct compat_listener *l, struct http_request *req, const char *path, size_t plen,
+	    const char *query, size_t qlen)
+{
+	struct compat *c = l->compat;
+	const struct http_header *type = http_request_header(req, "Content-Type");
+	const char *headers[4];
+	struct fetch_request fr = {0};
+	struct compat_relay *rl = NULL;
+	char origin[COMPAT_MAX_ORIGIN], *url = NULL, *ctype = NULL;
+	bool post = http_request_method_is(req, "POST");
+	size_t h = 0;
+	int r;
+
+	if (!relay_origin(c, origin, sizeof(origin)) ||
+	    (c->relay_fetch == NULL && fetch_new(&c->relay_fetch, c->base) < 0)) {
+		reply_error(l, req, 500, "server_error", "cannot relay to the real IMDS", 1);
+		return;
+	}
+	if (c->relays >= COMPAT_MAX_RELAYS) {
+		reply_error(l, req, 503, "temporarily_unavailable",
+			    "too many requests are being relayed to IMDS; retry shortly",
+			    COMPAT_RETRY_AFTER);
+		return;
+	}
+	if (plen >= 2 && path[1] == '/') {
+		path++;
+		plen--;
+	}
+	rl = calloc(1, sizeof(*rl));
+	if (rl == NULL || asprintf(&url, "%s%.*s%s%.*s", origin, (int)plen, path,
+				   qlen > 0 ? "?" : "", (int)qlen, query) < 0)
+		url = NULL;
+	if (url != NULL && post && type != NULL &&
+	    asprintf(&ctype, "Content-Type: %s", type->value) < 0)
+		ctype = NULL;
+	if (url == NULL || (post && type != NULL && ctype == NULL)) {
+		reply_error(l, req, 500, "server_error", "out of memory", 1);
+		free(url);
+		free(rl);
+		return;
+	}
+	headers[h++] = "Metadata: true";
+	if (azure_mi_loop_line() != NULL)
+		headers[h++] = azure_mi_loop_line();
+	if (ctype != NULL)
+		headers[h++] = ctype;
+	headers[h] = NULL;
+	fr.method = post ? "POST" : "GET";
+	fr.url = url;
+	fr.headers = headers;
+	if (post)
+		fr.body = http_request_body(req, &fr.body_len);
+	fr.ca_file = c->cfg->compat.identity->ca_file;
+	fr.timeout_ms = COMPAT_RELAY_MS;
+	rl->compat = c;
+	rl->l = l;
+	rl->req = req;
+	r = fetch_start(c->relay_fetch, &fr, relay_done, rl);
+	free(url);
+	free(ctype);
+	if (r < 0) {
+		reply_error(l, req, 500, "server_error", "cannot relay to the real IMDS", 1);
+		free(rl);
+		return;
+	}
+	c->relays++;
+	http_request_on_cancel(req, relay_cancelled, rl);
+}
+
+/*
+ * IMDS paths other than the token path.  getplatformmetadata is where
+ * MSAL.NET discovers IMDSv2 (mTLS proof of possession; a 400 means "it is
+ * here"): always 403, even when relaying, since an answer from the real IMDS
+ * would send .NET past bearerd for its tokens.  imds_relayed: to the real
+ * IMDS with imds_relay, after the same guards as a token request, else 403.
+ * The 403s come before those guards: a 400 for a missing Metadata header
+ * would be the "IMDSv2 is here" answer.  true when path was one of them and
+ * is answered.
+ */
+static bool
+imds_other(struct compat_listener *l, struct http_request *req, const char *path, size_t plen,
+	   const char *query, size_t qlen)
+{
+	const struct config_compat *cc = &l->compat->cfg->compat;
+	bool events = false, known = false;
+
+	if (metadata_path(path, plen, "/identity/getplatformmetadata", false)) {
 		reply_error(l, req, 403, "forbidden",
 			    "IMDSv2 (mTLS proof of possession) is not available here; ask "
 			    "/metadata/identity/oauth2/token for a bearer token",
 			    0);
 		return true;
 	}
-	if (metadata_path(path, len, "/instance", true)) {
+	for (size_t i = 0; !known && i < sizeof(imds_relayed) / sizeof(imds_relayed[0]); i++) {
+		known = metadata_path(path, plen, imds_relayed[i], true);
+		events = known && strcmp(imds_relayed[i], "/scheduledevents") == 0;
+	}
+	if (!known)
+		return false;
+	if (!cc->imds_relay) {
 		reply_error(l, req, 403, "forbidden",
-			    "bearerd serves managed-identity tokens only, not instance metadata",
+			    "bearerd serves managed-identity tokens only, not instance metadata "
+			    "(on a VM, [compat] imds_relay = yes passes these paths to IMDS)",
 			    0);
 		return true;
 	}
-	return false;
+	if (!http_request_method_is(req, "GET") &&
+	    !(events && http_request_method_is(req, "POST"))) {
+		method_refused(l, req, events ? "GET, POST" : "GET", NULL);
+		return true;
+	}
+	if (!caller_not_a_web_page(l, req) || !metadata_true(l, req) ||
+	    !common_checks(l, req, query, qlen))
+		return true;
+	if (!relay_path_plain(path, plen, query, qlen)) {
+		reply_error(l, req, 400, "invalid_request",
+			    "bearerd relays IMDS paths of letters, digits, '/', '-', '_' and '.' "
+			    "only",
+			    0);
+		return true;
+	}
+	relay_start(l, req, path, plen, query, qlen);
+	return true;
 }
 
 static void
 imds_handle(struct http_request *req, void *arg)
 {
 	struct compat_listener *l = arg;
-	const struct http_header *h;
 	const char *path, *query;
 	size_t plen, qlen;
+	bool token, cloudshell;
 	char v[64];
 
 	http_request_path(req, &path, &plen, &query, &qlen);
-	if (!imds_path(path, plen)) {
-		if (!imds_unserved(l, req, path, plen))
+	if (from_bearerd_itself(l, req))
+		return;
+	token = imds_path(path, plen);
+	cloudshell = cloudshell_path(path, plen);
+	if (!token && !cloudshell) {
+		if (!imds_other(l, req, path, plen, query, qlen))
 			reply_error(l, req, 404, "not_found",
 				    "The requested resource was not found", 0);
 		return;
 	}
-	if (!method_get(l, req) || !caller_not_a_web_page(l, req))
-		return;
-	/* SSRF guard; also what the JS probe (no query, no header) reads as "available" */
-	h = http_request_header(req, "Metadata");
-	if (h == NULL || h->value_len != 4 || memcmp(h->value, "true", 4) != 0) {
-		reply_error(l, req, 400, "invalid_request",
-			    "Required metadata header not specified", 0);
+	if (http_request_method_is(req, "POST")) {
+		cloudshell_handle(l, req, query, qlen);
 		return;
 	}
+	if (!token || !http_request_method_is(req, "GET")) {
+		method_refused(l, req, token ? "GET, POST" : "POST", NULL);
+		return;
+	}
+	if (!caller_not_a_web_page(l, req) || !metadata_true(l, req))
+		return;
 	if (!common_checks(l, req, query, qlen))
 		return;
 	if (query_value(query, qlen, "api-version", v, sizeof(v)) < 0 || v[0] == '\0') {
@@ -691,10 +1053,10 @@ imds_handle(struct http_request *req, void *arg)
 			    0);
 		return;
 	}
-	serve(l, req, query, qlen);
+	serve(l, req, query, qlen, false);
 }
 
-/* X-IDENTITY-HEADER against the secret in constant time (digests: lengths may differ). */
+/* The secret against a header's value in constant time (digests: lengths may differ). */
 static bool
 secret_matches(const struct compat *c, const struct http_header *h)
 {
@@ -706,6 +1068,45 @@ secret_matches(const struct compat *c, const struct http_header *h)
 	return CRYPTO_memcmp(d, c->secret_digest, sizeof(d)) == 0;
 }
 
+/*
+ * The App Service secret, in the field of the request's protocol: X-IDENTITY-HEADER
+ * for 2019-08-01 (IDENTITY_HEADER), "secret" for 2017-09-01 (MSI_SECRET), the
+ * same value; for another api-version either, so that only a caller that
+ * knows the secret learns which versions are served.  False after replying.
+ */
+static bool
+appservice_secret_ok(struct compat_listener *l, struct http_request *req, const char *api)
+{
+	struct compat *c = l->compat;
+	bool v2017 = strcmp(api, APPSERVICE_API_2017) == 0;
+	bool v2019 = strcmp(api, APPSERVICE_API) == 0;
+	bool ok;
+
+	if (v2017)
+		ok = secret_matches(c, http_request_header(req, "secret"));
+	else if (v2019)
+		ok = secret_matches(c, http_request_header(req, "X-IDENTITY-HEADER"));
+	else
+		ok = secret_matches(c, http_request_header(req, "X-IDENTITY-HEADER")) ||
+		     secret_matches(c, http_request_header(req, "secret"));
+	if (!ok) {
+		reply_error(l, req, 401, "unauthorized",
+			    v2017   ? "the secret header is missing or does not match MSI_SECRET"
+			    : v2019 ? "X-IDENTITY-HEADER is missing or does not match "
+				      "IDENTITY_HEADER"
+				    : "X-IDENTITY-HEADER (or secret) is missing or does not match "
+				      "IDENTITY_HEADER",
+			    0);
+		return false;
+	}
+	if (!v2017 && !v2019) {
+		reply_error(l, req, 400, "invalid_request",
+			    "api-version must be " APPSERVICE_API " or " APPSERVICE_API_2017, 0);
+		return false;
+	}
+	return true;
+}
+
 static void
 appservice_handle(struct http_request *req, void *arg)
 {
@@ -715,28 +1116,32 @@ appservice_handle(struct http_request *req, void *arg)
 	char v[64];
 
 	http_request_path(req, &path, &plen, &query, &qlen);
-	if (plen > 1 && path[plen - 1] == '/')
+	/* msrestazure appends "/?resource=" to MSI_ENDPOINT, which may end in "/" already */
+	while (plen > 1 && path[plen - 1] == '/')
 		plen--;
 	if (plen != strlen(APPSERVICE_PATH) || strncasecmp(path, APPSERVICE_PATH, plen) != 0) {
 		reply_error(l, req, 404, "not_found", "The requested resource was not found", 0);
 		return;
 	}
+	if (from_bearerd_itself(l, req))
+		return;
+	if (http_request_method_is(req, "POST")) {
+		/* no secret in that form: it goes to the IMDS listener, which has the guards */
+		method_refused(l, req, "GET",
+			       "Cloud Shell's POST (MSI_ENDPOINT without MSI_SECRET) is served on "
+			       "bearerd's IMDS listener: set MSI_ENDPOINT=http://<imds_listen>/"
+			       "oauth2/token");
+		return;
+	}
 	if (!method_get(l, req) || !caller_not_a_web_page(l, req))
 		return;
-	if (!secret_matches(l->compat, http_request_header(req, "X-IDENTITY-HEADER"))) {
-		reply_error(l, req, 401, "unauthorized",
-			    "X-IDENTITY-HEADER is missing or does not match IDENTITY_HEADER", 0);
+	if (query_value(query, qlen, "api-version", v, sizeof(v)) < 0)
+		v[0] = '\0';
+	if (!appservice_secret_ok(l, req, v))
 		return;
-	}
 	if (!common_checks(l, req, query, qlen))
 		return;
-	if (query_value(query, qlen, "api-version", v, sizeof(v)) < 0 ||
-	    strcmp(v, APPSERVICE_API) != 0) {
-		reply_error(l, req, 400, "invalid_request", "api-version must be " APPSERVICE_API,
-			    0);
-		return;
-	}
-	serve(l, req, query, qlen);
+	serve(l, req, query, qlen, false);
 }
 
 /* Set-up */
@@ -837,6 +1242,7 @@ compat_limits(const struct config *cfg, struct http_limits *limits)
 		limits->head_timeout = cfg->header_timeout;
 	if (cfg->keepalive_timeout > 0)
 		limits->idle_timeout = cfg->keepalive_timeout;
+	limits->max_body = COMPAT_MAX_BODY;
 }
 
 /*
@@ -932,6 +1338,8 @@ compat_free(struct compat *c)
 		return NULL;
 	c->imds.http = http_server_free(c->imds.http);
 	c->appservice.http = http_server_free(c->appservice.http);
+	/* after the servers: their cancelled relays are freed by the aborted fetches */
+	c->relay_fetch = fetch_free(c->relay_fetch);
 	if (c->secret != NULL) {
 		OPENSSL_cleanse(c->secret, c->secret_len);
 		free(c->secret);

@@ -178,7 +178,7 @@ static const char *const akey_names[AK__N] = {
 static const char *const ckey_names[CK__N] = {
     "identity",		 "imds_listen", "appservice_listen",  "appservice_secret_file",
     "dynamic_resources", "resources",	"allow_non_loopback", "env_allow_uids",
-    "env_allow_gids",
+    "env_allow_gids",	 "imds_relay",
 };
 
 #define DEFAULT_SECRET_NAME "identity-header" /* beside the socket */
@@ -1347,6 +1347,9 @@ compat_key(struct parser *p, int k, const char *v)
 	case CK_ALLOW_NON_LOOPBACK:
 		parse_bool(p, key, v, &cc->allow_non_loopback);
 		break;
+	case CK_IMDS_RELAY:
+		parse_bool(p, key, v, &cc->imds_relay);
+		break;
 	case CK_ENV_ALLOW_UIDS:
 		parse_acl(p, key, v, false, &cc->env_allow);
 		break;
@@ -1964,6 +1967,118 @@ config_addr_is_loopback(const struct sockaddr_storage *a)
 	return false;
 }
 
+/*
+ * The address an http(s):// URL names, when it is a numeric address or
+ * localhost (127.0.0.1): 0, or -EINVAL for a name or a malformed URL.
+ */
+static int
+url_sockaddr(const char *url, struct sockaddr_storage *out)
+{
+	struct sockaddr_in *in4 = (struct sockaddr_in *)out;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
+	bool tls = strncmp(url, "https://", 8) == 0;
+	const char *host, *hend, *aend, *port = NULL;
+	unsigned long pn = tls ? 443 : 80;
+	char h[64], *e;
+
+	if (!tls && strncmp(url, "http://", 7) != 0)
+		return -EINVAL;
+	host = url + (tls ? 8 : 7);
+	aend = host + strcspn(host, "/?#");
+	if (host[0] == '[') {
+		hend = memchr(host, ']', (size_t)(aend - host));
+		if (hend == NULL || (hend + 1 < aend && hend[1] != ':'))
+			return -EINVAL;
+		port = hend + 1 < aend ? hend + 2 : NULL;
+		host++;
+	} else {
+		hend = memrchr(host, ':', (size_t)(aend - host));
+		port = hend != NULL ? hend + 1 : NULL;
+		if (hend == NULL)
+			hend = aend;
+	}
+	if (port != NULL) {
+		if (port >= aend || *port < '0' || *port > '9')
+			return -EINVAL;
+		pn = strtoul(port, &e, 10);
+		if (e != aend || pn == 0 || pn > 65535)
+			return -EINVAL;
+	}
+	if (hend <= host || (size_t)(hend - host) >= sizeof(h))
+		return -EINVAL;
+	memcpy(h, host, (size_t)(hend - host));
+	h[hend - host] = '\0';
+	memset(out, 0, sizeof(*out));
+	if (strcasecmp(h, "localhost") == 0)
+		snprintf(h, sizeof(h), "127.0.0.1");
+	if (inet_pton(AF_INET, h, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)pn);
+	} else if (inet_pton(AF_INET6, h, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)pn);
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* True when a connection to ep would reach a socket listening on l. */
+static bool
+listen_reaches(const struct sockaddr_storage *ep, const struct sockaddr_storage *l)
+{
+	if (ep->ss_family != l->ss_family)
+		return false;
+	if (ep->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ep;
+		const struct sockaddr_in *b = (const struct sockaddr_in *)l;
+
+		return a->sin_port == b->sin_port &&
+		       (a->sin_addr.s_addr == b->sin_addr.s_addr ||
+			(b->sin_addr.s_addr == htonl(INADDR_ANY) && config_addr_is_loopback(ep)));
+	}
+	{
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ep;
+		const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)l;
+
+		return a->sin6_port == b->sin6_port &&
+		       (IN6_ARE_ADDR_EQUAL(&a->sin6_addr, &b->sin6_addr) ||
+			(IN6_IS_ADDR_UNSPECIFIED(&b->sin6_addr) && config_addr_is_loopback(ep)));
+	}
+}
+
+/*
+ * A managed-identity identity whose endpoint is one of bearerd's own compat
+ * listeners would ask bearerd for its tokens: each request would wait for the
+ * fetch it is part of (503 after wait_timeout).  Typical: imds_listen =
+ * 169.254.169.254:80 beside an azure-imds identity with the default endpoint.
+ */
+static void
+compat_loop_finish(struct parser *p)
+{
+	const struct config_compat *cc = &p->c->compat;
+	const struct config_listen *ls[] = {cc->imds_listen, cc->appservice_listen};
+	const char *lk[] = {"imds_listen", "appservice_listen"};
+	const int li[] = {CK_IMDS_LISTEN, CK_APPSERVICE_LISTEN};
+	struct sockaddr_storage ep;
+
+	for (size_t i = 0; i < p->c->n_identities; i++) {
+		const struct config_identity *id = &p->c->identities[i];
+
+		if ((id->source != CONFIG_SOURCE_AZURE_IMDS &&
+		     id->source != CONFIG_SOURCE_AZURE_APPSERVICE) ||
+		    id->endpoint == NULL || url_sockaddr(id->endpoint, &ep) < 0)
+			continue;
+		for (size_t k = 0; k < 2; k++)
+			if (ls[k] != NULL && listen_reaches(&ep, &ls[k]->addr))
+				perr_at(p, p->compat_lines[li[k]],
+					"%s: %s is where identity '%s' (line %d) asks for its "
+					"tokens (endpoint %.128s): bearerd would ask itself; point "
+					"the endpoint at the real one, or move the listener",
+					lk[k], ls[k]->text, id->name, id->line, id->endpoint);
+	}
+}
+
 /* [compat]: resolves the identity, checks the listeners, defaults the secret file. */
 static int
 compat_finish(struct parser *p)
@@ -1999,6 +2114,16 @@ compat_finish(struct parser *p)
 				"to listen there)",
 				lk[i], ls[i]->text);
 	}
+	compat_loop_finish(p);
+	if (cc->imds_relay && cc->imds_listen == NULL && p->compat_lines[CK_IMDS_LISTEN] == 0)
+		perr_at(p, p->compat_lines[CK_IMDS_RELAY],
+			"imds_relay: without imds_listen there is nothing to relay");
+	else if (cc->imds_relay && cc->identity != NULL &&
+		 cc->identity->source != CONFIG_SOURCE_AZURE_IMDS)
+		perr_at(p, p->compat_lines[CK_IMDS_RELAY],
+			"imds_relay: relays to the IMDS that [compat] identity '%s' gets its "
+			"tokens from, but it is not an azure-imds identity",
+			cc->identity->name);
 	if (p->compat_lines[CK_APPSERVICE_SECRET_FILE] != 0 && cc->appservice_listen == NULL &&
 	    p->compat_lines[CK_APPSERVICE_LISTEN] == 0)
 		perr_at(p, p->compat_lines[CK_APPSERVICE_SECRET_FILE],

@@ -139,6 +139,12 @@ struct config_compat {
 	bool dynamic_resources; /* any resource, bounded by max_entries; default no */
 	char **resources;	/* NULL-terminated allow-list besides the audiences, or NULL */
 	bool allow_non_loopback;
+	/*
+	 * imds_relay: the IMDS listener passes IMDS's other paths (instance,
+	 * attested, scheduledevents, versions, loadbalancer) on to the real IMDS
+	 * of [compat] identity (an azure-imds one); default no: 403
+	 */
+	bool imds_relay;
 	/* env_allow_uids / env_allow_gids: who may read GET /v1/compat/env (empty: anyone) */
 	struct config_acl env_allow;
 };

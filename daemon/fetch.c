@@ -184,8 +184,13 @@ xfer_finish(struct fetch_xfer *x, int error, const char *message)
 		curl_multi_remove_handle(f->multi, x->easy);
 		x->added = false;
 	}
-	if (x->easy != NULL)
+	if (x->easy != NULL) {
+		char *type = NULL;
+
 		curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+		if (curl_easy_getinfo(x->easy, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK)
+			resp.content_type = type;
+	}
 	if (error == 0 && x->body != NULL) {
 		resp.body = x->body;
 		resp.body_len = x->body_len;

@@ -33,6 +33,7 @@ struct fetch_response {
 	const char *body;    /* NUL-terminated; wiped after the callback returns */
 	size_t body_len;
 	int64_t retry_after; /* seconds from a Retry-After header (delta or date), -1 when absent */
+	const char *content_type; /* the answer's Content-Type, or NULL */
 };
 
 /* Called exactly once per fetch_start, from the loop, never from inside fetch_start. */

@@ -1565,6 +1565,8 @@ http_status_text(int status)
 		return "Gateway Timeout";
 	case 505:
 		return "HTTP Version Not Supported";
+	case 508:
+		return "Loop Detected";
 	default:
 		return "Unknown";
 	}

@@ -16,6 +16,7 @@
 
 #include <event2/event.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "fetch.h"
 #include "json.h"
@@ -434,6 +435,35 @@ req_fail(struct azure_req *q, int err, const char *code, const char *msg)
 	token_result_clear(&r);
 }
 
+#define AZURE_LOOP_BYTES 16
+
+static char loop_line[sizeof(AZURE_LOOP_FIELD ": ") + 2 * AZURE_LOOP_BYTES];
+
+const char *
+azure_mi_loop_line(void)
+{
+	unsigned char raw[AZURE_LOOP_BYTES];
+	size_t n = sizeof(AZURE_LOOP_FIELD ": ") - 1;
+
+	if (loop_line[0] != '\0')
+		return loop_line;
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		return NULL;
+	memcpy(loop_line, AZURE_LOOP_FIELD ": ", n);
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(loop_line + n + 2 * i, 3, "%02x", raw[i]);
+	return loop_line;
+}
+
+bool
+azure_mi_loop_is_ours(const char *value, size_t len)
+{
+	const char *line = azure_mi_loop_line();
+	size_t n = sizeof(AZURE_LOOP_FIELD ": ") - 1;
+
+	return line != NULL && len == 2 * AZURE_LOOP_BYTES && memcmp(line + n, value, len) == 0;
+}
+
 static void schedule_pump(struct azure_mi *m, int64_t delay_ms);
 static void on_fetch_done(void *arg, const struct fetch_response *resp);
 
@@ -466,6 +496,9 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 			goto out;
 		headers[h++] = secret;
 	}
+	/* so that a compat listener this request reaches knows it for bearerd's own */
+	if (azure_mi_loop_line() != NULL)
+		headers[h++] = azure_mi_loop_line();
 	headers[h] = NULL;
 
 	fr.method = "GET";
@@ -721,8 +754,8 @@ azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *fetch
 		return -EINVAL;
 	while (p->headers != NULL && p->headers[n] != NULL)
 		n++;
-	if (n > 6)
-		return -EINVAL; /* req_dispatch has room for 6 + the secret */
+	if (n > 5)
+		return -EINVAL; /* req_dispatch has room for 5 + the secret + the loop field */
 	m = calloc(1, sizeof(*m));
 	if (m == NULL)
 		return -ENOMEM;

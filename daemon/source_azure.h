@@ -81,6 +81,19 @@ void azure_limiter_pause(struct azure_limiter *l, int64_t until_ms);
  */
 int64_t azure_gone_delay(int attempt, int64_t elapsed_ms, int64_t retry_after_s);
 
+/*
+ * The field bearerd puts on its own managed-identity requests (and on what the
+ * IMDS listener relays), "X-Bearerd-Loop: <32 hex digits>", random per process:
+ * a compat listener that receives it is being asked by this very daemon, whose
+ * upstream leads back to itself (an endpoint aimed at a listener, or an IMDS
+ * redirect that does not exempt bearerd), and refuses at once instead of
+ * waiting for its own fetch.  NULL when no random bytes could be had.
+ */
+#define AZURE_LOOP_FIELD "X-Bearerd-Loop"
+const char *azure_mi_loop_line(void);
+/* True when value (of an AZURE_LOOP_FIELD field) is this process's own. */
+bool azure_mi_loop_is_ours(const char *value, size_t len);
+
 struct fetch_response;
 struct token_result;
 

@@ -10,29 +10,37 @@ refuses or ignores, measured here:
      emptyDir is owned by whichever container mounts it first;
   3. only the livenessProbe is used (as the container's healthcheck): startupProbe and
      readinessProbe are ignored, so nothing holds the app back until bearerd is ready;
-  4. an emptyDir with medium: Memory is a directory on disk, not a tmpfs.
+  4. an emptyDir with medium: Memory is a directory on disk, not a tmpfs;
+  5. the pod's securityContext.sysctls are ignored (transparent-imds.yaml's
+     net.ipv4.ip_unprivileged_port_start, without which bearerd cannot bind port 80),
+     and a run-to-completion init container of the default type "once" fails the pod's
+     start ("cannot remove container ... as it is running").
 So test_kube_play_as_written tries the manifests as written and is skipped with
 podman's own error when it refuses them, and test_kube_play_runs_the_sidecar runs what
 kube play can run: the bearerd container as written (securityContext, resources, env,
-ConfigMap volume, liveness probe), moved from initContainers to containers, alone.
+ConfigMap volume, liveness probe), moved from initContainers to containers, alone
+(after the manifest's run-to-completion init containers, as type "always", and with its
+sysctls set in the pod's network namespace).
 
 The rest of this file (the `kubelet` fixture) does what a kubelet does with each manifest,
 with plain podman commands: a pod with --network none; every emptyDir a tmpfs, setgid to
 the pod's fsGroup, which every container gets as a supplementary group; ConfigMaps as
 read-only directories; each container's securityContext, env, resources and volume
-mounts as written; the native sidecar first and the app only once the sidecar's
-startupProbe passes.  For workload-identity.yaml it also does what the AKS webhook does
+mounts as written; the pod's net.* sysctls in its network namespace; the init
+containers in order (a run-to-completion one must exit 0, a native sidecar must pass its
+startupProbe), then the app.  For workload-identity.yaml it also does what the AKS webhook does
 for a pod labelled azure.workload.identity/use: the AZURE_* variables and the projected
 service-account token in every container but those in skip-containers.  The identity
 provider runs in the pod's network namespace: a fake IMDS at 169.254.169.254:80 for
 pod.yaml's azure-imds identity, a fake Entra ID over TLS (its CA mounted as the image's
-CA bundle) for workload-identity.yaml's entra-federated one.  The manifests' embedded
+CA bundle) for workload-identity.yaml's and transparent-imds.yaml's entra-federated one.  The manifests' embedded
 configs are used unchanged.
 """
 
 import configparser
 import json
 import secrets
+import subprocess
 
 import pytest
 import yaml
@@ -162,12 +170,15 @@ class Kubelet:
             self.upstream = Upstream(tmp, testca, self.pod_doc, accounts, self.config_text)
             self.upstream.start(self.pod.pid)
             self._volumes()
-            others = [c for c in self.spec.get("initContainers", []) if c not in
-                      sidecars(self.spec)]
-            assert not others, "run-to-completion init containers: not emulated"
-            for c in sidecars(self.spec):
-                self.run(c)
-                self.wait_probe(c, "startupProbe")  # the app starts only then
+            self._sysctls()
+            # in order: a run-to-completion one must exit 0 before the next starts, a
+            # native sidecar must pass its startup probe
+            for c in self.spec.get("initContainers", []):
+                if c in sidecars(self.spec):
+                    self.run(c)
+                    self.wait_probe(c, "startupProbe")  # the app starts only then
+                else:
+                    self.run_to_completion(c)
             for c in self.spec["containers"]:
                 self.run(c)
         except BaseException:
@@ -193,6 +204,15 @@ class Kubelet:
                 self.volumes[v["name"]] = str(d)
             else:
                 raise AssertionError(f"volume {v['name']}: kind not emulated")
+
+    def _sysctls(self):
+        """The pod's sysctls, set in the pod's network namespace as the runtime sets them
+        in the sandbox (only net.*, the namespaced ones a pod may set)."""
+        for sc in self.pod_sc.get("sysctls", []):
+            assert sc["name"].startswith("net."), f"sysctl {sc['name']}: not emulated"
+            subprocess.run(self.pod.nsenter("sysctl", "-q", "-w",
+                                            f"{sc['name']}={sc['value']}"),
+                           check=True, capture_output=True, timeout=10)
 
     def run_args(self, c):
         """podman run's arguments for container c, as a kubelet would start it."""
@@ -244,6 +264,12 @@ class Kubelet:
         podman("run", "-d", *args)
         self.names[c["name"]] = name
         return name
+
+    def run_to_completion(self, c):
+        name, args = self.run_args(c)
+        r = podman("run", *args, check=False, timeout=120)
+        assert r.returncode == 0, f"init container {c['name']} exited {r.returncode}:\n{r.stderr}"
+        self.names[c["name"]] = name
 
     def container(self, name):
         return next(c for c in sidecars(self.spec) + self.spec["containers"]
@@ -380,6 +406,40 @@ def test_no_token_in_the_container_logs(kubelet):
         assert not leaked(secrets_, text), f"a token or credential appeared in {name}'s log"
 
 
+TRANSPARENT = [p for p in MANIFESTS if "imds_listen = 169.254.169.254:80" in p.read_text()]
+
+
+@pytest.mark.parametrize("kubelet", TRANSPARENT, indirect=True, ids=lambda p: p.name)
+def test_transparent_imds_in_the_pod(kubelet):
+    """transparent-imds.yaml: a container of the pod with nothing set asks
+    http://169.254.169.254 and gets the token the identity provider issued, from bearerd;
+    the address is on the pod's lo (the init container), bearerd holds port 80 with no
+    capability (the pod's sysctl), and IMDS's other paths are 403 in a pod."""
+    addrs = subprocess.run(kubelet.pod.nsenter("ip", "-o", "addr", "show", "dev", "lo"),
+                           capture_output=True, text=True, check=True).stdout
+    assert "169.254.169.254/32" in addrs, addrs
+
+    def imds(path):
+        r = podman("run", "--rm", "--pod", kubelet.name, "--user", "1000:1000", "--read-only",
+                   "--cap-drop", "ALL", "--security-opt", "no-new-privileges", APP_IMAGE,
+                   "curl", "-s", "-H", "Metadata: true", "-w", "\n%{http_code}",
+                   f"http://169.254.169.254{path}", check=False)
+        body, _, code = r.stdout.rpartition("\n")
+        return (int(code) if r.returncode == 0 else 0), body
+
+    st, body = imds("/metadata/identity/oauth2/token?api-version=2018-02-01"
+                    "&resource=https://vault.azure.net")
+    assert st == 200, body
+    doc = json.loads(body)
+    kubelet.tokens.append(doc["access_token"])
+    assert doc["access_token"] in kubelet.upstream.issued(), "not the upstream's token"
+    assert doc["resource"] == "https://vault.azure.net" and doc["expires_on"].isdigit()
+    assert imds("/metadata/instance?api-version=2021-02-01")[0] == 403
+    st, body = imds("/metadata/identity/oauth2/token?api-version=2018-02-01"
+                    "&resource=https://example.com/")
+    assert st == 400 and "access_token" not in body  # not in [compat] resources
+
+
 # -- podman kube play ---------------------------------------------------------------------------
 
 
@@ -411,10 +471,19 @@ def kube_yaml(path, tmp, suffix, upstream=None, sidecar_only=False):
                     spec["volumes"].append({"name": vol, "hostPath": {"path": src}})
     if sidecar_only:
         side = sidecars(spec)
+        others = [c for c in spec["initContainers"] if c not in side]
         for c in side:
             del c["restartPolicy"]
         spec["containers"] = side
-        del spec["initContainers"]
+        if others:  # transparent-imds.yaml's address on lo: bearerd needs it to bind
+            spec["initContainers"] = others
+            # podman 4.3 removes a "once" init container while it still runs and fails the
+            # pod's start ("cannot remove container ... as it is running"); "always" runs it
+            # at every start of the pod, which an idempotent init container allows
+            pod["metadata"].setdefault("annotations", {})[
+                "io.podman.annotations.init.container.type"] = "always"
+        else:
+            del spec["initContainers"]
     out = tmp / f"kube-{path.name}"
     out.write_text(yaml.safe_dump_all(docs))
     return out, pod["metadata"]["name"], [renamed[n] for n in configmaps]
@@ -426,6 +495,7 @@ class KubePlay:
 
     def __init__(self, path, tmp, testca, sidecar_only):
         _, pod_doc, configmaps, accounts = load(path)
+        self.sysctls = pod_doc["spec"].get("securityContext", {}).get("sysctls", [])
         self.upstream = Upstream(tmp, testca, pod_doc, accounts, bearerd_config(configmaps))
         yml, self.pod, self.configmaps = kube_yaml(path, tmp, secrets.token_hex(3),
                                                    self.upstream, sidecar_only)
@@ -439,6 +509,13 @@ class KubePlay:
         podman("start", infra)
         pid = int(podman("inspect", "--format", "{{.State.Pid}}", infra).stdout)
         self.upstream.start(pid)
+        # kube play ignores the pod's sysctls (5. in this file's docstring): set them in
+        # the pod's network namespace, as the runtime sets them in the sandbox
+        for sc in self.sysctls:
+            assert sc["name"].startswith("net."), f"sysctl {sc['name']}: not emulated"
+            subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", "sysctl", "-q", "-w",
+                            f"{sc['name']}={sc['value']}"], check=True, capture_output=True,
+                           timeout=10)
         podman("pod", "start", self.pod)
 
     def logs(self, container):
@@ -483,7 +560,8 @@ def test_kube_play_as_written(path, kube_play):
 def test_kube_play_runs_the_sidecar(path, kube_play):
     """What podman kube play can run of the manifest: the bearerd container as written,
     as the pod's only container (no native sidecars, and without fsGroup no app could
-    reach the socket).  Its securityContext, memory limit, env and ConfigMap apply; the
+    reach the socket), after the manifest's run-to-completion init containers (type
+    "always") and with its sysctls set in the pod's network namespace (5. above).  Its securityContext, memory limit, env and ConfigMap apply; the
     startup probe's command passes; the liveness probe, podman's healthcheck, passes."""
     k = kube_play(path, sidecar_only=True)
     assert k.result.returncode == 0, k.result.stderr

@@ -38,14 +38,24 @@ section 2.1, 2019-08-01 protocol):
         "{header}" in it replaced by the X-IDENTITY-HEADER value presented
         (an upstream that echoes the secret, for the redaction tests).
 
+It also answers IMDS's other paths the way a VM's IMDS does, for bearerd's
+relay (imds_relay): GET /metadata/instance[/...] (a small compute document,
+or text with format=text), /metadata/versions, /metadata/attested/document,
+and GET or POST /metadata/scheduledevents; each needs Metadata: true (else
+400) and is recorded in stats "other" as {"method", "path", "query",
+"metadata", "loop", "content_type", "body"} (loop: whether an X-Bearerd-Loop
+field came with it).  Every token request's X-Bearerd-Loop presence is in
+stats "loop_fields" (a count).
+
 With --jwt-key PEM (an RSA private key) the tokens are RS256 JWTs signed with
 it (header kid = --jwt-kid), with claims iss (--jwt-issuer), aud (the
 resource), sub (the selector as "name=value", or "system"), roles (the
 config's "roles"), iat, nbf and exp (= expires_on), so that an API can verify
 them against the key's JWKS (tests/fakes/protected_api.py --jwks-file).
+--jwt-tenant TID adds the claim tid (the Azure CLI reads the tenant there).
 
 Usage: fake_imds.py [--port 0] [--port-file PATH] [--quiet]
-                    [--jwt-key PEM [--jwt-kid KID] [--jwt-issuer ISS]]
+                    [--jwt-key PEM [--jwt-kid KID] [--jwt-issuer ISS] [--jwt-tenant TID]]
 The chosen port is written to PATH once the socket listens.
 Standard library only, but for --jwt-key (python3-jwt).  Token values never
 appear in the log.
@@ -143,6 +153,8 @@ class State:
         self.in_flight = 0
         self.max_in_flight = 0
         self.log = []  # one entry per token request
+        self.other = []  # requests for IMDS's other paths
+        self.loop_fields = 0  # token requests that carried X-Bearerd-Loop
 
     def stats(self):
         return {
@@ -155,6 +167,8 @@ class State:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "log": [dict(e) for e in self.log],
+            "other": [dict(e) for e in self.other],
+            "loop_fields": self.loop_fields,
         }
 
 
@@ -249,6 +263,41 @@ class Handler(BaseHTTPRequestHandler):
             raise ValueError("body too large")
         return self.rfile.read(n)
 
+    # -- IMDS's other paths (what bearerd's imds_relay passes on) -----------
+
+    OTHER = ("/metadata/instance", "/metadata/versions", "/metadata/attested",
+             "/metadata/scheduledevents")
+
+    def other(self, body=b""):
+        parts = urlsplit(self.path)
+        path = parts.path
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        with STATE.lock:
+            STATE.other.append({"method": self.command, "path": path, "query": parts.query,
+                                "metadata": self.headers.get("Metadata"),
+                                "loop": self.headers.get("X-Bearerd-Loop") is not None,
+                                "content_type": self.headers.get("Content-Type"),
+                                "body": body.decode("utf-8", "replace")})
+        if self.headers.get("Metadata") != "true":
+            self.send_json(400, {"error": "Bad request. Required metadata header not "
+                                          "specified"})
+        elif path.startswith("/metadata/scheduledevents"):
+            if self.command == "POST":
+                self.send(200, b"", content_type="text/plain")
+            else:
+                self.send_json(200, {"DocumentIncarnation": 1, "Events": []})
+        elif path.startswith("/metadata/instance"):
+            if query.get("format") == "text":
+                self.send(200, "fake-vm", content_type="text/plain; charset=utf-8")
+            else:
+                self.send_json(200, {"compute": {"name": "fake-vm", "location": "nowhere"}})
+        elif path == "/metadata/versions":
+            self.send_json(200, {"apiVersions": API_VERSIONS})
+        elif path.startswith("/metadata/attested"):
+            self.send_json(200, {"encoding": "pkcs7", "signature": "ZmFrZQ=="})
+        else:
+            self.send_json(404, {"error": "not_found"})
+
     # -- routing ----------------------------------------------------------
 
     def do_GET(self):
@@ -257,6 +306,8 @@ class Handler(BaseHTTPRequestHandler):
             self.token()
         elif path.lower() in (APPSERVICE_PATH, APPSERVICE_PATH + "/"):
             self.token(appservice=True)
+        elif path.startswith(self.OTHER):
+            self.other()
         elif path == "/_fake/stats":
             with STATE.lock:
                 doc = STATE.stats()
@@ -286,6 +337,8 @@ class Handler(BaseHTTPRequestHandler):
             with STATE.lock:
                 STATE.reset()
             self.send_json(200, {"ok": True})
+        elif path.startswith("/metadata/scheduledevents"):
+            self.other(body)
         elif path in (TOKEN_PATH, TOKEN_PATH + "/"):
             self.send_json(405, {"error": "method_not_allowed",
                                  "error_description": "The method is not allowed"})
@@ -316,6 +369,8 @@ class Handler(BaseHTTPRequestHandler):
             STATE.by_resource[resource] = STATE.by_resource.get(resource, 0) + 1
             STATE.last_query = dict(query)
             STATE.last_headers = {k: v for k, v in self.headers.items()}
+            if self.headers.get("X-Bearerd-Loop") is not None:
+                STATE.loop_fields += 1
             cfg = dict(STATE.config)
             step = STATE.sequence.pop(0) if STATE.sequence else None
             STATE.in_flight += 1
@@ -480,6 +535,8 @@ def jwt_token(resource, selector, cfg, now, expires_on, serial):
               "sub": "%s=%s" % selector if selector else "system",
               "roles": list(cfg["roles"]), "iat": now, "nbf": now, "exp": expires_on,
               "jti": "fake-%d" % serial}
+    if JWT.get("tenant"):
+        claims["tid"] = JWT["tenant"]
     return jwt.encode(claims, JWT["key"], algorithm="RS256", headers={"kid": JWT["kid"]})
 
 
@@ -504,11 +561,13 @@ def main():
     ap.add_argument("--jwt-key", help="issue RS256 JWTs signed with this RSA private key (PEM)")
     ap.add_argument("--jwt-kid", default="fake-imds-key", help="the JWTs' kid")
     ap.add_argument("--jwt-issuer", default="fake-imds", help="the JWTs' iss")
+    ap.add_argument("--jwt-tenant", help="the JWTs' tid")
     args = ap.parse_args()
     QUIET = args.quiet
     if args.jwt_key:
         with open(args.jwt_key) as f:
-            JWT = {"key": f.read(), "kid": args.jwt_kid, "issuer": args.jwt_issuer}
+            JWT = {"key": f.read(), "kid": args.jwt_kid, "issuer": args.jwt_issuer,
+                   "tenant": args.jwt_tenant}
 
     server = Server(("127.0.0.1", args.port), Handler)  # binds and listens
     port = server.server_address[1]

@@ -20,7 +20,8 @@
  * There a token may answer the first request only if that request passed
  * every guard: a Host that is an IP literal or localhost, no Origin, no
  * Sec-Fetch-Site but "none", no forwarding proxy's fields, Metadata: true
- * (IMDS) or the App Service secret (FUZZ_SECRET).
+ * (IMDS; for Cloud Shell's POST also a form Content-Type) or the App Service
+ * secret (FUZZ_SECRET) in X-IDENTITY-HEADER or, for 2017-09-01, secret.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -444,22 +445,51 @@ host_ok(const char *v, size_t len)
 	return strcasecmp(host, "localhost") == 0 || inet_pton(AF_INET, host, a) == 1;
 }
 
-/* True when the first request in p passes every guard a token needs on listener `to`. */
+/* Content-Type: application/x-www-form-urlencoded[;...], as a Cloud Shell POST needs. */
+static bool
+form_ok(const struct http_header *f)
+{
+	static const char t[] = "application/x-www-form-urlencoded";
+	size_t n = sizeof(t) - 1;
+
+	return f->value_len >= n && strncasecmp(f->value, t, n) == 0 &&
+	       (f->value_len == n || f->value[n] == ';' || f->value[n] == ' ' ||
+		f->value[n] == '\t');
+}
+
+/*
+ * True when the first request in p passes every guard a token needs on listener
+ * `to`: on the App Service listener the secret in X-IDENTITY-HEADER (2019-08-01) or
+ * secret (2017-09-01); on the IMDS listener Metadata: true, and for Cloud Shell's
+ * POST a form Content-Type.
+ */
 static bool
 first_request_may_have_a_token(const char *p, size_t len, int to)
 {
 	struct http_head h;
-	bool host = false, auth = false, seen_auth = false;
+	bool host = false, auth = false, seen_auth = false, secret = false, seen_secret = false;
+	bool post, form = false, seen_type = false;
 
 	if (http_parse_request_head(p, len, &h) <= 0)
 		return false;
-	/* the listeners read the first Metadata or X-IDENTITY-HEADER (Host is never repeated) */
+	post = h.method_len == 4 && memcmp(h.method, "POST", 4) == 0;
+	/* the listeners read the first Metadata, X-IDENTITY-HEADER, secret and Content-Type
+	 * (Host is never repeated) */
 	for (int i = 0; i < h.nheaders; i++) {
 		const struct http_header *f = &h.headers[i];
 
 		if (field_is(f, "host"))
 			host = host_ok(f->value, f->value_len);
-		else if (seen_auth && (field_is(f, "metadata") || field_is(f, "x-identity-header")))
+		else if (field_is(f, "content-type") && !seen_type) {
+			form = form_ok(f);
+			seen_type = true;
+		} else if (to == TO_APPSVC && field_is(f, "secret")) {
+			if (!seen_secret)
+				secret = f->value_len == strlen(FUZZ_SECRET) &&
+					 memcmp(f->value, FUZZ_SECRET, f->value_len) == 0;
+			seen_secret = true;
+		} else if (seen_auth &&
+			   (field_is(f, "metadata") || field_is(f, "x-identity-header")))
 			continue;
 		else if (field_is(f, "origin") || field_is(f, "x-forwarded-for") ||
 			 field_is(f, "forwarded") || field_is(f, "via") || field_is(f, "x-real-ip"))
@@ -476,7 +506,9 @@ first_request_may_have_a_token(const char *p, size_t len, int to)
 			seen_auth = true;
 		}
 	}
-	return host && auth;
+	if (to == TO_IMDS && post && !form)
+		return false;
+	return host && (auth || (to == TO_APPSVC && secret));
 }
 
 /* A connected, non-blocking client socket to the API socket or a compat listener. */

@@ -58,11 +58,12 @@ class Response:
 
 
 class FakeIMDS:
-    def __init__(self, tmp):
-        port_file = tmp / "fake.port"
-        self.log = open(tmp / "fake.log", "w")
+    def __init__(self, tmp, args=(), name="fake"):
+        port_file = tmp / f"{name}.port"
+        self.log = open(tmp / f"{name}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(FAKE_IMDS), "--port", "0", "--port-file", str(port_file)],
+            [sys.executable, str(FAKE_IMDS), "--port", "0", "--port-file", str(port_file),
+             *args],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_file.exists() and port_file.read_text().strip(),
                  what="fake IMDS to listen")
@@ -96,7 +97,7 @@ class FakeIMDS:
 class Daemon:
     """A bearerd started on a config written to a temporary directory."""
 
-    def __init__(self, tmp, config_text=None, args=None, env=None):
+    def __init__(self, tmp, config_text=None, args=None, env=None, prefix=()):
         self.tmp = tmp
         self.socket = str(tmp / "bearerd.sock")
         self.config = tmp / "bearerd.conf"
@@ -106,7 +107,7 @@ class Daemon:
             argv = [str(BEARERD), "-c", str(self.config)]
         else:
             argv = [str(BEARERD)]
-        argv += args or []
+        argv = [*prefix, *argv, *(args or [])]  # prefix: a wrapper that execs bearerd
         e = dict(os.environ)
         e["BEARERD_SOCKET"] = self.socket
         e.update(env or {})

@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,6 +68,7 @@ imds_listen = 127.0.0.1:{imds}
 appservice_listen = 127.0.0.1:{app}
 appservice_secret_file = {tmp}/identity-header
 dynamic_resources = {dynamic}
+{over.get('compat_extra', '')}
 """
     return text, imds, app
 
@@ -222,7 +224,8 @@ def test_imds_listener_rules(fake, compat):
     # unknown paths (IMDSv2's probe and /metadata/instance get 403: test_dotnet.py)
     for path in ("/", "/metadata/identity/oauth2/tokens"):
         assert raw(p, path, MD)[0] == 404, path
-    assert raw(p, TOKEN + Q, MD, method="POST")[0] == 405
+    st, h, _ = raw(p, TOKEN + Q, MD, method="PUT")
+    assert (st, h["allow"]) == (405, "GET, POST")  # POST is Cloud Shell's (test_cloud_shell_*)
     # selectors map to configured identities
     st, _, body = raw(p, TOKEN + Q + "&client_id=" + UA_CLIENT_ID, MD)
     assert st == 200 and json.loads(body)["client_id"] == UA_CLIENT_ID
@@ -260,7 +263,9 @@ def test_appservice_listener_rules(fake, compat):
     assert st == 400 and b"Duplicate" in body
     st, _, body = raw(p, ok, dict(hdr, **{"X-Forwarded-For": "10.0.0.1"}))
     assert st == 400
-    assert raw(p, "/msi/token?api-version=2017-09-01&resource=x", hdr)[0] == 400
+    # 2017-09-01 takes the secret in "secret", not X-IDENTITY-HEADER (test_appservice_2017_*)
+    assert raw(p, "/msi/token?api-version=2017-09-01&resource=x", hdr)[0] == 401
+    assert raw(p, "/msi/token?api-version=2018-02-01&resource=x", hdr)[0] == 400
     assert raw(p, "/msi/token?api-version=2019-08-01", hdr)[0] == 400
     assert raw(p, "/msi/tokens" + ok[10:], hdr)[0] == 404
     assert raw(p, TOKEN + Q, dict(hdr, **MD))[0] == 404
@@ -444,3 +449,351 @@ def test_non_loopback_listener_needs_allow(tmp_path):
     conf.write_text(conf.read_text() + "allow_non_loopback = yes\n")
     p = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+# -- issue 15: App Service 2017-09-01, Cloud Shell, self-loops, IMDS's other paths -------------
+
+from urllib.parse import quote  # noqa: E402
+
+Q17 = "/msi/token?api-version=2017-09-01&resource=" + quote(RESOURCE, safe="")
+
+
+def error_of(body):
+    doc = json.loads(body)
+    assert sorted(doc) == ["error", "error_description"], shown(body)
+    return doc
+
+
+def test_appservice_2017_secret_header_and_clientid(fake, compat):
+    """MSI_ENDPOINT + MSI_SECRET clients (Go's adal, msrestazure, the Azure CLI): GET with
+    api-version=2017-09-01, the secret in a field called "secret" in any case, a
+    user-assigned identity as clientid.  expires_on is epoch seconds here too."""
+    d = compat()
+    p = d.app_port
+    for name in ("secret", "Secret", "SECRET"):
+        st, _, body = raw(p, Q17, {name: d.secret})
+        assert st == 200, shown(body)
+        doc = json.loads(body)
+        remember_token(doc["access_token"])
+        assert doc["resource"] == RESOURCE and doc["token_type"] == "Bearer"
+        assert doc["expires_on"].isdigit() and int(doc["expires_on"]) > time.time() + 3000
+    # msrestazure appends "/?resource=" to MSI_ENDPOINT, which may end in "/" already
+    for path in ("/msi/token/", "/MSI/token//"):
+        st, _, body = raw(p, path + Q17[len("/msi/token"):], {"secret": d.secret})
+        assert st == 200, (path, shown(body))
+        remember_token(json.loads(body)["access_token"])
+    # clientid picks the user-assigned identity; the answer names it client_id
+    st, _, body = raw(p, Q17 + "&clientid=" + UA_CLIENT_ID, {"secret": d.secret})
+    assert st == 200, shown(body)
+    doc = json.loads(body)
+    remember_token(doc["access_token"])
+    assert doc["client_id"] == UA_CLIENT_ID and "clientid" not in doc
+    assert fake.stats()["last_query"]["client_id"] == UA_CLIENT_ID
+    for sel in ("clientid=nope", "principal_id=nope", "mi_res_id=nope"):
+        st, _, body = raw(p, Q17 + "&" + sel, {"secret": d.secret})
+        assert (st, error_of(body)["error_description"]) == (400, "Identity not found"), sel
+    st, _, body = raw(p, Q17 + "&clientid=" + UA_CLIENT_ID + "&mi_res_id=x",
+                      {"secret": d.secret})
+    assert st == 400
+    assert fake.stats()["requests"] == 2  # one per identity, whatever the spelling
+
+
+def test_appservice_wrong_secret_is_401_and_fetches_nothing(fake, compat):
+    d = compat()
+    p = d.app_port
+    s = d.secret
+    other = s[:-1] + ("1" if s[-1] != "1" else "2")
+    for headers in ({}, {"secret": ""}, {"secret": s[:-1]}, {"secret": s + "0"},
+                    {"secret": other}, {"X-IDENTITY-HEADER": s}):
+        st, _, body = raw(p, Q17, headers)
+        assert st == 401 and error_of(body)["error"] == "unauthorized", (headers, shown(body))
+        assert b"access_token" not in body
+    # the 2019 protocol takes X-IDENTITY-HEADER only; another api-version is a 400 only
+    # for a caller that knows the secret
+    q19 = Q17.replace("2017-09-01", "2019-08-01")
+    assert raw(p, q19, {"secret": s})[0] == 401
+    assert raw(p, Q17.replace("2017-09-01", "2018-02-01"), {"Secret": other})[0] == 401
+    st, _, body = raw(p, Q17.replace("2017-09-01", "2018-02-01"), {"Secret": s})
+    assert st == 400 and b"2017-09-01" in body
+    assert fake.stats()["requests"] == 0
+    st, _, body = raw(p, Q17, {"secret": s})
+    assert st == 200, shown(body)
+    remember_token(json.loads(body)["access_token"])
+
+
+def post(port, path, body, headers=None, chunked=False):
+    """A POST as bytes: Content-Length, or chunked in two chunks; (status, headers, body)."""
+    fields = {"Host": f"127.0.0.1:{port}", "Metadata": "true",
+              "Content-Type": "application/x-www-form-urlencoded"}
+    fields.update(headers or {})
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in fields.items() if v is not None)
+    if chunked:
+        half = len(body) // 2
+        data = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:])
+                        if c) + b"0\r\n\r\n"
+        head += "Transfer-Encoding: chunked\r\n"
+    else:
+        data = body
+        head += f"Content-Length: {len(body)}\r\n"
+    head += "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sk:
+        sk.sendall(head.encode() + data)
+        out = b""
+        while True:
+            chunk = sk.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    top, _, rest = out.partition(b"\r\n\r\n")
+    lines = top.decode().split("\r\n")
+    hdrs = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), hdrs, rest
+
+
+FORM = b"resource=" + quote(RESOURCE, safe="").encode()
+
+
+def test_cloud_shell_form(fake, compat):
+    """MSI_ENDPOINT alone (Go's adal, msrestazure, the Azure CLI): POST with Metadata: true and
+    resource=... in a form body, chunked (Go) or with a Content-Length (Python), on Cloud
+    Shell's /oauth2/token or the IMDS path; the answer is IMDS's."""
+    d = compat()
+    p = d.imds_port
+    toks = set()
+    for path in ("/oauth2/token", "/oauth2/token/", TOKEN, TOKEN + "/"):
+        for chunked in (False, True):
+            st, h, body = post(p, path, FORM, chunked=chunked)
+            assert st == 200, (path, chunked, shown(body))
+            doc = json.loads(body)
+            toks.add(remember_token(doc["access_token"]))
+            assert doc["resource"] == RESOURCE
+            for k in ("expires_in", "expires_on", "not_before"):
+                assert doc[k].isdigit(), k
+    assert len(toks) == 1 and fake.stats()["requests"] == 1
+    # a charset parameter, selectors in the body, and form decoding ('+' is a space)
+    st, _, body = post(p, "/oauth2/token", FORM + b"&client_id=" + UA_CLIENT_ID.encode(),
+                       {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    assert st == 200 and json.loads(body)["client_id"] == UA_CLIENT_ID, shown(body)
+    remember_token(json.loads(body)["access_token"])
+    assert fake.stats()["last_query"]["client_id"] == UA_CLIENT_ID
+    for form, resource in ((b"resource=api%3A%2F%2Fa%2Bb", "api://a+b"),
+                           (b"resource=api%3A%2F%2Fa+b", "api://a b")):
+        st, _, body = post(p, "/oauth2/token", form)
+        assert st == 200 and json.loads(body)["resource"] == resource, shown(body)
+        remember_token(json.loads(body)["access_token"])
+        assert fake.stats()["last_query"]["resource"] == resource
+    st, _, body = post(p, "/oauth2/token", b"resource=x&object_id=nope")
+    assert (st, error_of(body)["error_description"]) == (400, "Identity not found")
+
+
+def test_cloud_shell_refusals(fake, compat):
+    """Each a clear JSON error, nothing fetched, and the daemon goes on serving."""
+    d = compat()
+    p = d.imds_port
+    missing = "Required metadata header not specified"
+    cases = [
+        ({"Metadata": None}, FORM, 400, missing),
+        ({"Metadata": "True"}, FORM, 400, missing),
+        ({"Content-Type": None}, FORM, 400, "Content-Type"),
+        ({"Content-Type": "text/plain"}, FORM, 400, "Content-Type"),
+        ({"Content-Type": "application/json"}, b'{"resource":"x"}', 400, "Content-Type"),
+        ({"Content-Type": "application/x-www-form-urlencodedx"}, FORM, 400, "Content-Type"),
+        ({}, FORM + b"&resource=x", 400, "Duplicate"),
+        ({}, b"", 400, "Required audience parameter not specified"),
+        ({}, b"client_id=x", 400, "Required audience parameter not specified"),
+        ({}, b"resource=%zz", 400, "malformed"),
+        ({"X-Forwarded-For": "10.0.0.1"}, FORM, 400, "X-Forwarded-For"),
+        ({"Via": "1.1 proxy"}, FORM, 400, "Via"),
+        ({"Host": "rebind.example"}, FORM, 400, "Host"),
+        ({"Origin": "http://127.0.0.1"}, FORM, 403, "web pages"),
+        ({"Sec-Fetch-Site": "cross-site"}, FORM, 403, "web pages"),
+    ]
+    for headers, body, want, text in cases:
+        for chunked in (False, True):
+            st, _, out = post(p, "/oauth2/token", body, headers, chunked=chunked)
+            assert st == want and text in error_of(out)["error_description"], \
+                (headers, body, chunked, st, shown(out))
+    # parameters go in the body
+    st, _, out = post(p, "/oauth2/token?resource=x", FORM)
+    assert st == 400 and "body" in error_of(out)["error_description"]
+    # too large: 413 before the handler, Content-Length or chunked
+    big = FORM + b"&x=" + b"a" * 20000
+    for chunked in (False, True):
+        st, _, out = post(p, "/oauth2/token", big, chunked=chunked)
+        assert st == 413 and "too large" in error_of(out)["error_description"], (chunked, st)
+    # wrong method: 405 with Allow
+    for method, path, allow in (("GET", "/oauth2/token", "POST"), ("PUT", "/oauth2/token", "POST"),
+                                ("DELETE", TOKEN, "GET, POST")):
+        st, h, out = raw(p, path, MD, method=method)
+        assert (st, h["allow"], error_of(out)["error"]) == (405, allow, "method_not_allowed")
+    # Cloud Shell's form on the App Service listener: no secret there, so a pointer instead
+    st, h, out = post(d.app_port, "/msi/token", FORM)
+    assert (st, h["allow"]) == (405, "GET") and "IMDS listener" in error_of(out)[
+        "error_description"]
+    assert fake.stats()["requests"] == 0
+    st, _, out = post(p, "/oauth2/token", FORM)
+    assert st == 200, shown(out)
+    remember_token(json.loads(out)["access_token"])
+
+
+def test_self_loop_is_refused_at_start(tmp_path):
+    """An identity whose endpoint is a compat listener would ask bearerd itself."""
+    imds, app = free_port(), free_port()
+
+    def check(identity, listen, ok):
+        conf = tmp_path / "c.conf"
+        secret = f"appservice_secret_file = {tmp_path}/s\n" if "appservice" in listen else ""
+        conf.write_text(f"[identity \"vm\"]\n{identity}\n[compat]\n{listen}\n{secret}")
+        p = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True,
+                           text=True)
+        if ok:
+            assert p.returncode == 0, (identity, listen, p.stderr)
+        else:
+            assert p.returncode == 1 and "bearerd would ask itself" in p.stderr, \
+                (identity, listen, p.stderr)
+        return p.stderr
+
+    imds_id = "source = azure-imds\nendpoint = http://{}/metadata/identity/oauth2/token"
+    err = check(imds_id.format(f"127.0.0.1:{imds}"), f"imds_listen = 127.0.0.1:{imds}", False)
+    assert f"c.conf:5: imds_listen: 127.0.0.1:{imds} is where identity 'vm' (line 1)" in err
+    check(imds_id.format(f"localhost:{imds}"), f"imds_listen = 127.0.0.1:{imds}", False)
+    check(imds_id.format(f"[::1]:{imds}"), f"imds_listen = [::1]:{imds}", False)
+    check(imds_id.format(f"127.0.0.1:{imds}"),
+          f"imds_listen = 0.0.0.0:{imds}\nallow_non_loopback = yes", False)
+    # the pod's transparent IMDS beside an azure-imds identity with the default endpoint
+    check("source = azure-imds", "imds_listen = 169.254.169.254:80\nallow_non_loopback = yes",
+          False)
+    check("source = azure-appservice\nendpoint = http://127.0.0.1:%d/msi/token\n"
+          "identity_header_file = /nonexistent" % app,
+          f"appservice_listen = 127.0.0.1:{app}", False)
+    # not a loop: another port, another address, a name bearerd cannot know
+    check(imds_id.format(f"127.0.0.1:{imds}"), f"imds_listen = 127.0.0.1:{app}", True)
+    check(imds_id.format(f"127.0.0.2:{imds}"), f"imds_listen = 127.0.0.1:{imds}", True)
+    check("source = azure-imds", "imds_listen = 127.0.0.1:50342", True)
+
+
+RELAY_PY = ROOT / "tests" / "container" / "relay.py"
+
+
+def test_self_loop_is_detected_at_the_first_request(fake, start_daemon, tmp_path):
+    """A redirect that does not exempt bearerd (here a TCP relay standing for it) sends
+    bearerd's own IMDS request back to its listener: refused at once (508, logged), so the
+    caller gets a 503 that says why, long before wait_timeout, and nothing hangs."""
+    imds, relay_port = free_port(), free_port()
+    ready = tmp_path / "relay.ready"
+    relay = subprocess.Popen([sys.executable, str(RELAY_PY), "127.0.0.1", str(relay_port),
+                              "127.0.0.1", str(imds), "--ready-file", str(ready)])
+    try:
+        wait_for(lambda: ready.exists(), what="the relay")
+        d = start_daemon(f"""[bearerd]
+socket = @SOCKET@
+log_level = debug
+wait_timeout = 10
+[identity "vm"]
+source = azure-imds
+endpoint = http://127.0.0.1:{relay_port}/metadata/identity/oauth2/token
+dynamic_resources = yes
+[compat]
+identity = vm
+imds_listen = 127.0.0.1:{imds}
+dynamic_resources = yes
+""")
+        t0 = time.monotonic()
+        st, h, body = raw(imds, TOKEN + Q, MD)
+        elapsed = time.monotonic() - t0
+        assert st == 503 and h["retry-after"] == "1", shown(body)
+        assert "came back to bearerd" in error_of(body)["error_description"]
+        assert elapsed < 5, elapsed  # wait_timeout is 10 s: not a wait for itself
+        log = d.logs()
+        assert "bearerd asked itself for a token" in log and "status=508" in log
+        assert fake.stats()["requests"] == 0
+    finally:
+        relay.terminate()
+        relay.wait(10)
+
+
+OTHER_PATHS = ["/metadata/instance", "/metadata/instance/compute?api-version=2021-02-01",
+               "/metadata/attested/document?api-version=2020-09-01",
+               "/metadata/scheduledevents?api-version=2020-07-01",
+               "/metadata/versions", "/metadata/loadbalancer?api-version=2020-10-01",
+               "/Metadata/instance/network"]
+
+
+def test_other_imds_paths_are_403_without_imds_relay(fake, compat):
+    """In a pod (or with imds_relay = no) IMDS's other paths get a documented 403: not 404,
+    which Azure.Core retries for about 25 s; not 400, which .NET reads as IMDSv2."""
+    d = compat()
+    for path in OTHER_PATHS + ["/metadata/identity/getplatformmetadata?cred-api-version=2.0"]:
+        for headers in (MD, {}):
+            st, _, body = raw(d.imds_port, path, headers)
+            assert (st, error_of(body)["error"]) == (403, "forbidden"), (path, headers, body)
+    assert fake.stats()["other"] == []
+
+
+def test_imds_relay_passes_other_paths_to_the_real_imds(fake, compat):
+    """imds_relay = yes (a VM, where bearerd holds 169.254.169.254:80 behind a redirect):
+    IMDS's other paths reach the IMDS of [compat] identity untouched, after the same guards
+    as a token request; never an identity path, and never getplatformmetadata."""
+    d = compat(compat_extra="imds_relay = yes")
+    p = d.imds_port
+    st, h, body = raw(p, "/metadata/instance?api-version=2021-02-01", MD)
+    assert st == 200 and json.loads(body)["compute"]["name"] == "fake-vm", body
+    assert h["content-type"].startswith("application/json")
+    st, h, body = raw(p, "/metadata/instance/compute/name?api-version=2021-02-01&format=text",
+                      MD)
+    assert (st, body, h["content-type"]) == (200, b"fake-vm", "text/plain; charset=utf-8")
+    for path in ("/metadata/versions", "/metadata/attested/document?api-version=2020-09-01",
+                 "/metadata/scheduledevents?api-version=2020-07-01"):
+        assert raw(p, path, MD)[0] == 200, path
+    ack = b'{"StartRequests":[{"EventId":"f020ba2e-3bc0-4c40-a10b-86575a9eabd5"}]}'
+    c = http.client.HTTPConnection("127.0.0.1", p, timeout=10)
+    c.request("POST", "/metadata/scheduledevents?api-version=2020-07-01", body=ack,
+              headers={"Metadata": "true", "Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    c.close()
+    other = fake.stats()["other"]
+    assert [(o["method"], o["path"]) for o in other] == [
+        ("GET", "/metadata/instance"), ("GET", "/metadata/instance/compute/name"),
+        ("GET", "/metadata/versions"), ("GET", "/metadata/attested/document"),
+        ("GET", "/metadata/scheduledevents"), ("POST", "/metadata/scheduledevents")]
+    assert other[1]["query"] == "api-version=2021-02-01&format=text"
+    assert (other[-1]["body"], other[-1]["content_type"]) == (ack.decode(), "application/json")
+    assert all(o["metadata"] == "true" and o["loop"] for o in other)
+    # refused here, relayed nowhere
+    xff, host, origin = ({"X-Forwarded-For": "1.2.3.4"}, {"Host": "imds.example"},
+                         {"Origin": "http://x"})
+    refused = [({}, "/metadata/instance", 400), (dict(MD, **xff), "/metadata/instance", 400),
+               (dict(MD, **host), "/metadata/instance", 400),
+               (dict(MD, **origin), "/metadata/instance", 403),
+               (MD, "/metadata/instance/../identity/oauth2/token", 400),
+               (MD, "/metadata/instance/%2e%2e/identity", 400),
+               (MD, "/metadata/instance?a=1&a=2", 400),
+               (MD, "/metadata/identity/getplatformmetadata", 403),
+               (MD, "/metadata/identity/info?api-version=2018-02-01", 404)]
+    for headers, path, want in refused:
+        st, _, body = raw(p, path, headers)
+        assert st == want, (headers, path, st, body)
+    st, h, _ = raw(p, "/metadata/instance", MD, method="POST")
+    assert (st, h["allow"]) == (405, "GET")
+    assert len(fake.stats()["other"]) == len(other)
+    # the real IMDS does not answer: 502, and the token path is not affected
+    fake.stop()
+    st, _, body = raw(p, "/metadata/instance?api-version=2021-02-01", MD)
+    assert st == 502 and error_of(body)["error"] == "bad_gateway", body
+    assert raw(p, TOKEN + Q, MD)[0] == 503
+
+
+def test_imds_relay_needs_an_imds_identity(tmp_path):
+    conf = tmp_path / "c.conf"
+    for body, msg in (
+            ('[identity "d"]\nsource = dev\n[compat]\nimds_listen = 127.0.0.1:0\n'
+             "imds_relay = yes\n", "not an azure-imds identity"),
+            ('[identity "vm"]\nsource = azure-imds\n[compat]\n'
+             "appservice_listen = 127.0.0.1:0\nimds_relay = yes\n"
+             f"appservice_secret_file = {tmp_path}/s\n", "without imds_listen")):
+        conf.write_text(body)
+        p = subprocess.run([str(BEARERD), "-n", "-c", str(conf)], capture_output=True,
+                           text=True)
+        assert p.returncode == 1 and msg in p.stderr, p.stderr

@@ -88,6 +88,25 @@ class TestCA:
                  str(self._ext), "-extensions", ext, cwd=d)
         return cred
 
+    def server_for(self, dns):
+        """A server certificate for the host name dns, signed by the CA: a loopback
+        stand-in for a real host (management.azure.com for the Azure CLI)."""
+        d = str(self.dir)
+        ext = self.dir / f"ext-{dns}.cnf"
+        ext.write_text("[s]\nbasicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                       f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{dns}\n")
+        cred = Credential(self.dir / f"{dns}.pem", self.dir / f"{dns}.key")
+        if cred.cert.exists():
+            return cred
+        self._rsa_key(cred.key)
+        _openssl("req", "-new", "-key", str(cred.key), "-out", f"{dns}.csr", "-subj",
+                 f"/CN={dns}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{dns}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", str(cred.cert), "-days", "2", "-extfile", str(ext),
+                 "-extensions", "s", cwd=d)
+        return cred
+
     def _client(self, kind):
         d = str(self.dir)
         key = self.dir / f"client-{kind}.key"

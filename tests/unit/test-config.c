@@ -951,6 +951,95 @@ test_compat(void **state)
 		      "t.conf:8: section [compat] takes no name\n");
 }
 
+/*
+ * An azure-imds or azure-appservice endpoint that is a compat listener: bearerd
+ * would ask itself (issue 15).  Same address and port, localhost, the IMDS
+ * default beside imds_listen = 169.254.169.254:80, a wildcard listener and a
+ * loopback endpoint; not another port, address or a host name.
+ */
+static void
+test_compat_self_loop(void **state)
+{
+	struct config *c;
+
+	(void)state;
+	expect_errors("[identity \"vm\"]\nsource = azure-imds\n"
+		      "endpoint = http://127.0.0.1:8080/metadata/identity/oauth2/token\n"
+		      "[compat]\nimds_listen = 127.0.0.1:8080\n",
+		      "t.conf:5: imds_listen: 127.0.0.1:8080 is where identity 'vm' (line 1) asks "
+		      "for its tokens (endpoint http://127.0.0.1:8080/metadata/identity/oauth2/"
+		      "token): bearerd would ask itself; point the endpoint at the real one, or "
+		      "move the listener\n");
+	expect_errors(
+	    IMDS "[compat]\nimds_listen = 169.254.169.254:80\nallow_non_loopback = yes\n",
+	    "t.conf:4: imds_listen: 169.254.169.254:80 is where identity 'vm' (line 1) "
+	    "asks for its tokens (endpoint http://169.254.169.254/metadata/identity/"
+	    "oauth2/token): bearerd would ask itself; point the endpoint at the real one, "
+	    "or move the listener\n");
+	expect_errors("[identity \"vm\"]\nsource = azure-imds\nendpoint = http://localhost:9/x\n"
+		      "[compat]\nimds_listen = [::]:9\nallow_non_loopback = yes\n"
+		      "imds_listen = 0.0.0.0:9\n",
+		      "t.conf:7: duplicate key 'imds_listen' (first set on line 5)\n");
+	expect_errors("[identity \"vm\"]\nsource = azure-imds\nendpoint = http://localhost:9/x\n"
+		      "[compat]\nimds_listen = 0.0.0.0:9\nallow_non_loopback = yes\n",
+		      "t.conf:5: imds_listen: 0.0.0.0:9 is where identity 'vm' (line 1) asks for "
+		      "its tokens (endpoint http://localhost:9/x): bearerd would ask itself; point "
+		      "the endpoint at the real one, or move the listener\n");
+	expect_errors("[identity \"vm\"]\nsource = azure-imds\nendpoint = http://[::1]:9/x\n"
+		      "[compat]\nimds_listen = [::1]:9\n",
+		      "t.conf:5: imds_listen: [::1]:9 is where identity 'vm' (line 1) asks for its "
+		      "tokens (endpoint http://[::1]:9/x): bearerd would ask itself; point the "
+		      "endpoint at the real one, or move the listener\n");
+	setenv("IDENTITY_HEADER", "x", 1);
+	expect_errors(
+	    "[identity \"a\"]\nsource = azure-appservice\n"
+	    "endpoint = http://127.0.0.1:7/msi/token\n"
+	    "[compat]\nappservice_listen = 127.0.0.1:7\nappservice_secret_file = /y\n",
+	    "t.conf:5: appservice_listen: 127.0.0.1:7 is where identity 'a' (line 1) asks "
+	    "for its tokens (endpoint http://127.0.0.1:7/msi/token): bearerd would ask "
+	    "itself; point the endpoint at the real one, or move the listener\n");
+	unsetenv("IDENTITY_HEADER");
+	/* not loops */
+	c = expect_ok("[identity \"vm\"]\nsource = azure-imds\nendpoint = http://127.0.0.1:9/x\n"
+		      "[compat]\nimds_listen = 127.0.0.1:10\n");
+	config_free(c);
+	c = expect_ok("[identity \"vm\"]\nsource = azure-imds\nendpoint = http://127.0.0.2:9/x\n"
+		      "[compat]\nimds_listen = 127.0.0.1:9\n");
+	config_free(c);
+	c = expect_ok(
+	    "[identity \"vm\"]\nsource = azure-imds\n"
+	    "endpoint = https://imds.example:443/x\n[compat]\nimds_listen = 127.0.0.1:443\n");
+	config_free(c);
+	c = expect_ok(IMDS "[compat]\nimds_listen = 127.0.0.1:80\n");
+	config_free(c);
+}
+
+/* imds_relay: off by default; needs imds_listen and an azure-imds [compat] identity. */
+static void
+test_compat_imds_relay(void **state)
+{
+	struct config *c;
+
+	(void)state;
+	c = expect_ok(IMDS "[compat]\nimds_listen = 127.0.0.1:1\n");
+	assert_false(c->compat.imds_relay);
+	config_free(c);
+	c = expect_ok(IMDS "[compat]\nimds_listen = 127.0.0.1:1\nimds_relay = yes\n");
+	assert_true(c->compat.imds_relay);
+	config_free(c);
+	expect_errors(
+	    "[identity \"d\"]\nsource = dev\n[compat]\nimds_listen = 127.0.0.1:1\n"
+	    "imds_relay = yes\n",
+	    "t.conf:5: imds_relay: relays to the IMDS that [compat] identity 'd' gets its "
+	    "tokens from, but it is not an azure-imds identity\n");
+	expect_errors(IMDS "[compat]\nappservice_listen = 127.0.0.1:1\nimds_relay = maybe\n"
+			   "appservice_secret_file = /x\n",
+		      "t.conf:5: imds_relay: expected yes or no, got 'maybe'\n");
+	expect_errors(IMDS "[compat]\nappservice_listen = 127.0.0.1:1\nimds_relay = yes\n"
+			   "appservice_secret_file = /x\n",
+		      "t.conf:5: imds_relay: without imds_listen there is nothing to relay\n");
+}
+
 /* [bearerd] bounds on callers: defaults, values, ranges. */
 static void
 test_limits(void **state)
@@ -1918,6 +2007,8 @@ main(void)
 	    cmocka_unit_test(test_resources_alike),
 	    cmocka_unit_test(test_dynamic_rate),
 	    cmocka_unit_test(test_compat_env_allow),
+	    cmocka_unit_test(test_compat_self_loop),
+	    cmocka_unit_test(test_compat_imds_relay),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -812,6 +812,33 @@ test_appservice_new(void **state)
 	rmdir(dir);
 }
 
+/*
+ * The loop field: one random value per process, 32 hex digits, the same on
+ * every call; only that value is "ours" (issue 15: a compat listener refuses
+ * exactly bearerd's own requests, not a caller that sends the field).
+ */
+static void
+test_loop_field(void **state)
+{
+	const char *line = azure_mi_loop_line();
+	const char *prefix = AZURE_LOOP_FIELD ": ";
+	char other[33];
+
+	(void)state;
+	assert_non_null(line);
+	assert_ptr_equal(line, azure_mi_loop_line());
+	assert_int_equal(strncmp(line, prefix, strlen(prefix)), 0);
+	line += strlen(prefix);
+	assert_int_equal(strlen(line), 32);
+	assert_int_equal(strspn(line, "0123456789abcdef"), 32);
+	assert_true(azure_mi_loop_is_ours(line, 32));
+	assert_false(azure_mi_loop_is_ours(line, 31));
+	assert_false(azure_mi_loop_is_ours("", 0));
+	memcpy(other, line, 33);
+	other[0] = other[0] == '0' ? '1' : '0';
+	assert_false(azure_mi_loop_is_ours(other, 32));
+}
+
 int
 main(void)
 {
@@ -836,6 +863,7 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_queue_priorities, loop_setup, loop_teardown),
 	    cmocka_unit_test_setup_teardown(test_imds_new, loop_setup, loop_teardown),
 	    cmocka_unit_test_setup_teardown(test_appservice_new, loop_setup, loop_teardown),
+	    cmocka_unit_test(test_loop_field),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
