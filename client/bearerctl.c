@@ -4,8 +4,8 @@
  * Every command is one request through libbearer.  Tokens (and the App Service secret) go
  * to stdout only, written with write(2) rather than stdio so that no copy stays behind in a
  * stdio buffer, and the buffers that held them are wiped; messages on stderr never contain
- * one.  JSON (status, errors, JWT claims) is read with the daemon's json.c, built on jsmn,
- * which is header-only, so bearerctl, like libbearer, needs nothing but libc at run time.
+ * one.  JSON (status, errors, JWT claims) is read with common/json.c, built on jsmn, which
+ * is header-only, so bearerctl, like libbearer, needs nothing but libc at run time.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -161,7 +161,7 @@ audience_path(const char *prefix, const char *audience, const char *suffix)
 	return path;
 }
 
-/* JSON, read with daemon/json.c; documents here have no fixed bound on their tokens. */
+/* JSON, read with common/json.c; documents here have no fixed bound on their tokens. */
 
 /* Parses js as one JSON object (or array); free doc->tok when done. */
 static int

@@ -6,8 +6,8 @@
  * not depend on anything but libc, so it carries this small response reader instead of
  * libcurl; it only ever talks to bearerd, whose answers are small and simply framed, and it
  * refuses anything else (no chunked encoding, no 1xx, no folded headers).  JSON is read with
- * the daemon's json.c, compiled in: it needs only libc and jsmn (header-only), so it adds no
- * run-time dependency, and libbearer.map keeps its symbols private.  Every buffer that may
+ * common/json.c, linked in: it needs only libc and jsmn (header-only), so it adds no run-time
+ * dependency, and libbearer.map keeps its symbols private.  Every buffer that may
  * hold a token is wiped before it is freed.
  */
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for the JSON reader (daemon/json.c): the grammar check on
+ * libFuzzer target for the JSON reader (common/json.c): the grammar check on
  * top of jsmn, then every reader on every token of a document it accepts.
  */
 #include "json.h"

@@ -1,8 +1,8 @@
 /*
  * JSON reading: the one translation unit that compiles jsmn, a strict grammar
  * check on top of its tokens, and the small readers the daemon and the client
- * need (unescaped strings, integers).  Only libc and jsmn: libbearer and
- * bearerctl compile it too.
+ * need (unescaped strings, integers).  Only libc and jsmn: it is in common/,
+ * which libbearer and bearerctl link as well.
  */
 #define JSMN_STRICT
 #include <jsmn.h>
