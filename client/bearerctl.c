@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base64.h"
 #include "bearer.h"
 #include "build-config.h"
 #include "json.h"
@@ -473,54 +474,6 @@ cmd_refresh(const char *socket_path, const struct command_args *args)
 	return rc;
 }
 
-static int
-b64url_value(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
-
-/* Decodes one base64url segment of a JWT into a new NUL-terminated allocation. */
-static char *
-b64url_decode(const char *s, size_t len, size_t *out_len)
-{
-	char *out;
-	uint32_t acc = 0;
-	size_t i, o = 0;
-	int bits = 0, v;
-
-	while (len > 0 && s[len - 1] == '=')
-		len--;
-	if (len % 4 == 1)
-		return NULL;
-	out = xmalloc(len / 4 * 3 + 3);
-	for (i = 0; i < len; i++) {
-		v = b64url_value(s[i]);
-		if (v < 0) {
-			util_wipe_free(out, len / 4 * 3 + 3);
-			return NULL;
-		}
-		acc = acc << 6 | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (char)(acc >> bits & 0xff);
-		}
-	}
-	out[o] = '\0';
-	*out_len = o;
-	return out;
-}
-
 /* Prints the text of a JSON string token, escaping raw control characters. */
 static void
 print_json_text(const char *s, size_t n)
@@ -623,9 +576,9 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 	struct bearer_token tok;
 	struct json_doc header = {0}, claims = {0};
 	const char *dot1, *dot2;
-	char *h = NULL, *c = NULL;
+	unsigned char *h = NULL, *c = NULL;
 	size_t hlen = 0, clen = 0;
-	int rc;
+	int rc, r;
 
 	rc = fetch_token(socket_path, args, &tok);
 	if (rc != RC_OK)
@@ -638,10 +591,13 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 			args->audience);
 		goto out;
 	}
-	h = b64url_decode(tok.access_token, (size_t)(dot1 - tok.access_token), &hlen);
-	c = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &clen);
-	if (h == NULL || c == NULL || parse_json(&header, h, hlen, false) < 0 ||
-	    parse_json(&claims, c, clen, false) < 0) {
+	r = base64url_decode(tok.access_token, (size_t)(dot1 - tok.access_token), &h, &hlen);
+	if (r == 0)
+		r = base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &c, &clen);
+	if (r == -ENOMEM)
+		out_of_memory();
+	if (r < 0 || parse_json(&header, (char *)h, hlen, false) < 0 ||
+	    parse_json(&claims, (char *)c, clen, false) < 0) {
 		fprintf(stderr, "bearerctl: the token for %s is not a readable JWT\n",
 			args->audience);
 		goto out;

@@ -6,8 +6,9 @@
  * 10 minutes later.  ES256 signatures are the raw r||s of RFC 7518 3.4,
  * not OpenSSL's DER.
  *
- * It needs OpenSSL and secret.c only (no libevent, no jwt.c): the config
- * parser links it to check keys when it loads, and so do its fuzzer and tests.
+ * It needs OpenSSL, secret.c and common/ only (no libevent, no jwt.c): the
+ * config parser links it to check keys when it loads, and so do its fuzzer and
+ * tests.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <openssl/x509.h>
 
 #include "assertion.h"
+#include "base64.h"
 #include "secret.h"
 
 #define MIN_RSA_BITS 2048 /* Entra refuses shorter keys, and so should everyone */
@@ -100,29 +102,6 @@ text_json(struct text *t, const char *s)
 		}
 	}
 	text_add(t, "\"", 1);
-}
-
-/* base64url without padding (RFC 7515 2), NUL-terminated; caller frees. */
-static int
-b64url(const unsigned char *in, size_t len, char **out)
-{
-	char *s = malloc((len + 2) / 3 * 4 + 1);
-	size_t n;
-
-	if (s == NULL)
-		return -ENOMEM;
-	n = (size_t)EVP_EncodeBlock((unsigned char *)s, in, (int)len);
-	while (n > 0 && s[n - 1] == '=')
-		n--;
-	s[n] = '\0';
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '+')
-			s[i] = '-';
-		else if (s[i] == '/')
-			s[i] = '_';
-	}
-	*out = s;
-	return 0;
 }
 
 static void
@@ -280,14 +259,12 @@ load_cert(struct assertion_key *k, const char *path, bool entra, char *msg, size
 		goto out;
 	}
 	k->x5t_name = sha1 ? "x5t" : "x5t#S256";
-	r = b64url(md, md_len, &k->x5t);
+	r = base64url_encode(md, md_len, &k->x5t);
 	if (r < 0)
 		goto oom;
-	k->x5c = malloc(((size_t)der_len + 2) / 3 * 4 + 1);
-	if (k->x5c == NULL)
+	r = base64_encode(der, (size_t)der_len, &k->x5c);
+	if (r < 0)
 		goto oom;
-	EVP_EncodeBlock((unsigned char *)k->x5c, der, der_len);
-	r = 0;
 	goto out;
 oom:
 	snprintf(msg, size, "out of memory");
@@ -512,9 +489,9 @@ assertion_sign(const struct assertion_key *k, const char *client_id, const char 
 		r = -ENOMEM;
 		goto out;
 	}
-	r = b64url((unsigned char *)head.buf, head.len, &h);
+	r = base64url_encode((unsigned char *)head.buf, head.len, &h);
 	if (r == 0)
-		r = b64url((unsigned char *)claims.buf, claims.len, &c);
+		r = base64url_encode((unsigned char *)claims.buf, claims.len, &c);
 	if (r < 0)
 		goto out;
 	if (asprintf(&input, "%s.%s", h, c) < 0) {
@@ -524,7 +501,7 @@ assertion_sign(const struct assertion_key *k, const char *client_id, const char 
 	}
 	r = sign_input(k, input, strlen(input), &sig, &sig_len);
 	if (r == 0)
-		r = b64url(sig, sig_len, &sig64);
+		r = base64url_encode(sig, sig_len, &sig64);
 	if (r < 0)
 		goto out;
 	if (asprintf(&jws, "%s.%s", input, sig64) < 0) {

@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "base64.h"
 #include "config.h"
 #include "json_write.h"
 #include "jwt.h"
@@ -121,7 +122,7 @@ dev_key_param(EVP_PKEY *key, const char *name, char **out)
 		goto out;
 	}
 	BN_bn2bin(bn, bin);
-	r = jwt_base64url_encode(bin, (size_t)n, out);
+	r = base64url_encode(bin, (size_t)n, out);
 out:
 	free(bin);
 	BN_free(bn);
@@ -165,7 +166,7 @@ dev_key_documents(struct source_dev *d)
 		r = -EIO;
 		goto out;
 	}
-	r = jwt_base64url_encode(md, mdlen, &d->kid);
+	r = base64url_encode(md, mdlen, &d->kid);
 	if (r < 0)
 		goto out;
 

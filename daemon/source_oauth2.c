@@ -29,9 +29,9 @@
 #include <openssl/crypto.h>
 
 #include "assertion.h"
+#include "base64.h"
 #include "config.h"
 #include "fetch.h"
-#include "jwt.h"
 #include "log.h"
 #include "secret.h"
 #include "source.h"
@@ -491,7 +491,7 @@ static int
 basic_header(const char *id, const char *secret, char **out)
 {
 	char *eid = form_encode(id), *esec = form_encode(secret), *pair = NULL, *b64 = NULL;
-	size_t plen = 0, blen;
+	size_t plen = 0;
 	int r = -ENOMEM;
 
 	if (eid == NULL || esec == NULL || asprintf(&pair, "%s:%s", eid, esec) < 0) {
@@ -499,14 +499,10 @@ basic_header(const char *id, const char *secret, char **out)
 		goto out;
 	}
 	plen = strlen(pair);
-	blen = (plen + 2) / 3 * 4;
-	b64 = malloc(blen + 1);
-	if (b64 == NULL)
+	r = base64_encode(pair, plen, &b64);
+	if (r < 0)
 		goto out;
-	EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)pair, (int)plen);
-	if (asprintf(out, "Authorization: Basic %s", b64) < 0)
-		goto out;
-	r = 0;
+	r = asprintf(out, "Authorization: Basic %s", b64) < 0 ? -ENOMEM : 0;
 out:
 	secret_free(b64, b64 != NULL ? strlen(b64) : 0);
 	secret_free(pair, plen);

@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "assertion.h"
+#include "base64.h"
 #include "json.h"
 #include "jwt.h"
 
@@ -145,7 +146,7 @@ jws_split(const char *tok, struct jws *j)
 	assert_non_null(dot2);
 	assert_null(strchr(dot2 + 1, '.'));
 	assert_int_equal(jwt_decode(tok, strlen(tok), &j->header, &j->claims), 0);
-	assert_int_equal(jwt_base64url_decode(dot2 + 1, strlen(dot2 + 1), &j->sig, &j->sig_len), 0);
+	assert_int_equal(base64url_decode(dot2 + 1, strlen(dot2 + 1), &j->sig, &j->sig_len), 0);
 	j->input_len = (size_t)(dot2 - tok);
 }
 
@@ -237,7 +238,7 @@ thumbprint(X509 *c, const EVP_MD *md)
 	char *s = NULL;
 
 	assert_int_equal(X509_digest(c, md, d, &n), 1);
-	assert_int_equal(jwt_base64url_encode(d, n, &s), 0);
+	assert_int_equal(base64url_encode(d, n, &s), 0);
 	return s;
 }
 
