@@ -10,6 +10,7 @@
  * jsmn.h is guarded by JSMN_H as a whole, so json.h's JSMN_HEADER include
  * below is a no-op here and the implementation above stays compiled.
  */
+#include "hex.h"
 #include "json.h"
 
 #include <errno.h>
@@ -256,16 +257,11 @@ json_hex4(const char *p, unsigned *out)
 	unsigned v = 0;
 
 	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned)(c - 'A' + 10);
-		else
+		int h = hex_value(p[i]);
+
+		if (h < 0)
 			return -EINVAL;
+		v = v << 4 | (unsigned)h;
 	}
 	*out = v;
 	return 0;

@@ -38,6 +38,7 @@
 #include "compat.h"
 #include "config.h"
 #include "config_proxy.h"
+#include "hex.h"
 #include "http.h"
 #include "json_write.h"
 #include "log.h"
@@ -211,17 +212,14 @@ decode_key(const char *in, size_t len, char *out, size_t size)
 		char ch = in[i];
 
 		if (ch == '%') {
-			char hex[3] = {0};
+			int b;
 
 			if (i + 2 >= len)
 				return false;
-			hex[0] = in[i + 1];
-			hex[1] = in[i + 2];
-			if (strspn(hex, "0123456789abcdefABCDEF") != 2)
+			b = hex_byte(in + i + 1);
+			if (b <= 0) /* a bad escape, or %00 */
 				return false;
-			ch = (char)strtol(hex, NULL, 16);
-			if (ch == '\0')
-				return false;
+			ch = (char)b;
 			i += 2;
 		} else if (ch == '+') {
 			ch = ' ';

@@ -27,6 +27,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "hex.h"
 #include "http.h"
 #include "log.h"
 #include "peer.h"
@@ -781,18 +782,6 @@ conn_read_line(struct http_conn *c, const char **line)
 	return lf - 1 - p;
 }
 
-static int
-hex_digit(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* chunk-size [ BWS ";" chunk-ext ]: returns 0 or -EINVAL. */
 static int
 parse_chunk_size(const char *p, size_t len, uint64_t *size)
@@ -800,10 +789,10 @@ parse_chunk_size(const char *p, size_t len, uint64_t *size)
 	uint64_t v = 0;
 	size_t i = 0;
 
-	for (; i < len && hex_digit(p[i]) >= 0; i++) {
+	for (; i < len && hex_value(p[i]) >= 0; i++) {
 		if (i >= 15)
 			return -EINVAL;
-		v = v << 4 | (uint64_t)hex_digit(p[i]);
+		v = v << 4 | (uint64_t)hex_value(p[i]);
 	}
 	if (i == 0)
 		return -EINVAL;

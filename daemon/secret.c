@@ -19,6 +19,7 @@
 
 #include <openssl/crypto.h>
 
+#include "hex.h"
 #include "secret.h"
 #include "urlencode.h"
 
@@ -400,18 +401,6 @@ int
 secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t size)
 {
 	return read_file(path, RULE_PUBLIC, out, len, msg, size);
-}
-
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* Four hex digits at p (which has at least 4 bytes), or -1. */
