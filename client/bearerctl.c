@@ -23,6 +23,7 @@
 #include "build-config.h"
 #include "json.h"
 #include "util.h"
+#include "wipe.h"
 
 enum {
 	RC_OK = 0,
@@ -322,7 +323,7 @@ cmd_token(const char *socket_path, const struct command_args *args)
 	if (r < 0)
 		return fail_request(socket_path, r);
 	rc = status == 200 ? write_secret_line("", body, len) : fail_http(status, body, len);
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	return rc;
 }
 
@@ -450,7 +451,7 @@ out_rows:
 	free(rows);
 	free(doc.tok);
 out_body:
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	(void)args;
 	return rc;
 }
@@ -470,7 +471,7 @@ cmd_refresh(const char *socket_path, const struct command_args *args)
 		printf("%s: refreshing\n", args->audience);
 	else
 		rc = fail_http(status, body, len);
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	return rc;
 }
 
@@ -613,8 +614,8 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 out:
 	free(header.tok);
 	free(claims.tok);
-	util_wipe_free(h, hlen + 1);
-	util_wipe_free(c, clen + 1);
+	wipe_free(h, hlen + 1);
+	wipe_free(c, clen + 1);
 	bearer_token_clear(&tok);
 	return rc;
 }
@@ -685,8 +686,8 @@ cmd_env(const char *socket_path, const struct command_args *args)
 out:
 	free(doc.tok);
 	free(endpoint);
-	util_wipe_free(secret, slen + 1);
-	util_wipe_free(body, len);
+	wipe_free(secret, slen + 1);
+	wipe_free(body, len);
 	(void)args;
 	return rc;
 }

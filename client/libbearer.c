@@ -30,6 +30,7 @@
 #include "http_parse.h"
 #include "json.h"
 #include "util.h"
+#include "wipe.h"
 
 #define DEFAULT_SOCKET	 "/run/bearerd/bearerd.sock"
 #define TIMEOUT_MS	 30000
@@ -234,7 +235,7 @@ grow(char **buf, size_t old_size, size_t len, size_t size)
 	if (n == NULL)
 		return -ENOMEM;
 	memcpy(n, *buf, len);
-	util_wipe_free(*buf, old_size);
+	wipe_free(*buf, old_size);
 	*buf = n;
 	return 0;
 }
@@ -354,8 +355,8 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 	out->len = got;
 	body = NULL;
 out:
-	util_wipe_free(body, cap);
-	util_wipe_free(head, HEAD_MAX);
+	wipe_free(body, cap);
+	wipe_free(head, HEAD_MAX);
 	return r;
 }
 
@@ -441,7 +442,7 @@ parse_token(const char *js, size_t len, struct bearer_token *out)
 		if (token[i] <= ' ' || token[i] > '~')
 			break;
 	if (tlen == 0 || i < tlen) {
-		util_wipe_free(token, tlen + 1);
+		wipe_free(token, tlen + 1);
 		return -EPROTO;
 	}
 	out->access_token = token;
@@ -582,7 +583,7 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		r = errno_for_status(a.status);
 		describe_http_error(&a, errbuf, errlen);
 	}
-	util_wipe_free(a.body, a.len + 1);
+	wipe_free(a.body, a.len + 1);
 	return r;
 }
 
@@ -599,6 +600,6 @@ bearer_token_clear(struct bearer_token *t)
 	if (t == NULL)
 		return;
 	if (t->access_token != NULL)
-		util_wipe_free(t->access_token, t->len + 1);
+		wipe_free(t->access_token, t->len + 1);
 	explicit_bzero(t, sizeof(*t));
 }

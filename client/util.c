@@ -9,15 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void
-util_wipe_free(void *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	explicit_bzero(p, len);
-	free(p);
-}
-
 int
 util_encode_segment(const char *s, char *out, size_t size)
 {

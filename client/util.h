@@ -4,9 +4,6 @@
 
 #include <stddef.h>
 
-/* Wipes p[0..len) and frees it: for buffers that held a token or a secret.  NULL is fine. */
-void util_wipe_free(void *p, size_t len);
-
 /*
  * Percent-encodes s for one path segment into out[size] (RFC 3986 unreserved characters
  * stay), NUL-terminated.  -ENAMETOOLONG when out may be too small: 3 * strlen(s) + 1 bytes

@@ -27,6 +27,7 @@
 #include "assertion.h"
 #include "base64.h"
 #include "secret.h"
+#include "wipe.h"
 
 #define MIN_RSA_BITS 2048 /* Entra refuses shorter keys, and so should everyone */
 
@@ -61,11 +62,9 @@ text_add(struct text *t, const char *s, size_t n)
 			t->oom = true;
 			return;
 		}
-		if (t->buf != NULL) {
+		if (t->buf != NULL)
 			memcpy(b, t->buf, t->len);
-			OPENSSL_cleanse(t->buf, t->cap);
-			free(t->buf);
-		}
+		wipe_free(t->buf, t->cap);
 		t->buf = b;
 		t->cap = cap;
 	}
@@ -102,15 +101,6 @@ text_json(struct text *t, const char *s)
 		}
 	}
 	text_add(t, "\"", 1);
-}
-
-static void
-wipe_free(void *p, size_t len)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, len);
-		free(p);
-	}
 }
 
 struct assertion_key *
@@ -169,7 +159,7 @@ load_pkey(const char *path, EVP_PKEY **out, char *msg, size_t size)
 	*out = pkey;
 	r = 0;
 out:
-	secret_free(pem, len);
+	wipe_free(pem, len);
 	return r;
 }
 
@@ -324,16 +314,6 @@ assertion_key_pkey(const struct assertion_key *k)
 	return k->pkey;
 }
 
-char *
-assertion_free(char *a)
-{
-	if (a != NULL) {
-		OPENSSL_cleanse(a, strlen(a));
-		free(a);
-	}
-	return NULL;
-}
-
 /* A random (version 4) UUID, as Entra wants jti to be. */
 static int
 make_uuid(char out[37])
@@ -463,10 +443,7 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 out:
 	if (r < 0)
 		ERR_clear_error();
-	if (buf != NULL) {
-		OPENSSL_cleanse(buf, cap);
-		free(buf);
-	}
+	wipe_free(buf, cap);
 	EVP_MD_CTX_free(ctx);
 	return r;
 }
@@ -514,10 +491,10 @@ out:
 	/* the signing input and signature are the assertion, valid for minutes: wiped */
 	wipe_free(head.buf, head.cap);
 	wipe_free(claims.buf, claims.cap);
-	wipe_free(h, h != NULL ? strlen(h) : 0);
-	wipe_free(c, c != NULL ? strlen(c) : 0);
-	wipe_free(sig64, sig64 != NULL ? strlen(sig64) : 0);
+	wipe_free_str(h);
+	wipe_free_str(c);
+	wipe_free_str(sig64);
 	wipe_free(sig, sig_len);
-	wipe_free(input, input != NULL ? strlen(input) : 0);
+	wipe_free_str(input);
 	return r;
 }

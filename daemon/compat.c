@@ -43,6 +43,7 @@
 #include "json_write.h"
 #include "log.h"
 #include "metrics.h"
+#include "wipe.h"
 
 #define COMPAT_MAX_PARAMS   64	 /* query parameters in one request */
 #define COMPAT_MAX_KEY	    64	 /* bytes of a parameter name we compare */
@@ -930,10 +931,7 @@ compat_free(struct compat *c)
 		return NULL;
 	c->imds.http = http_server_free(c->imds.http);
 	c->appservice.http = http_server_free(c->appservice.http);
-	if (c->secret != NULL) {
-		OPENSSL_cleanse(c->secret, c->secret_len);
-		free(c->secret);
-	}
+	wipe_free(c->secret, c->secret_len);
 	OPENSSL_cleanse(c->secret_digest, sizeof(c->secret_digest));
 	free(c);
 	return NULL;
@@ -960,15 +958,6 @@ struct compat_next {
 	struct sockaddr_storage bound;
 	bool rebind;
 };
-
-static void
-secret_free(char *s, size_t len)
-{
-	if (s != NULL) {
-		OPENSSL_cleanse(s, len);
-		free(s);
-	}
-}
 
 /* Replaces a listener's server with the one bound for the new configuration. */
 static void
@@ -1014,13 +1003,13 @@ compat_reconfigure(struct compat *c, const struct config *cfg, struct source **s
 	if (r < 0) {
 		http_server_free(ni.http);
 		http_server_free(na.http);
-		secret_free(secret, secret_len);
+		wipe_free(secret, secret_len);
 		return r;
 	}
 	listener_swap(&c->imds, &ni);
 	listener_swap(&c->appservice, &na);
 	if (new_secret || nc->appservice_listen == NULL) {
-		secret_free(c->secret, c->secret_len);
+		wipe_free(c->secret, c->secret_len);
 		c->secret = secret;
 		c->secret_len = secret_len;
 		if (secret != NULL)

@@ -23,6 +23,7 @@
 #include "build-config.h"
 #include "config_proxy.h" /* config_proxy_host_is_localhost */
 #include "fetch.h"
+#include "wipe.h"
 
 #define FETCH_DEFAULT_TIMEOUT_MS 10000L
 #define FETCH_MAX_CONNECT_MS	 5000L
@@ -93,15 +94,6 @@ xfer_unlink(struct fetch *f, struct fetch_xfer *x)
 		x->next->prev = x->prev;
 	x->prev = x->next = NULL;
 	f->n_xfers--;
-}
-
-static void
-wipe_free(char *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, len);
-	free(p);
 }
 
 /* Frees a transfer that is no longer linked nor in the multi handle. */

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
@@ -17,18 +16,10 @@
 #include "base64.h"
 #include "json.h"
 #include "jwt.h"
+#include "wipe.h"
 
 /* Longest token we handle; far above any real access token. */
 #define JWT_MAX_LEN BASE64_MAX_LEN
-
-static void
-jwt_free_secret(void *p, size_t len)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, len);
-		free(p);
-	}
-}
 
 /* The positions of the two dots of a compact JWS; -EINVAL unless exactly two. */
 static int
@@ -109,11 +100,11 @@ jwt_sign_rs256(EVP_PKEY *key, const char *header_json, const char *claims_json, 
 
 out:
 	EVP_MD_CTX_free(ctx);
-	jwt_free_secret(h, h != NULL ? strlen(h) : 0);
-	jwt_free_secret(c, c != NULL ? strlen(c) : 0);
-	jwt_free_secret(s, s != NULL ? strlen(s) : 0);
-	jwt_free_secret(sig, siglen);
-	jwt_free_secret(tok, toklen);
+	wipe_free_str(h);
+	wipe_free_str(c);
+	wipe_free_str(s);
+	wipe_free(sig, siglen);
+	wipe_free(tok, toklen);
 	return r;
 }
 
@@ -175,8 +166,8 @@ jwt_verify_rs256(EVP_PKEY *key, const char *token, size_t len)
 
 out:
 	EVP_MD_CTX_free(ctx);
-	jwt_free_secret(hdr, hdrlen);
-	jwt_free_secret(sig, siglen);
+	wipe_free(hdr, hdrlen);
+	wipe_free(sig, siglen);
 	return r;
 }
 
@@ -215,14 +206,14 @@ jwt_decode(const char *token, size_t len, char **header_json, char **claims_json
 		r = -EINVAL;
 		goto fail;
 	}
-	jwt_free_secret(s, slen);
+	wipe_free(s, slen);
 	*header_json = (char *)h;
 	*claims_json = (char *)c;
 	return 0;
 
 fail:
-	jwt_free_secret(h, hlen);
-	jwt_free_secret(c, clen);
-	jwt_free_secret(s, slen);
+	wipe_free(h, hlen);
+	wipe_free(c, clen);
+	wipe_free(s, slen);
 	return r;
 }

@@ -17,11 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-
 #include "hex.h"
 #include "secret.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define CRED_VAR  "CREDENTIALS_DIRECTORY"
 #define MAX_LINKS 40 /* as the kernel's path walk */
@@ -296,16 +295,6 @@ secret_check_config(int fd, char *msg, size_t size)
 	return 0;
 }
 
-char *
-secret_free(char *s, size_t len)
-{
-	if (s != NULL) {
-		OPENSSL_cleanse(s, len);
-		free(s);
-	}
-	return NULL;
-}
-
 /* Reads a whole file of at most SECRET_MAX_SIZE bytes after checking it against rule. */
 static int
 read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *msg, size_t size)
@@ -385,7 +374,7 @@ read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *
 	*len = n;
 	r = 0;
 out:
-	secret_free(buf, SECRET_MAX_SIZE + 1);
+	wipe_free(buf, SECRET_MAX_SIZE + 1);
 	close(fd);
 	return r;
 }
@@ -526,7 +515,7 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 		if (f == NULL)
 			oom = true;
 		else if (memcmp(f, secret, secret_len) == 0 && f[secret_len] == '\0')
-			secret_free(f, secret_len);
+			wipe_free(f, secret_len);
 		else
 			forms[n++] = f;
 	}
@@ -541,7 +530,7 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 			(plain != NULL && memmem(plain, plain_len, forms[i], flen) != NULL);
 	}
 	for (size_t i = 1; i < n; i++)
-		secret_free(forms[i], strlen(forms[i]));
-	secret_free(plain, plain_len);
+		wipe_free_str(forms[i]);
+	wipe_free(plain, plain_len);
 	return found || oom; /* out of memory: assume the worst */
 }

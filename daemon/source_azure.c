@@ -15,7 +15,6 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <openssl/crypto.h>
 
 #include "fetch.h"
 #include "json.h"
@@ -24,6 +23,7 @@
 #include "source_azure.h"
 #include "token.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define AZURE_MAX_BODY	      (64 * 1024) /* a token answer is a few KiB */
 #define AZURE_GONE_FIRST_MS   1000	  /* first 410 retry */
@@ -320,7 +320,7 @@ req_free(struct azure_req *q)
 {
 	if (q->wake != NULL)
 		event_free(q->wake);
-	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
+	wipe_free_str(q->secret_line);
 	free(q->resource);
 	free(q);
 }
@@ -483,15 +483,12 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 		q->first_ms = now_ms();
 	q->state = REQ_IN_FLIGHT;
 	/* kept until the answer, to keep an echo of it out of messages */
-	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
+	wipe_free_str(q->secret_line);
 	q->secret_line = secret;
 	secret = NULL;
 
 out:
-	if (secret != NULL) {
-		OPENSSL_cleanse(secret, strlen(secret));
-		free(secret);
-	}
+	wipe_free_str(secret);
 	free(url);
 	free(enc);
 	return rc;

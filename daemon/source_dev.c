@@ -15,7 +15,6 @@
 #include <event2/event.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
-#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -27,6 +26,7 @@
 #include "jwt.h"
 #include "log.h"
 #include "source.h"
+#include "wipe.h"
 
 #define DEV_KEY_BITS	   2048
 #define DEV_MAX_RESOURCE   4096		 /* longest audience we put in a token */
@@ -67,10 +67,7 @@ dev_result_init(struct token_result *r)
 static void
 dev_result_clear(struct token_result *r)
 {
-	if (r->access_token != NULL) {
-		OPENSSL_cleanse(r->access_token, r->token_len);
-		free(r->access_token);
-	}
+	wipe_free(r->access_token, r->token_len);
 	dev_result_init(r);
 }
 

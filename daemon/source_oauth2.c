@@ -26,7 +26,6 @@
 
 #include <event2/event.h>
 #include <event2/buffer.h>
-#include <openssl/crypto.h>
 
 #include "assertion.h"
 #include "base64.h"
@@ -37,6 +36,7 @@
 #include "source.h"
 #include "token.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define OAUTH2_MAX_RESOURCE    2048
 #define OAUTH2_MAX_BODY	       (64 * 1024) /* a token answer is a few KiB */
@@ -137,7 +137,7 @@ form_append(struct form *f, const char *s, size_t n)
 			return -ENOMEM;
 		if (f->buf != NULL)
 			memcpy(b, f->buf, f->len);
-		secret_free(f->buf, f->cap);
+		wipe_free(f->buf, f->cap);
 		f->buf = b;
 		f->cap = cap;
 	}
@@ -163,7 +163,7 @@ form_add(struct form *f, const char *name, const char *value)
 		r = form_append(f, "=", 1);
 	if (r == 0)
 		r = form_append(f, enc, strlen(enc));
-	secret_free(enc, strlen(enc));
+	wipe_free_str(enc);
 	return r;
 }
 
@@ -250,8 +250,8 @@ request_free(struct oauth2_request *q)
 	if (q->early_ev != NULL)
 		event_free(q->early_ev);
 	token_result_clear(&q->early);
-	secret_free(q->secret, q->secret_len);
-	secret_free(q->assertion, q->assertion_len);
+	wipe_free(q->secret, q->secret_len);
+	wipe_free(q->assertion, q->assertion_len);
 	free(q);
 }
 
@@ -279,7 +279,7 @@ answer_credential(const struct oauth2_request *q, const struct fetch_response *r
 		if (basic_header(q->src->client_id, q->secret, &basic) < 0 ||
 		    secret_in_text(resp->body, resp->body_len, basic + skip, strlen(basic) - skip))
 			what = "client secret";
-		secret_free(basic, basic != NULL ? strlen(basic) : 0);
+		wipe_free_str(basic);
 	}
 	if (what == NULL && q->assertion != NULL &&
 	    secret_in_text(resp->body, resp->body_len, q->assertion, q->assertion_len))
@@ -388,7 +388,7 @@ federated_assertion(struct oauth2_source *src, char *msg, size_t size)
 	r = secret_read(src->fed_file, true, &tok, &len, msg, size);
 	if (r < 0)
 		return r;
-	secret_free(src->fed_token, src->fed_len);
+	wipe_free(src->fed_token, src->fed_len);
 	src->fed_token = tok;
 	src->fed_len = len;
 	src->fed_stale = false;
@@ -504,10 +504,10 @@ basic_header(const char *id, const char *secret, char **out)
 		goto out;
 	r = asprintf(out, "Authorization: Basic %s", b64) < 0 ? -ENOMEM : 0;
 out:
-	secret_free(b64, b64 != NULL ? strlen(b64) : 0);
-	secret_free(pair, plen);
+	wipe_free_str(b64);
+	wipe_free(pair, plen);
 	free(eid);
-	secret_free(esec, esec != NULL ? strlen(esec) : 0);
+	wipe_free_str(esec);
 	return r;
 }
 
@@ -578,8 +578,8 @@ add_client_auth(struct oauth2_source *src, struct form *form, char **auth_header
 		q->assertion = assertion;
 		q->assertion_len = assertion != NULL ? strlen(assertion) : 0;
 	} else {
-		secret_free(secret, len);
-		assertion_free(assertion);
+		wipe_free(secret, len);
+		wipe_free_str(assertion);
 	}
 	return r;
 }
@@ -600,7 +600,7 @@ build_form(struct oauth2_source *src, const char *resource, char **body, size_t 
 	if (r == 0)
 		r = add_client_auth(src, &form, auth_header, q);
 	if (r < 0) {
-		secret_free(form.buf, form.cap);
+		wipe_free(form.buf, form.cap);
 		return r;
 	}
 	*body = form.buf;
@@ -677,8 +677,8 @@ oauth2_fetch(struct source *s, const char *resource, source_done_fn *done, void 
 out:
 	if (q != NULL)
 		request_free(q);
-	secret_free(body, body_len);
-	secret_free(auth, auth != NULL ? strlen(auth) : 0);
+	wipe_free(body, body_len);
+	wipe_free_str(auth);
 	return rc;
 }
 
@@ -710,7 +710,7 @@ oauth2_free(struct source *s)
 	free(src->cert_file);
 	free(src->key_id);
 	free(src->fed_file);
-	secret_free(src->fed_token, src->fed_len);
+	wipe_free(src->fed_token, src->fed_len);
 	free(src->scopes);
 	free(src->extra_params);
 	free(src);

@@ -22,6 +22,7 @@
 #include "base64.h"
 #include "json.h"
 #include "jwt.h"
+#include "wipe.h"
 
 #define NOW 1700000000
 
@@ -303,7 +304,7 @@ test_entra_default_ps256(void **state)
 	assert_true(asprintf(&exp, "%d", NOW + 600) > 0);
 	expect_member(j.claims, "exp", exp);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	free(exp);
 	free(tp);
@@ -338,7 +339,7 @@ test_entra_rs256_x5t_x5c(void **state)
 	assert_string_equal(x5c, want);
 	free(x5c);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	OPENSSL_free(der);
 	free(b64);
@@ -371,7 +372,7 @@ test_oauth2_rs256_kid(void **state)
 	expect_member(j.header, "x5c", NULL);
 	expect_member(j.claims, "iss", "cli\"ent");
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 
 	k = load_ok(key, cert, CONFIG_ALG_DEFAULT, false);
@@ -380,7 +381,7 @@ test_oauth2_rs256_kid(void **state)
 	expect_member(j.header, "x5t#S256", tp);
 	expect_member(j.header, "x5t", NULL);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	free(tp);
 	unlink(key);
@@ -407,7 +408,7 @@ test_es256(void **state)
 	assert_int_equal(verify(ec_key, "ES256", tok, &j), 1);
 	expect_member(j.header, "alg", "ES256");
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	k = load_ok(trad, NULL, CONFIG_ALG_ES256, false);
 	assertion_key_free(k);
@@ -440,7 +441,7 @@ test_unique_jti(void **state)
 		for (int k2 = 0; k2 < i; k2++)
 			assert_string_not_equal(seen[i], seen[k2]);
 		jws_free(&j);
-		assertion_free(tok);
+		wipe_free_str(tok);
 	}
 	for (int i = 0; i < 20; i++)
 		free(seen[i]);
