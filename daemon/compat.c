@@ -43,6 +43,7 @@
 #include "json_write.h"
 #include "log.h"
 #include "metrics.h"
+#include "str.h"
 #include "wipe.h"
 
 #define COMPAT_MAX_PARAMS   64	 /* query parameters in one request */
@@ -299,10 +300,7 @@ identity_by_selector(const struct config *cfg, const char *sel, const char *valu
 static bool
 resource_listed(const struct config_compat *cc, const char *resource)
 {
-	for (size_t i = 0; cc->resources != NULL && cc->resources[i] != NULL; i++)
-		if (strcmp(cc->resources[i], resource) == 0)
-			return true;
-	return false;
+	return strv_contains(cc->resources, resource);
 }
 
 static struct compat_wait *
@@ -945,14 +943,6 @@ listen_same(const struct config_listen *a, const struct config_listen *b)
 	return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
 }
 
-static bool
-str_same(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
 struct compat_next {
 	struct http_server *http;
 	struct sockaddr_storage bound;
@@ -982,7 +972,7 @@ compat_reconfigure(struct compat *c, const struct config *cfg, struct source **s
 	size_t secret_len = 0;
 	bool new_secret = nc->appservice_listen != NULL &&
 			  (c->secret == NULL ||
-			   !str_same(oc->appservice_secret_file, nc->appservice_secret_file));
+			   !str_eq_opt(oc->appservice_secret_file, nc->appservice_secret_file));
 	int r = 0;
 
 	if (new_secret) {

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "secret.h"
 #include "source_azure.h"
+#include "str.h"
 #include "token.h"
 #include "urlencode.h"
 #include "wipe.h"
@@ -693,19 +694,6 @@ azure_mi_cancel(struct azure_mi *m, source_done_fn *done, void *arg)
 
 /* Construction */
 
-static char *
-dup_or_null(const char *s, bool *oom)
-{
-	char *d;
-
-	if (s == NULL)
-		return NULL;
-	d = strdup(s);
-	if (d == NULL)
-		*oom = true;
-	return d;
-}
-
 int
 azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *fetch,
 	     const struct azure_mi_params *p)
@@ -732,16 +720,16 @@ azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *fetch
 	m->secret = p->secret;
 	m->secret_ctx = p->secret_ctx;
 	azure_limiter_init(&m->limiter, p->max_concurrent, p->max_per_window, AZURE_WINDOW_MS);
-	m->name = dup_or_null(p->name != NULL ? p->name : "?", &oom);
-	m->endpoint = dup_or_null(p->endpoint, &oom);
-	m->api_version = dup_or_null(p->api_version, &oom);
-	m->selector = dup_or_null(p->selector != NULL ? p->selector : "", &oom);
-	m->ca_file = dup_or_null(p->ca_file, &oom);
+	m->name = str_dup_opt(p->name != NULL ? p->name : "?", &oom);
+	m->endpoint = str_dup_opt(p->endpoint, &oom);
+	m->api_version = str_dup_opt(p->api_version, &oom);
+	m->selector = str_dup_opt(p->selector != NULL ? p->selector : "", &oom);
+	m->ca_file = str_dup_opt(p->ca_file, &oom);
 	m->headers = calloc(n + 1, sizeof(*m->headers));
 	if (m->headers == NULL)
 		oom = true;
 	for (size_t i = 0; m->headers != NULL && i < n; i++, m->n_headers++)
-		m->headers[i] = dup_or_null(p->headers[i], &oom);
+		m->headers[i] = str_dup_opt(p->headers[i], &oom);
 	m->pump = evtimer_new(base, on_pump, m);
 	if (oom || m->pump == NULL) {
 		azure_mi_free(m);

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "secret.h"
 #include "source.h"
+#include "str.h"
 #include "token.h"
 #include "urlencode.h"
 #include "wipe.h"
@@ -737,20 +738,6 @@ static const struct source_ops entra_federated_ops = {
     .free = oauth2_free,
 };
 
-/* strdup that accepts NULL; *ok turns false on allocation failure. */
-static char *
-dup_opt(const char *s, bool *ok)
-{
-	char *d;
-
-	if (s == NULL)
-		return NULL;
-	d = strdup(s);
-	if (d == NULL)
-		*ok = false;
-	return d;
-}
-
 /* Joins words with sep, or NULL for none. */
 static int
 join_words(char *const *words, const char *sep, char **out)
@@ -823,7 +810,7 @@ encode_extra(char *const *params, char **out)
 static int
 copy_identity(struct oauth2_source *src, const struct config_identity *id)
 {
-	bool ok = true;
+	bool oom = false;
 	int64_t timeout = id->timeout > 0 ? id->timeout : 10;
 
 	src->timeout_ms =
@@ -837,21 +824,21 @@ copy_identity(struct oauth2_source *src, const struct config_identity *id)
 			return -ENOMEM;
 		}
 	} else {
-		src->token_url = dup_opt(id->token_url, &ok);
+		src->token_url = str_dup_opt(id->token_url, &oom);
 	}
-	src->client_id = dup_opt(id->client_id, &ok);
-	src->ca_file = dup_opt(id->ca_file, &ok);
-	src->tls_cert_file = dup_opt(id->tls_certificate_file, &ok);
-	src->tls_key_file = dup_opt(id->tls_private_key_file, &ok);
-	src->secret_file = dup_opt(id->client_secret_file, &ok);
-	src->key_id = dup_opt(id->key_id, &ok);
-	src->key_file = dup_opt(id->private_key_file, &ok);
-	src->cert_file = dup_opt(id->certificate_file, &ok);
+	src->client_id = str_dup_opt(id->client_id, &oom);
+	src->ca_file = str_dup_opt(id->ca_file, &oom);
+	src->tls_cert_file = str_dup_opt(id->tls_certificate_file, &oom);
+	src->tls_key_file = str_dup_opt(id->tls_private_key_file, &oom);
+	src->secret_file = str_dup_opt(id->client_secret_file, &oom);
+	src->key_id = str_dup_opt(id->key_id, &oom);
+	src->key_file = str_dup_opt(id->private_key_file, &oom);
+	src->cert_file = str_dup_opt(id->certificate_file, &oom);
 	src->alg = id->assertion_alg;
-	src->fed_file = dup_opt(id->federated_token_file, &ok);
+	src->fed_file = str_dup_opt(id->federated_token_file, &oom);
 	src->send_x5c = id->send_x5c;
 	src->audience_param = id->audience_param != 0 ? id->audience_param : CONFIG_AUD_SCOPE;
-	if (!ok || join_words(id->scopes, " ", &src->scopes) < 0 ||
+	if (oom || join_words(id->scopes, " ", &src->scopes) < 0 ||
 	    encode_extra(id->extra_params, &src->extra_params) < 0)
 		return -ENOMEM;
 	if (src->token_url == NULL || src->client_id == NULL)
