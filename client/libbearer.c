@@ -27,6 +27,7 @@
 
 #include "bearer.h"
 #include "build-config.h"
+#include "clock.h"
 #include "http_parse.h"
 #include "json.h"
 #include "util.h"
@@ -48,15 +49,6 @@ struct answer {
 	size_t len;
 };
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 const char *
 bearer_default_socket(void)
 {
@@ -70,7 +62,7 @@ static int
 wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - clock_mono_ms();
 		struct pollfd p = {.fd = fd, .events = events};
 		int r;
 
@@ -92,7 +84,7 @@ connect_socket(const char *path, int64_t deadline, int *out)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	size_t n = strlen(path);
-	int64_t left = deadline - now_ms();
+	int64_t left = deadline - clock_mono_ms();
 	struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
 	int fd, r;
 
@@ -365,7 +357,7 @@ static int
 request(const char *socket_path, const char *method, const char *path, const char *accept,
 	size_t body_max, struct answer *out)
 {
-	int64_t deadline = now_ms() + TIMEOUT_MS;
+	int64_t deadline = clock_mono_ms() + TIMEOUT_MS;
 	char *req = NULL;
 	size_t req_len;
 	int fd = -1, sent, r;

@@ -27,6 +27,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "clock.h"
 #include "hex.h"
 #include "http.h"
 #include "log.h"
@@ -131,15 +132,6 @@ struct http_server {
 	bool stopping;
 };
 
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void
 arm_timer(struct event *ev, uint64_t ms)
 {
@@ -161,7 +153,7 @@ conn_arm(struct http_conn *c, uint64_t deadline)
 
 	if (c->timer == NULL || (c->deadline != 0 && c->deadline <= deadline))
 		return;
-	now = now_ms();
+	now = (uint64_t)clock_coarse_ms();
 	arm_timer(c->timer, (deadline > now ? deadline - now : 0) + TIMER_SLACK_MS);
 	c->deadline = deadline;
 }
@@ -457,7 +449,7 @@ conn_reply_done(struct http_conn *c)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		conn_set_reading(c, true);
 		c->state = CONN_LINGER;
-		c->since = now_ms();
+		c->since = (uint64_t)clock_coarse_ms();
 		c->lingered = 0;
 		conn_arm(c, c->since + LINGER_MS);
 		return;
@@ -466,7 +458,7 @@ conn_reply_done(struct http_conn *c)
 	c->started = false;
 	c->parsed_len = 0;
 	c->scanned = 0;
-	c->since = now_ms();
+	c->since = (uint64_t)clock_coarse_ms();
 	if (c->buf_cap > BUF_KEEP) {
 		free(c->buf);
 		c->buf = NULL;
@@ -558,7 +550,7 @@ conn_wait(struct http_conn *c)
 		c->started = true;
 		/* a new connection's first head is due header_timeout after the accept */
 		if (!c->fresh)
-			c->since = now_ms();
+			c->since = (uint64_t)clock_coarse_ms();
 		if (c->server->limits.head_timeout > 0)
 			conn_arm(c, c->since + (uint64_t)c->server->limits.head_timeout * 1000);
 	}
@@ -1012,7 +1004,7 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
 	const struct http_limits *l = &c->server->limits;
-	uint64_t now = now_ms(), head = (uint64_t)l->head_timeout * 1000,
+	uint64_t now = (uint64_t)clock_coarse_ms(), head = (uint64_t)l->head_timeout * 1000,
 		 idle = (uint64_t)l->idle_timeout * 1000;
 	/* With nothing to enforce the timer still ticks, so that it is armed when needed. */
 	uint64_t next = now + (idle > 0 ? idle : 60000);
@@ -1191,7 +1183,7 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 	conn_set_reading(c, true);
 	c->state = CONN_HEAD;
 	c->fresh = true;
-	c->since = now_ms();
+	c->since = (uint64_t)clock_coarse_ms();
 	/* the lazy timer must be due by the earliest deadline the connection may reach */
 	if (l->idle_timeout > 0 && (l->head_timeout == 0 || l->idle_timeout < l->head_timeout))
 		conn_arm(c, c->since + (uint64_t)l->idle_timeout * 1000);

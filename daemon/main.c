@@ -28,6 +28,7 @@
 #include "build-config.h"
 #include "api.h"
 #include "cache.h"
+#include "clock.h"
 #include "compat.h"
 #include "proxy.h" /* proxy */
 #include "config.h"
@@ -117,36 +118,19 @@ struct daemon {
 	int64_t stop_deadline_ms;
 };
 
-static int64_t
-clock_ms(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Short intervals only (timeouts, grace periods): it stands still while suspended. */
-static int64_t
-mono_ms(void *ctx)
-{
-	(void)ctx;
-	return clock_ms(CLOCK_MONOTONIC);
-}
-
 /* The cache's clock: token lifetimes run on while the host is suspended. */
 static int64_t
 boot_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_BOOTTIME);
+	return clock_boot_ms();
 }
 
 static int64_t
 wall_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_REALTIME);
+	return clock_wall_ms();
 }
 
 static uint32_t
@@ -304,7 +288,7 @@ gc_run(struct daemon *d)
 {
 	struct slot *slot, *ts;
 	struct gen *g, *tg;
-	int64_t now = mono_ms(NULL);
+	int64_t now = clock_mono_ms();
 	bool left = false;
 
 	for (slot = TAILQ_FIRST(&d->slots); slot != NULL; slot = ts) {
@@ -403,9 +387,9 @@ on_cache_timer(evutil_socket_t fd, short what, void *arg)
 static void
 clock_sample(struct clock_sample *s)
 {
-	s->mono = clock_ms(CLOCK_MONOTONIC);
-	s->boot = clock_ms(CLOCK_BOOTTIME);
-	s->wall = clock_ms(CLOCK_REALTIME);
+	s->mono = clock_mono_ms();
+	s->boot = clock_boot_ms();
+	s->wall = clock_wall_ms();
 }
 
 /*
@@ -540,7 +524,7 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (pending == 0 || mono_ms(NULL) >= d->stop_deadline_ms) {
+	if (pending == 0 || clock_mono_ms() >= d->stop_deadline_ms) {
 		if (pending > 0)
 			log_warnx("stopping with requests still waiting", "pending=%u", pending);
 		event_base_loopexit(d->base, NULL);
@@ -567,7 +551,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	proxy_stop_accepting(d->proxy);
 	if (d->unlink_path != NULL)
 		unlink(d->unlink_path);
-	d->stop_deadline_ms = mono_ms(NULL) + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
+	d->stop_deadline_ms = clock_mono_ms() + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
 	d->drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain_tick, d);
 	if (d->drain_timer == NULL || event_add(d->drain_timer, &tick) < 0)
 		event_base_loopexit(d->base, NULL);
@@ -808,7 +792,7 @@ daemon_reload(struct daemon *d)
 	d->sources = nsrc;
 	d->cur_slots = nslots;
 	og->refs--;
-	og->keep_until_ms = mono_ms(NULL) + (og->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
+	og->keep_until_ms = clock_mono_ms() + (og->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
 	TAILQ_INSERT_TAIL(&d->gens, ng, link);
 	d->gen = ng;
 	d->cfg = ncfg;
@@ -863,7 +847,7 @@ on_ready_tick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!ready && mono_ms(NULL) < d->ready_deadline_ms)
+	if (!ready && clock_mono_ms() < d->ready_deadline_ms)
 		return;
 	if (ready) {
 		notify_status("ready: %zu audiences", d->cfg->n_audiences);
@@ -892,7 +876,7 @@ notify_setup(struct daemon *d)
 	struct timeval tick = {0, READY_POLL_MS * 1000};
 	uint64_t usec;
 
-	d->ready_deadline_ms = mono_ms(NULL) + READY_MAX_WAIT_S * 1000;
+	d->ready_deadline_ms = clock_mono_ms() + READY_MAX_WAIT_S * 1000;
 	d->ready_timer = event_new(d->base, -1, EV_PERSIST, on_ready_tick, d);
 	if (d->ready_timer == NULL || event_add(d->ready_timer, &tick) < 0)
 		return -ENOMEM;

@@ -16,6 +16,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
@@ -84,15 +85,6 @@ struct azure_mi {
 	struct event *pump;	 /* runs the queue */
 	int64_t pump_at_ms;	 /* when pump is due, while it is pending */
 };
-
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Limiter */
 
@@ -400,9 +392,10 @@ static int64_t
 req_acquire(struct azure_mi *m, const struct azure_req *q)
 {
 	if (q->prio == SOURCE_PRIO_LOW)
-		return azure_limiter_acquire_reserve(
-		    &m->limiter, now_ms(), AZURE_RESERVED_CONCURRENT, AZURE_RESERVED_PER_WINDOW);
-	return azure_limiter_acquire(&m->limiter, now_ms());
+		return azure_limiter_acquire_reserve(&m->limiter, clock_mono_ms(),
+						     AZURE_RESERVED_CONCURRENT,
+						     AZURE_RESERVED_PER_WINDOW);
+	return azure_limiter_acquire(&m->limiter, clock_mono_ms());
 }
 
 /* Takes q off the client's lists; it is then only the caller's. */
@@ -481,7 +474,7 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 		goto out;
 	}
 	if (q->attempt == 0)
-		q->first_ms = now_ms();
+		q->first_ms = clock_mono_ms();
 	q->state = REQ_IN_FLIGHT;
 	/* kept until the answer, to keep an echo of it out of messages */
 	wipe_free_str(q->secret_line);
@@ -537,7 +530,7 @@ static void
 schedule_pump(struct azure_mi *m, int64_t delay_ms)
 {
 	struct timeval tv = {.tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000};
-	int64_t at = now_ms() + delay_ms;
+	int64_t at = clock_mono_ms() + delay_ms;
 
 	if (evtimer_pending(m->pump, NULL) && m->pump_at_ms <= at)
 		return;
@@ -560,7 +553,7 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 static bool
 req_retry_gone(struct azure_mi *m, struct azure_req *q, const struct fetch_response *resp)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 	int64_t delay = azure_gone_delay(q->attempt, now - q->first_ms, resp->retry_after);
 	struct timeval tv;
 
@@ -601,7 +594,8 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 		return;
 	/* throttling is per VM: the identity's other requests would get 429 too */
 	if (resp->error == 0 && resp->status == 429 && resp->retry_after > 0)
-		azure_limiter_pause(&m->limiter, now_ms() + retry_after_ms(resp->retry_after));
+		azure_limiter_pause(&m->limiter,
+				    clock_mono_ms() + retry_after_ms(resp->retry_after));
 
 	req_unlink(m, q);
 	token_result_init(&r);
@@ -612,7 +606,7 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 		char more[96];
 
 		snprintf(more, sizeof(more), " (410 for %lld s, %d attempts)",
-			 (long long)((now_ms() - q->first_ms) / 1000), q->attempt + 1);
+			 (long long)((clock_mono_ms() - q->first_ms) / 1000), q->attempt + 1);
 		if (strlen(r.message) + strlen(more) < sizeof(r.message))
 			strcat(r.message, more);
 	}

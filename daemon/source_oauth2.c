@@ -29,6 +29,7 @@
 
 #include "assertion.h"
 #include "base64.h"
+#include "clock.h"
 #include "config.h"
 #include "fetch.h"
 #include "log.h"
@@ -87,7 +88,7 @@ struct oauth2_source {
 	char *fed_file;
 	char *fed_token; /* cached federated assertion, wiped on free */
 	size_t fed_len;
-	struct timespec fed_read_at;
+	int64_t fed_read_at_ms; /* on the boot clock */
 	bool fed_stale;
 	unsigned audience_param;
 	char *scopes;	    /* configured scopes joined with " ", or NULL */
@@ -360,20 +361,6 @@ on_early(evutil_socket_t fd, short events, void *arg)
 	request_free(q);
 }
 
-/*
- * The age of what was read at then, on the boot clock: a projected token
- * read before a suspend has aged by the time slept, which the monotonic
- * clock would not count.
- */
-static double
-age_s(const struct timespec *then)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_BOOTTIME, &now);
-	return (double)(now.tv_sec - then->tv_sec) + (double)(now.tv_nsec - then->tv_nsec) / 1e9;
-}
-
 /* The federated assertion: the cached file content, read again when old or after an error. */
 static int
 federated_assertion(struct oauth2_source *src, char *msg, size_t size)
@@ -383,7 +370,7 @@ federated_assertion(struct oauth2_source *src, char *msg, size_t size)
 	int r;
 
 	if (src->fed_token != NULL && !src->fed_stale &&
-	    age_s(&src->fed_read_at) < OAUTH2_FED_MAX_AGE)
+	    clock_boot_ms() - src->fed_read_at_ms < OAUTH2_FED_MAX_AGE * 1000)
 		return 0;
 	/* Kubernetes projects the token 0644: others may read it (see config.c) */
 	r = secret_read(src->fed_file, true, &tok, &len, msg, size);
@@ -393,7 +380,8 @@ federated_assertion(struct oauth2_source *src, char *msg, size_t size)
 	src->fed_token = tok;
 	src->fed_len = len;
 	src->fed_stale = false;
-	clock_gettime(CLOCK_BOOTTIME, &src->fed_read_at);
+	/* the boot clock: a token read before a suspend has aged by the time slept */
+	src->fed_read_at_ms = clock_boot_ms();
 	return 0;
 }
 
