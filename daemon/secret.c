@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "hex.h"
+#include "json.h"
 #include "secret.h"
 #include "urlencode.h"
 #include "wipe.h"
@@ -392,110 +392,6 @@ secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t 
 	return read_file(path, RULE_PUBLIC, out, len, msg, size);
 }
 
-/* Four hex digits at p (which has at least 4 bytes), or -1. */
-static long
-hex4(const char *p)
-{
-	long v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		int h = hex_value(p[i]);
-
-		if (h < 0)
-			return -1;
-		v = v * 16 + h;
-	}
-	return v;
-}
-
-static size_t
-put_utf8(char *o, unsigned long cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xc0 | (cp >> 6));
-		o[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xe0 | (cp >> 12));
-		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-		o[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	o[0] = (char)(0xf0 | (cp >> 18));
-	o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-	o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-	o[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
-
-/*
- * text with every JSON escape sequence replaced by what it stands for, the
- * rest as is: each JSON string of the text appears decoded.  Never longer
- * than text (an escape is at least as long as its UTF-8).
- */
-static char *
-json_unescape_all(const char *text, size_t len, size_t *out_len)
-{
-	char *out = malloc(len + 1), *o = out;
-	size_t i = 0;
-
-	if (out == NULL)
-		return NULL;
-	while (i < len) {
-		long cp, lo;
-
-		if (text[i] != '\\' || i + 1 >= len) {
-			*o++ = text[i++];
-			continue;
-		}
-		switch (text[i + 1]) {
-		case 'b':
-			*o++ = '\b';
-			break;
-		case 'f':
-			*o++ = '\f';
-			break;
-		case 'n':
-			*o++ = '\n';
-			break;
-		case 'r':
-			*o++ = '\r';
-			break;
-		case 't':
-			*o++ = '\t';
-			break;
-		case 'u':
-			cp = i + 6 <= len ? hex4(text + i + 2) : -1;
-			if (cp < 0) {
-				*o++ = text[i++];
-				continue;
-			}
-			if (cp >= 0xd800 && cp < 0xdc00 && i + 12 <= len && text[i + 6] == '\\' &&
-			    text[i + 7] == 'u' && (lo = hex4(text + i + 8)) >= 0xdc00 &&
-			    lo < 0xe000) {
-				o += put_utf8(o, 0x10000 + (((unsigned long)cp - 0xd800) << 10) +
-						     ((unsigned long)lo - 0xdc00));
-				i += 12;
-				continue;
-			}
-			o += put_utf8(o, (unsigned long)cp);
-			i += 6;
-			continue;
-		default:
-			*o++ = text[i + 1];
-			break; /* \" \\ \/ and anything else */
-		}
-		i += 2;
-	}
-	*out_len = (size_t)(o - out);
-	return out;
-}
-
 bool
 secret_in_text(const char *text, size_t len, const char *secret, size_t secret_len)
 {
@@ -519,10 +415,9 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 		else
 			forms[n++] = f;
 	}
-	if (memchr(text, '\\', len) != NULL) {
-		plain = json_unescape_all(text, len, &plain_len);
-		oom |= plain == NULL;
-	}
+	if (memchr(text, '\\', len) != NULL &&
+	    json_unescape_text(text, len, &plain, &plain_len) < 0)
+		oom = true;
 	for (size_t i = 0; i < n && !found; i++) {
 		size_t flen = i == 0 ? secret_len : strlen(forms[i]);
 
