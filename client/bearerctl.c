@@ -22,7 +22,7 @@
 #include "bearer.h"
 #include "build-config.h"
 #include "json.h"
-#include "util.h"
+#include "urlencode.h"
 #include "wipe.h"
 
 enum {
@@ -157,9 +157,9 @@ audience_path(const char *prefix, const char *audience, const char *suffix)
 	char *path = xmalloc(size);
 
 	memcpy(path, prefix, plen);
-	/* cannot fail: three bytes for each byte of the audience fit any audience */
-	util_encode_segment(audience, path + plen, size - plen);
-	strcat(path, suffix);
+	/* three bytes for each byte of the audience, then the suffix */
+	plen += url_encode_into(path + plen, audience, strlen(audience), 0);
+	memcpy(path + plen, suffix, strlen(suffix) + 1);
 	return path;
 }
 

@@ -30,7 +30,7 @@
 #include "clock.h"
 #include "http_parse.h"
 #include "json.h"
-#include "util.h"
+#include "urlencode.h"
 #include "wipe.h"
 
 #define DEFAULT_SOCKET	 "/run/bearerd/bearerd.sock"
@@ -549,11 +549,11 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		set_error(errbuf, errlen, "invalid argument");
 		return -EINVAL;
 	}
-	if (strlen(audience) > AUDIENCE_MAX ||
-	    util_encode_segment(audience, enc, sizeof(enc)) < 0) {
+	if (strlen(audience) > AUDIENCE_MAX) {
 		set_error(errbuf, errlen, "audience name too long");
 		return -ENAMETOOLONG;
 	}
+	url_encode_into(enc, audience, strlen(audience), 0); /* enc has room for it */
 	if (min_validity > 0)
 		snprintf(path, sizeof(path), "/v1/token/%s?min_validity=%" PRId64, enc,
 			 min_validity);

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from conftest import BEARER_GET
+from conftest import BEARER_GET, BEARERCTL
 
 TOKEN = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJ4In0.c2ln"
 BODY = json.dumps({"access_token": TOKEN, "expires_on": 4102444800,
@@ -61,11 +61,11 @@ def fake_bearerd(tmp_path):
     f.close()
 
 
-def get(fake, *pieces):
+def get(fake, *pieces, audience="api"):
     fake.answers.append(list(pieces))
     env = dict(os.environ, BEARERD_SOCKET=str(fake.path))
-    return subprocess.run([str(BEARER_GET), "api"], env=env, capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run([str(BEARER_GET), audience], env=env, capture_output=True,
+                          text=True, timeout=30)
 
 
 def head(status="200 OK", *fields):
@@ -140,3 +140,20 @@ def test_error_answer_read(fake_bearerd):
     r = get(fake_bearerd, head("404 Not Found", f"Content-Length: {len(body)}") + body)
     assert r.returncode == 1
     assert "No such device or address" in r.stderr, r.stderr
+
+
+def test_audience_percent_encoded(fake_bearerd):
+    """One path segment: every byte but the unreserved ones is %XX (upper case)."""
+    r = get(fake_bearerd, head("200 OK", f"Content-Length: {len(BODY)}") + BODY,
+            audience="a b/c?d%\u00e9~_.-Z9")
+    assert r.returncode == 0, r.stderr
+    assert fake_bearerd.requests[0].startswith(
+        b"GET /v1/token/a%20b%2Fc%3Fd%25%C3%A9~_.-Z9 HTTP/1.1\r\n")
+
+
+def test_bearerctl_path_percent_encoded(fake_bearerd):
+    fake_bearerd.answers.append([head("202 Accepted", "Content-Length: 2") + b"{}"])
+    r = subprocess.run([str(BEARERCTL), "-s", str(fake_bearerd.path), "refresh", "a b/c"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert fake_bearerd.requests[0].startswith(b"POST /v1/refresh/a%20b%2Fc HTTP/1.1\r\n")
