@@ -218,20 +218,6 @@ check_head(const struct http_head *h)
 	return 0;
 }
 
-/* Moves the first len bytes of *buf to a new allocation of size bytes, wiping the old one. */
-static int
-grow(char **buf, size_t old_size, size_t len, size_t size)
-{
-	char *n = malloc(size);
-
-	if (n == NULL)
-		return -ENOMEM;
-	memcpy(n, *buf, len);
-	wipe_free(*buf, old_size);
-	*buf = n;
-	return 0;
-}
-
 static int
 read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct answer *out)
 {
@@ -322,10 +308,9 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 					r = -EMSGSIZE;
 					goto out;
 				}
-				r = grow(&body, cap, got, ncap);
+				r = wipe_realloc(&body, &cap, got, ncap);
 				if (r < 0)
 					goto out;
-				cap = ncap;
 			}
 			n = recv_some(fd, body + got, cap - 1 - got, deadline);
 			if (n < 0) {

@@ -14,4 +14,12 @@ void *wipe_free(void *p, size_t len);
 /* wipe_free for a NUL-terminated string, wiped up to its NUL; s may be NULL. */
 char *wipe_free_str(char *s);
 
+/*
+ * realloc for a buffer that may hold a secret, which realloc would leave
+ * behind unwiped when it moves: copies the first len bytes of *p (a block of
+ * *cap bytes, or NULL) into a new block of new_cap bytes, then wipes and
+ * frees the old one.  0, or -ENOMEM with *p and *cap untouched.
+ */
+int wipe_realloc(char **p, size_t *cap, size_t len, size_t new_cap);
+
 #endif

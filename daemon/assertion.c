@@ -50,23 +50,16 @@ static void
 text_add(struct text *t, const char *s, size_t n)
 {
 	size_t cap;
-	char *b;
 
 	if (t->oom)
 		return;
 	if (t->len + n + 1 > t->cap) {
 		for (cap = t->cap ? t->cap : 256; cap < t->len + n + 1; cap *= 2)
 			;
-		b = malloc(cap); /* not realloc: the old block is wiped */
-		if (b == NULL) {
+		if (wipe_realloc(&t->buf, &t->cap, t->len, cap) < 0) {
 			t->oom = true;
 			return;
 		}
-		if (t->buf != NULL)
-			memcpy(b, t->buf, t->len);
-		wipe_free(t->buf, t->cap);
-		t->buf = b;
-		t->cap = cap;
 	}
 	memcpy(t->buf + t->len, s, n);
 	t->len += n;

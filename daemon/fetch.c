@@ -319,7 +319,6 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	struct fetch_xfer *x = userp;
 	size_t n = size * nmemb;
 	size_t cap;
-	char *p;
 
 	if (n > x->max_body - x->body_len) {
 		x->too_big = true;
@@ -331,17 +330,11 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 			cap *= 2;
 		if (cap > x->max_body + 1)
 			cap = x->max_body + 1;
-		/* not realloc: the old block must be wiped, it may hold a token */
-		p = malloc(cap);
-		if (p == NULL) {
+		/* the old block may hold a token */
+		if (wipe_realloc(&x->body, &x->body_cap, x->body_len, cap) < 0) {
 			x->out_of_memory = true;
 			return 0;
 		}
-		if (x->body != NULL)
-			memcpy(p, x->body, x->body_len);
-		wipe_free(x->body, x->body_cap);
-		x->body = p;
-		x->body_cap = cap;
 	}
 	memcpy(x->body + x->body_len, data, n);
 	x->body_len += n;

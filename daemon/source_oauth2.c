@@ -128,20 +128,13 @@ static int
 form_append(struct form *f, const char *s, size_t n)
 {
 	size_t cap;
-	char *b;
 
 	if (f->len + n + 1 > f->cap) {
 		cap = f->cap ? f->cap : 512;
 		while (cap < f->len + n + 1)
 			cap *= 2;
-		b = malloc(cap); /* not realloc: the old block must be wiped */
-		if (b == NULL)
+		if (wipe_realloc(&f->buf, &f->cap, f->len, cap) < 0)
 			return -ENOMEM;
-		if (f->buf != NULL)
-			memcpy(b, f->buf, f->len);
-		wipe_free(f->buf, f->cap);
-		f->buf = b;
-		f->cap = cap;
 	}
 	memcpy(f->buf + f->len, s, n);
 	f->len += n;

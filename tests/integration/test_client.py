@@ -87,6 +87,15 @@ def test_answer_framed_by_the_end_of_the_connection(fake_bearerd):
     assert r.stdout.splitlines()[0] == TOKEN
 
 
+def test_long_answer_framed_by_the_end_of_the_connection(fake_bearerd):
+    """The reader's buffer grows (wiping each old block) until the connection ends."""
+    body = json.dumps({"access_token": TOKEN, "expires_on": 4102444800, "expires_in": 3600,
+                       "padding": "x" * 100000}).encode()
+    r = get(fake_bearerd, head("200 OK"), *[body[i:i + 7000] for i in range(0, len(body), 7000)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == TOKEN
+
+
 def test_answer_in_small_pieces(fake_bearerd):
     whole = head("200", f"content-length:{len(BODY)}", "X-Other:  spaced  ") + BODY
     r = get(fake_bearerd, *[whole[i:i + 1] for i in range(len(whole))])

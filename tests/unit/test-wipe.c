@@ -58,6 +58,31 @@ test_wipe_free_str(void **state)
 }
 
 static void
+test_wipe_realloc(void **state)
+{
+	char *p = NULL, *old;
+	size_t cap = 0;
+
+	/* from nothing */
+	wipes = 0;
+	assert_int_equal(wipe_realloc(&p, &cap, 0, 8), 0);
+	assert_non_null(p);
+	assert_int_equal(cap, 8);
+	assert_int_equal(wipes, 0);
+	memcpy(p, "abcdefg", 8);
+	/* the first len bytes move, and the whole old block is wiped */
+	old = p;
+	assert_int_equal(wipe_realloc(&p, &cap, 5, 32), 0);
+	assert_int_equal(cap, 32);
+	assert_memory_equal(p, "abcde", 5);
+	assert_int_equal(wipes, 1);
+	assert_ptr_equal(wiped_ptr, old);
+	assert_int_equal(wiped_len, 8);
+	assert_memory_equal(wiped_seen, "abcdefg", 8);
+	wipe_free(p, cap);
+}
+
+static void
 test_null(void **state)
 {
 	wipes = 0;
@@ -72,6 +97,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_wipe_free),
 	    cmocka_unit_test(test_wipe_free_str),
+	    cmocka_unit_test(test_wipe_realloc),
 	    cmocka_unit_test(test_null),
 	};
 
