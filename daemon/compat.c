@@ -822,20 +822,6 @@ port_of(const struct sockaddr_storage *a)
 	return ntohs(((const struct sockaddr_in *)a)->sin_port);
 }
 
-/* The bounds on callers from [bearerd]; TCP peers are counted by the owner of their socket. */
-static void
-compat_limits(const struct config *cfg, struct http_limits *limits)
-{
-	http_limits_default(limits);
-	if (cfg->max_connections > 0)
-		limits->max_conns = cfg->max_connections;
-	limits->max_conns_per_uid = cfg->max_connections_per_uid;
-	if (cfg->header_timeout > 0)
-		limits->head_timeout = cfg->header_timeout;
-	if (cfg->keepalive_timeout > 0)
-		limits->idle_timeout = cfg->keepalive_timeout;
-}
-
 /*
  * Binds a listener's server for cl into *http and *bound; its handler gets l,
  * which need not be filled in yet (nothing is accepted before the loop runs).
@@ -848,7 +834,7 @@ listener_bind(struct compat_listener *l, struct event_base *base, const struct c
 	struct http_limits limits;
 	int fd, r;
 
-	compat_limits(cfg, &limits);
+	http_limits_from_config(&limits, cfg);
 	r = http_server_new(http, base, &limits,
 			    l->kind == COMPAT_IMDS ? imds_handle : appservice_handle, l);
 	if (r < 0)

@@ -28,6 +28,7 @@
 #include <event2/listener.h>
 
 #include "clock.h"
+#include "config.h"
 #include "hex.h"
 #include "http.h"
 #include "log.h"
@@ -1234,6 +1235,19 @@ http_limits_default(struct http_limits *l)
 	    .write_timeout = 30,
 	    .max_conns_per_uid = 256,
 	};
+}
+
+void
+http_limits_from_config(struct http_limits *l, const struct config *cfg)
+{
+	http_limits_default(l);
+	if (cfg->max_connections > 0)
+		l->max_conns = cfg->max_connections;
+	l->max_conns_per_uid = cfg->max_connections_per_uid;
+	if (cfg->header_timeout > 0)
+		l->head_timeout = cfg->header_timeout;
+	if (cfg->keepalive_timeout > 0)
+		l->idle_timeout = cfg->keepalive_timeout;
 }
 
 int

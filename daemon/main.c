@@ -570,20 +570,6 @@ cache_params_from(const struct config *cfg, struct cache_params *cp)
 	};
 }
 
-/* The bounds on callers of the Unix-socket API, from [bearerd]. */
-static void
-api_limits_from(const struct config *cfg, struct http_limits *limits)
-{
-	http_limits_default(limits);
-	if (cfg->max_connections > 0)
-		limits->max_conns = cfg->max_connections;
-	limits->max_conns_per_uid = cfg->max_connections_per_uid;
-	if (cfg->header_timeout > 0)
-		limits->head_timeout = cfg->header_timeout;
-	if (cfg->keepalive_timeout > 0)
-		limits->idle_timeout = cfg->keepalive_timeout;
-}
-
 /* Parses the configuration again; every error is logged, one line each, at error level. */
 static int
 reload_parse(struct daemon *d, struct config **out)
@@ -705,8 +691,8 @@ reload_warn_fixed(const struct config *o, const struct config *n)
 	    (o->metrics_listen != NULL &&
 	     strcmp(o->metrics_listen->text, n->metrics_listen->text) != 0))
 		log_warnx("metrics_listen takes effect at the next restart", "");
-	api_limits_from(o, &a);
-	api_limits_from(n, &b);
+	http_limits_from_config(&a, o);
+	http_limits_from_config(&b, n);
 	if (memcmp(&a, &b, sizeof(a)) != 0)
 		log_warnx("connection limits of the socket take effect at the next restart; "
 			  "compat listeners that were rebound use the new ones",
@@ -1057,7 +1043,7 @@ daemon_setup(struct daemon *d)
 		return r;
 	proxy_set_metrics(d->proxy, d->metrics);
 	/* end proxy */
-	api_limits_from(d->cfg, &limits);
+	http_limits_from_config(&limits, d->cfg);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
 		return r;
