@@ -625,10 +625,7 @@ entry_start_fetch(struct cache *c, struct cache_entry *e, const char *reason)
 	if (r < 0) {
 		struct token_result res;
 
-		token_result_init(&res);
-		res.error = r;
-		snprintf(res.message, sizeof(res.message),
-			 "could not start the upstream request: %s", strerror(-r));
+		token_result_start_failed(&res, r);
 		entry_fetch_done(e, &res);
 		return r;
 	}
