@@ -301,12 +301,6 @@ assertion_key_alg(const struct assertion_key *k)
 	}
 }
 
-EVP_PKEY *
-assertion_key_pkey(const struct assertion_key *k)
-{
-	return k->pkey;
-}
-
 /* A random (version 4) UUID, as Entra wants jti to be. */
 static int
 make_uuid(char out[37])

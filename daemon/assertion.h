@@ -9,8 +9,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <openssl/types.h>
-
 #include "config.h"
 
 #define ASSERTION_LIFETIME 600 /* seconds: Entra asks for 5-10 minutes at most */
@@ -40,8 +38,5 @@ const char *assertion_key_alg(const struct assertion_key *k);
  */
 int assertion_sign(const struct assertion_key *k, const char *client_id, const char *aud,
 		   const char *kid, bool with_x5c, int64_t now, char **out);
-
-/* For tests: the key (borrowed). */
-EVP_PKEY *assertion_key_pkey(const struct assertion_key *k);
 
 #endif

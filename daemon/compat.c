@@ -1,7 +1,7 @@
 /*
  * Azure-compatible listeners.  Unmodified Azure SDK clients get their tokens
- * from bearerd through one of two wire protocols they already speak
- * (../shared/reference/azure-managed-identity.md sections 1, 2 and 4):
+ * from bearerd through one of two wire protocols they already speak (Azure's
+ * managed-identity endpoints; README.md, "Use with Azure SDKs"):
  *   - IMDS: GET /metadata/identity/oauth2/token with Metadata: true, reached
  *     through AZURE_POD_IDENTITY_AUTHORITY_HOST;
  *   - App Service: GET /msi/token with X-IDENTITY-HEADER, reached through

@@ -1,7 +1,9 @@
 /*
- * HTTP server layer: listeners and connections on libevent bufferevents,
- * strict bounded HTTP/1.1 (http_parse.c), keep-alive, asynchronous replies.
- * Shared by the local API, the compat listeners and (later) the proxy.
+ * HTTP server layer: listeners and connections on plain libevent events,
+ * strict bounded HTTP/1.1 (common/http_parse.c), keep-alive, asynchronous
+ * replies.  It serves the local API on the socket, the compat listeners and
+ * the metrics listener; the proxy's listeners have their own engine in
+ * proxy.c.
  */
 #ifndef BEARERD_HTTP_H
 #define BEARERD_HTTP_H

@@ -1,9 +1,13 @@
 /*
  * bearerd: start-up, the event loop, signals, reload and shutdown.  Setup
- * happens in the order config, loop, fetch, sources, cache, api, compat,
- * socket; teardown in reverse.  Requests enter in http.c, are routed in api.c (or
- * compat.c for the Azure-compatible listeners), tokens live in
- * cache.c, and upstream calls leave through source_*.c and fetch.c.
+ * (daemon_setup) happens in the order config, loop, metrics, fetch, sources,
+ * cache and the clock check, api, compat, proxy, the socket and the metrics
+ * listener, signals; teardown (daemon_teardown) runs in reverse, except that
+ * the sources and fetch go before the api and the cache, so that no upstream
+ * callback runs after them.  Requests enter in http.c (proxy.c for the
+ * proxy's listeners), are routed in api.c (or compat.c for the
+ * Azure-compatible listeners), tokens live in cache.c, and upstream calls
+ * leave through source_*.c and fetch.c.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,7 +34,7 @@
 #include "cache.h"
 #include "clock.h"
 #include "compat.h"
-#include "proxy.h" /* proxy */
+#include "proxy.h"
 #include "config.h"
 #include "fetch.h"
 #include "http.h"
@@ -972,7 +976,7 @@ daemon_collect(void *arg, struct metrics *m)
 		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "metrics",
 				  (double)http_server_connections(d->metrics_http));
 	compat_collect(d->compat, m);
-	proxy_collect(d->proxy, m); /* proxy */
+	proxy_collect(d->proxy, m);
 }
 
 /* The series bound: every cached entry may carry a few results, plus the fixed ones. */
@@ -1037,12 +1041,11 @@ daemon_setup(struct daemon *d)
 	api_set_compat(d->api, d->compat);
 	api_set_metrics(d->api, d->metrics, daemon_collect, d);
 	compat_set_metrics(d->compat, d->metrics);
-	/* proxy: the [proxy] and [route] listeners (proxy.c) */
+	/* the [proxy] and [route] listeners */
 	r = proxy_new(&d->proxy, d->base, d->cache, d->cfg, d->sources);
 	if (r < 0)
 		return r;
 	proxy_set_metrics(d->proxy, d->metrics);
-	/* end proxy */
 	http_limits_from_config(&limits, d->cfg);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
@@ -1144,7 +1147,7 @@ daemon_teardown(struct daemon *d)
 	if (d->api != NULL)
 		api_set_compat(d->api, NULL);
 	d->compat = compat_free(d->compat);
-	d->proxy = proxy_free(d->proxy); /* proxy */
+	d->proxy = proxy_free(d->proxy);
 	if (d->unlink_path != NULL) {
 		unlink(d->unlink_path);
 		free(d->unlink_path);

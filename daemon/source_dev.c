@@ -391,11 +391,3 @@ fail:
 	dev_free(&d->base);
 	return r;
 }
-
-EVP_PKEY *
-source_dev_key(struct source *s)
-{
-	if (s == NULL || s->ops != &dev_ops)
-		return NULL;
-	return ((struct source_dev *)s)->key;
-}
