@@ -2,7 +2,7 @@
  * Configuration of the proxy: [proxy] (the forward listener, CONNECT policy,
  * bounds) and [route "NAME"] (which requests get which audience's token, and
  * where they go).  Everything is validated here with FILE:LINE errors so that
- * proxy.c can trust it: a route never stamps a token onto plain HTTP to a
+ * the proxy can trust it: a route never stamps a token onto plain HTTP to a
  * non-loopback host, never listens beyond loopback unless told, and no two
  * routes claim the same match.
  */
@@ -73,12 +73,13 @@ host_char_ok(const char *h)
 }
 
 int
-config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
+config_proxy_hostport_buf(const char *s, size_t len, char *host, size_t size, unsigned *port)
 {
 	const char *end = s + len, *hs = s, *he, *ps = NULL;
 	unsigned long n = 0;
 	bool v6 = false;
-	char *h;
+	char h[CONFIG_PROXY_HOST_MAX + 1];
+	size_t hl;
 
 	if (len == 0)
 		return -EINVAL;
@@ -111,21 +112,33 @@ config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
 		if (n == 0 || n > 65535)
 			return -EINVAL;
 	}
-	if (he == hs || he - hs > 253)
+	hl = (size_t)(he - hs);
+	if (hl == 0 || hl > CONFIG_PROXY_HOST_MAX || hl >= size)
 		return -EINVAL;
-	h = strndup(hs, (size_t)(he - hs));
-	if (h == NULL)
-		return -ENOMEM;
-	for (char *c = h; *c != '\0'; c++)
-		if (*c >= 'A' && *c <= 'Z')
-			*c = (char)(*c | 0x20);
+	for (size_t i = 0; i < hl; i++)
+		h[i] = hs[i] >= 'A' && hs[i] <= 'Z' ? (char)(hs[i] | 0x20) : hs[i];
+	h[hl] = '\0';
 	if (v6 ? h[strspn(h, "0123456789abcdef:.")] != '\0' || strchr(h, ':') == NULL
-	       : !host_char_ok(h)) {
-		free(h);
+	       : !host_char_ok(h))
 		return -EINVAL;
-	}
-	*host = h;
+	memcpy(host, h, hl + 1);
 	*port = (unsigned)n;
+	return 0;
+}
+
+int
+config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port)
+{
+	char h[CONFIG_PROXY_HOST_MAX + 1];
+	unsigned pt;
+	int r = config_proxy_hostport_buf(s, len, h, sizeof(h), &pt);
+
+	if (r < 0)
+		return r;
+	*host = strdup(h);
+	if (*host == NULL)
+		return -ENOMEM;
+	*port = pt;
 	return 0;
 }
 
@@ -681,31 +694,87 @@ config_proxy_parse_free(struct parser *p)
 	p->ext = NULL;
 }
 
+/* Equality and freeing, over the field lists in config_proxy.h */
+
+#define FREE_STR(f)    free(x->f);
+#define FREE_STRV(f)   strv_free(x->f);
+#define FREE_LISTEN(f) config_listen_free(x->f);
+
 static void
-route_free(struct config_route *r)
+route_free(struct config_route *x)
 {
-	free(r->name);
-	free(r->match_host);
-	free(r->match_path);
-	free(r->audience_name);
-	free(r->upstream);
-	free(r->upstream_host);
-	free(r->upstream_base);
-	config_listen_free(r->listen);
-	free(r->ca_file);
+	CONFIG_ROUTE_STRINGS(FREE_STR)
+	CONFIG_ROUTE_PARSED_STRINGS(FREE_STR)
+	CONFIG_ROUTE_LISTENS(FREE_LISTEN)
 }
 
 void
-config_proxy_free(struct config_proxy *cp)
+config_proxy_free(struct config_proxy *x)
 {
-	if (cp == NULL)
+	if (x == NULL)
 		return;
-	for (size_t i = 0; i < cp->n_routes; i++)
-		route_free(&cp->routes[i]);
-	free(cp->routes);
-	config_listen_free(cp->listen);
-	strv_free(cp->tunnel_hosts);
-	free(cp->ca_file);
-	free(cp->intercept_ca_dir);
-	free(cp);
+	for (size_t i = 0; i < x->n_routes; i++)
+		route_free(&x->routes[i]);
+	free(x->routes);
+	CONFIG_PROXY_STRINGS(FREE_STR)
+	CONFIG_PROXY_STRVS(FREE_STRV)
+	CONFIG_PROXY_LISTENS(FREE_LISTEN)
+	free(x);
 }
+
+#undef FREE_STR
+#undef FREE_STRV
+#undef FREE_LISTEN
+
+/* As written: a listener moved to another spelling of the same address is a change too. */
+static bool
+listen_equal(const struct config_listen *a, const struct config_listen *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a->text, b->text) == 0;
+}
+
+#define EQ_STR(f)                                                                                  \
+	if (!str_eq_opt(a->f, b->f))                                                               \
+		return false;
+#define EQ_STRV(f)                                                                                 \
+	if (!strv_equal(a->f, b->f))                                                               \
+		return false;
+#define EQ_LISTEN(f)                                                                               \
+	if (!listen_equal(a->f, b->f))                                                             \
+		return false;
+#define EQ_SCALAR(f)                                                                               \
+	if (a->f != b->f)                                                                          \
+		return false;
+
+bool
+config_route_equal(const struct config_route *a, const struct config_route *b)
+{
+	CONFIG_ROUTE_STRINGS(EQ_STR)
+	CONFIG_ROUTE_LISTENS(EQ_LISTEN)
+	CONFIG_ROUTE_SCALARS(EQ_SCALAR)
+	return true;
+}
+
+bool
+config_proxy_equal(const struct config_proxy *a, const struct config_proxy *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	CONFIG_PROXY_STRINGS(EQ_STR)
+	CONFIG_PROXY_STRVS(EQ_STRV)
+	CONFIG_PROXY_LISTENS(EQ_LISTEN)
+	CONFIG_PROXY_SCALARS(EQ_SCALAR)
+	if (a->n_routes != b->n_routes)
+		return false;
+	for (size_t i = 0; i < a->n_routes; i++)
+		if (!config_route_equal(&a->routes[i], &b->routes[i]))
+			return false;
+	return true;
+}
+
+#undef EQ_STR
+#undef EQ_STRV
+#undef EQ_LISTEN
+#undef EQ_SCALAR

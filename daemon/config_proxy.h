@@ -40,6 +40,33 @@ struct config_route {
 	char *ca_file;		      /* default [proxy] ca_file, then [bearerd] ca_file */
 };
 
+/*
+ * Every field of struct config_route, by what config_route_equal and the
+ * destructor do with it.  A new field goes into one of these lists, and
+ * tests/unit/test-config_proxy.c checks each list member by member.
+ */
+#define CONFIG_ROUTE_STRINGS(X) /* compared and freed */                                           \
+	X(name)                                                                                    \
+	X(match_host)                                                                              \
+	X(match_path)                                                                              \
+	X(audience_name)                                                                           \
+	X(upstream)                                                                                \
+	X(ca_file)
+#define CONFIG_ROUTE_LISTENS(X) /* compared as written, and freed */ X(listen)
+#define CONFIG_ROUTE_SCALARS(X) /* compared */                                                     \
+	X(match_port)                                                                              \
+	X(match_port_set)                                                                          \
+	X(overwrite)                                                                               \
+	X(passthrough)
+#define CONFIG_ROUTE_PARSED_STRINGS(X) /* parsed from upstream (compared there), freed */          \
+	X(upstream_host)                                                                           \
+	X(upstream_base)
+#define CONFIG_ROUTE_UNCOMPARED(X)                                                                 \
+	X(line)		 /* where it was written does not change what it does */                   \
+	X(audience)	 /* resolved from audience_name; proxy_reconfigure resolves it anew */     \
+	X(upstream_tls)	 /* parsed from upstream */                                                \
+	X(upstream_port) /* parsed from upstream */
+
 struct config_proxy {
 	int line;		      /* of [proxy]; 0 when there is none */
 	struct config_listen *listen; /* forward-proxy listener, or NULL */
@@ -56,12 +83,52 @@ struct config_proxy {
 	size_t n_routes;
 };
 
+/* Every field of struct config_proxy, as for struct config_route above. */
+#define CONFIG_PROXY_STRINGS(X) /* compared and freed */                                           \
+	X(ca_file)                                                                                 \
+	X(intercept_ca_dir)
+#define CONFIG_PROXY_STRVS(X)	/* compared in order, and freed */ X(tunnel_hosts)
+#define CONFIG_PROXY_LISTENS(X) /* compared as written, and freed */ X(listen)
+#define CONFIG_PROXY_SCALARS(X) /* compared */                                                     \
+	X(connect)                                                                                 \
+	X(max_connections)                                                                         \
+	X(connect_timeout)                                                                         \
+	X(idle_timeout)                                                                            \
+	X(header_timeout)
+#define CONFIG_PROXY_UNCOMPARED(X)                                                                 \
+	X(line)		      /* where it was written does not change what it does */              \
+	X(allow_non_loopback) /* only checked at load: the listens it allowed are compared */
+/* routes and n_routes: compared route by route with config_route_equal, in order. */
+
+/*
+ * True when routes a and b do the same (the lists above say which fields
+ * count).  For proxy_reconfigure, which cannot apply a changed route.
+ */
+bool config_route_equal(const struct config_route *a, const struct config_route *b);
+
+/*
+ * True when a and b configure the proxy alike, their routes equal one by one
+ * in the same order; NULL is no proxy and equals only NULL.  A running proxy
+ * adopts a reloaded configuration only when this holds (proxy_reconfigure).
+ */
+bool config_proxy_equal(const struct config_proxy *a, const struct config_proxy *b);
+
+/* The longest host config_proxy_hostport accepts (a DNS name's limit). */
+#define CONFIG_PROXY_HOST_MAX 253
+
 /*
  * Splits "host[:port]" or "[v6]:port" (len bytes of s) into a malloc'd lower
  * case host without brackets and the port (0 when absent).  -EINVAL when the
  * host has characters a DNS name or address cannot have, or the port is bad.
  */
 int config_proxy_hostport(const char *s, size_t len, char **host, unsigned *port);
+
+/*
+ * The same into host, size bytes (CONFIG_PROXY_HOST_MAX + 1 take every host),
+ * without allocating: for the proxy's decisions on each request.  -EINVAL
+ * also when the host does not fit.
+ */
+int config_proxy_hostport_buf(const char *s, size_t len, char *host, size_t size, unsigned *port);
 
 /*
  * True for the names RFC 6761 reserves for loopback: "localhost" and

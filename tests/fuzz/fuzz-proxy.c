@@ -4,13 +4,18 @@
  * (http_parse_response_head).  The input is parsed as a request head; its
  * target is split the way the forward proxy does (absolute-form for plain
  * HTTP, authority-form for CONNECT) and matched against a few routes; every
- * header goes through the hop-by-hop and Bearer-challenge checks.  The same
- * bytes are then parsed as an upstream's response head.
+ * header goes through the hop-by-hop and Bearer-challenge checks.  The head
+ * then gets every verdict: the forward proxy's, a base-URL listener's, an
+ * intercepted CONNECT's (two hosts), CONNECT's (tunnel and intercept), and
+ * whether it is stamped and retryable.  The same bytes are then parsed as an
+ * upstream's response head.
  *
- * The invariant that matters beside memory safety: a route is chosen only
+ * The invariants that matter beside memory safety: a route is chosen only
  * for its own host and port, and for a path inside its prefix on a segment
  * boundary, so that a token is never stamped onto a request for another
- * host or path.
+ * host or path; a passing verdict has a safe path, and never comes for a
+ * head with Origin or for TRACE; TRACE is never retryable; CONNECT passes
+ * only to a tunnel host (tunnel) or a routed host (intercept).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -42,6 +47,7 @@ static const char config_text[] = "[bearerd]\n"
 				  "match = apim.example.net\n"
 				  "audience = apim\n"
 				  "upstream = https://apim.example.net\n"
+				  "listen = 127.0.0.1:8081\n"
 				  "[route \"v1\"]\n"
 				  "match = api.example.com:8080/v1\n"
 				  "audience = apim\n"
@@ -49,7 +55,11 @@ static const char config_text[] = "[bearerd]\n"
 				  "[route \"v1-admin\"]\n"
 				  "match = api.example.com:8080/v1/admin\n"
 				  "audience = apim\n"
-				  "upstream = https://api.example.com/admin\n";
+				  "upstream = https://api.example.com/admin\n"
+				  "[route \"pass\"]\n"
+				  "match = pass.example.org/p\n"
+				  "passthrough = yes\n"
+				  "upstream = http://pass.example.org\n";
 
 static struct config *cfg;
 
@@ -67,7 +77,7 @@ setup(void)
 {
 	log_init(LOG_LEVEL_ERROR);
 	check(config_load_string(&cfg, "fuzz-proxy.conf", config_text, stderr) == 0, "config");
-	check(cfg->proxy != NULL && cfg->proxy->n_routes == 3, "routes");
+	check(cfg->proxy != NULL && cfg->proxy->n_routes == 4, "routes");
 }
 
 static int
@@ -143,9 +153,9 @@ fuzz_absolute(const char *target, size_t len)
 	const char *rest;
 	size_t rest_len;
 	unsigned port;
-	char *host;
+	char host[CONFIG_PROXY_HOST_MAX + 1];
 
-	if (proxy_route_absolute(target, len, &host, &port, &rest, &rest_len) < 0)
+	if (proxy_route_absolute(target, len, host, sizeof(host), &port, &rest, &rest_len) < 0)
 		return;
 	check(host[0] != '\0', "an empty host");
 	for (const char *p = host; *p; p++)
@@ -158,7 +168,6 @@ fuzz_absolute(const char *target, size_t len)
 	r = proxy_route_match(cfg->proxy, host, port, 80, rest, rest_len);
 	if (r != NULL)
 		check_route(r, host, port, 80, rest, rest_len);
-	free(host);
 }
 
 static void
@@ -180,6 +189,119 @@ fuzz_authority(const char *target, size_t len)
 	free(host);
 }
 
+static int
+method_nocase(const struct http_head *h, const char *m)
+{
+	return h->method_len == strlen(m) && strncasecmp(h->method, m, h->method_len) == 0;
+}
+
+static int
+is_trace(const struct http_head *h)
+{
+	return method_nocase(h, "TRACE") || method_nocase(h, "TRACK");
+}
+
+/* A refusal: one of the statuses the proxy answers with, and an error to say. */
+static void
+check_refusal(const struct proxy_verdict *v)
+{
+	check(v->status == 400 || v->status == 403 || v->status == 405 || v->status == 417,
+	      "a verdict status");
+	check(v->error != NULL && v->description != NULL && v->description[0] != '\0',
+	      "a refusal without its error");
+	check((v->allow != NULL) == (v->status == 405), "Allow only with 405");
+	for (const char *p = v->description; *p; p++)
+		check(*p >= 0x20 && *p < 0x7f, "a description that is not printable");
+}
+
+/* What holds for every verdict that lets a request through to route r. */
+static void
+check_pass(const char *buf, size_t n, const struct http_head *h, const struct proxy_verdict *v)
+{
+	check(v->route != NULL && v->error == NULL && v->log == NULL, "a pass without a route");
+	check(http_head_find(h, "origin") == NULL, "a head with Origin passed");
+	check(!is_trace(h), "TRACE passed");
+	check(v->path_len == 0 || (v->path >= buf && v->path + v->path_len <= buf + n),
+	      "a path outside the head");
+	check(!proxy_route_path_unsafe(v->path, v->path_len), "an unsafe path passed");
+	check(!has_dot_segment(v->path, v->path_len), "a dot segment passed");
+	if (v->route->passthrough)
+		check(!proxy_route_stamps(v->route, h), "a passthrough route stamped");
+}
+
+static void
+fuzz_verdicts(const char *buf, size_t n, const struct http_head *h)
+{
+	static const struct {
+		const char *host;
+		unsigned port;
+	} intercepted[] = {{"api.example.com", 8080}, {"apim.example.net", 443}};
+	const struct config_proxy *cp = cfg->proxy;
+	struct config_proxy icp = *cp;
+	const struct config_route *base = &cp->routes[0];
+	const struct http_header *hf;
+	struct proxy_verdict v;
+	char want[CONFIG_PROXY_HOST_MAX + 8];
+	int found = 0;
+
+	if (proxy_route_method(h, &v) != 0) {
+		check(is_trace(h) && v.status == 405, "405 for TRACE only");
+		check_refusal(&v);
+	} else {
+		check(!is_trace(h), "TRACE went on");
+	}
+	if (is_trace(h) || h->chunked)
+		check(!proxy_route_retryable(h), "TRACE or a chunked body retryable");
+	if (proxy_route_forward(cp, h, &v) == 0) {
+		check_pass(buf, n, h, &v);
+		check_route(v.route, v.host, v.port, 80, v.path, v.path_len);
+	} else {
+		check_refusal(&v);
+	}
+	if (proxy_route_base_url(base, h, &v) == 0) {
+		check_pass(buf, n, h, &v);
+		check(v.route == base, "a base-URL request on another route");
+		check(v.path == h->target && v.path_len == h->target_len, "the base-URL path");
+		hf = http_head_find(h, "host");
+		check(hf != NULL &&
+			  proxy_route_host_is_listener(hf->value, hf->value_len, base->listen),
+		      "a base-URL request for another host");
+	} else {
+		check_refusal(&v);
+	}
+	for (size_t i = 0; i < sizeof(intercepted) / sizeof(intercepted[0]); i++) {
+		const char *host = intercepted[i].host;
+		unsigned port = intercepted[i].port;
+
+		if (proxy_route_intercepted(cp, host, port, h, &v) == 0) {
+			check_pass(buf, n, h, &v);
+			check_route(v.route, host, port, 443, v.path, v.path_len);
+		} else {
+			check_refusal(&v);
+		}
+	}
+	/* CONNECT: [proxy] has connect = tunnel; the same routes with intercept */
+	if (proxy_route_connect(cp, true, h, &v) == 0) {
+		snprintf(want, sizeof(want), "%s:%u", v.host, v.port);
+		check(strcmp(want, "tunnel.example:443") == 0, "a tunnel to a host not listed");
+	} else {
+		check_refusal(&v);
+	}
+	icp.connect = CONFIG_CONNECT_INTERCEPT;
+	if (proxy_route_connect(&icp, true, h, &v) == 0) {
+		for (size_t i = 0; i < icp.n_routes; i++) {
+			const struct config_route *r = &icp.routes[i];
+
+			found |= strcmp(r->match_host, v.host) == 0 &&
+				 (r->match_port_set ? r->match_port == v.port : v.port == 443);
+		}
+		check(found, "an interception of a host without a route");
+	} else {
+		check_refusal(&v);
+	}
+	check(proxy_route_connect(cp, false, h, &v) == 403, "CONNECT on a base URL");
+}
+
 static void
 fuzz_request(const char *buf, size_t size)
 {
@@ -188,6 +310,7 @@ fuzz_request(const char *buf, size_t size)
 
 	if (n <= 0)
 		return;
+	fuzz_verdicts(buf, (size_t)n, &h);
 	if (h.method_len == 7 && memcmp(h.method, "CONNECT", 7) == 0)
 		fuzz_authority(h.target, h.target_len);
 	else

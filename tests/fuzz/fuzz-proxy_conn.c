@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for the proxy's connection state machine (daemon/proxy.c),
+ * libFuzzer target for the proxy's connection state machine (daemon/proxy*.c),
  * not only its parsers: arbitrary bytes from a client, and an arbitrary answer
  * from the upstream, through the real proxy on a real event loop over loopback
  * TCP.  Two proxies run in one process, each with its own cache fed by a dev
