@@ -4,8 +4,8 @@
  * Every command is one request through libbearer.  Tokens (and the App Service secret) go
  * to stdout only, written with write(2) rather than stdio so that no copy stays behind in a
  * stdio buffer, and the buffers that held them are wiped; messages on stderr never contain
- * one.  JSON (status, errors, JWT claims) is read with the daemon's json.c, built on jsmn,
- * which is header-only, so bearerctl, like libbearer, needs nothing but libc at run time.
+ * one.  JSON (status, errors, JWT claims) is read with common/json.c, built on jsmn, which
+ * is header-only, so bearerctl, like libbearer, needs nothing but libc at run time.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,10 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base64.h"
 #include "bearer.h"
 #include "build-config.h"
 #include "json.h"
-#include "util.h"
+#include "urlencode.h"
+#include "wipe.h"
 
 enum {
 	RC_OK = 0,
@@ -155,13 +157,13 @@ audience_path(const char *prefix, const char *audience, const char *suffix)
 	char *path = xmalloc(size);
 
 	memcpy(path, prefix, plen);
-	/* cannot fail: three bytes for each byte of the audience fit any audience */
-	util_encode_segment(audience, path + plen, size - plen);
-	strcat(path, suffix);
+	/* three bytes for each byte of the audience, then the suffix */
+	plen += url_encode_into(path + plen, audience, strlen(audience), 0);
+	memcpy(path + plen, suffix, strlen(suffix) + 1);
 	return path;
 }
 
-/* JSON, read with daemon/json.c; documents here have no fixed bound on their tokens. */
+/* JSON, read with common/json.c; documents here have no fixed bound on their tokens. */
 
 /* Parses js as one JSON object (or array); free doc->tok when done. */
 static int
@@ -321,7 +323,7 @@ cmd_token(const char *socket_path, const struct command_args *args)
 	if (r < 0)
 		return fail_request(socket_path, r);
 	rc = status == 200 ? write_secret_line("", body, len) : fail_http(status, body, len);
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	return rc;
 }
 
@@ -449,7 +451,7 @@ out_rows:
 	free(rows);
 	free(doc.tok);
 out_body:
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	(void)args;
 	return rc;
 }
@@ -469,56 +471,8 @@ cmd_refresh(const char *socket_path, const struct command_args *args)
 		printf("%s: refreshing\n", args->audience);
 	else
 		rc = fail_http(status, body, len);
-	util_wipe_free(body, len);
+	wipe_free(body, len);
 	return rc;
-}
-
-static int
-b64url_value(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
-
-/* Decodes one base64url segment of a JWT into a new NUL-terminated allocation. */
-static char *
-b64url_decode(const char *s, size_t len, size_t *out_len)
-{
-	char *out;
-	uint32_t acc = 0;
-	size_t i, o = 0;
-	int bits = 0, v;
-
-	while (len > 0 && s[len - 1] == '=')
-		len--;
-	if (len % 4 == 1)
-		return NULL;
-	out = xmalloc(len / 4 * 3 + 3);
-	for (i = 0; i < len; i++) {
-		v = b64url_value(s[i]);
-		if (v < 0) {
-			util_wipe_free(out, len / 4 * 3 + 3);
-			return NULL;
-		}
-		acc = acc << 6 | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (char)(acc >> bits & 0xff);
-		}
-	}
-	out[o] = '\0';
-	*out_len = o;
-	return out;
 }
 
 /* Prints the text of a JSON string token, escaping raw control characters. */
@@ -623,9 +577,9 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 	struct bearer_token tok;
 	struct json_doc header = {0}, claims = {0};
 	const char *dot1, *dot2;
-	char *h = NULL, *c = NULL;
+	unsigned char *h = NULL, *c = NULL;
 	size_t hlen = 0, clen = 0;
-	int rc;
+	int rc, r;
 
 	rc = fetch_token(socket_path, args, &tok);
 	if (rc != RC_OK)
@@ -638,10 +592,13 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 			args->audience);
 		goto out;
 	}
-	h = b64url_decode(tok.access_token, (size_t)(dot1 - tok.access_token), &hlen);
-	c = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &clen);
-	if (h == NULL || c == NULL || parse_json(&header, h, hlen, false) < 0 ||
-	    parse_json(&claims, c, clen, false) < 0) {
+	r = base64url_decode(tok.access_token, (size_t)(dot1 - tok.access_token), &h, &hlen);
+	if (r == 0)
+		r = base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &c, &clen);
+	if (r == -ENOMEM)
+		out_of_memory();
+	if (r < 0 || parse_json(&header, (char *)h, hlen, false) < 0 ||
+	    parse_json(&claims, (char *)c, clen, false) < 0) {
 		fprintf(stderr, "bearerctl: the token for %s is not a readable JWT\n",
 			args->audience);
 		goto out;
@@ -657,8 +614,8 @@ cmd_claims(const char *socket_path, const struct command_args *args)
 out:
 	free(header.tok);
 	free(claims.tok);
-	util_wipe_free(h, hlen + 1);
-	util_wipe_free(c, clen + 1);
+	wipe_free(h, hlen + 1);
+	wipe_free(c, clen + 1);
 	bearer_token_clear(&tok);
 	return rc;
 }
@@ -729,8 +686,8 @@ cmd_env(const char *socket_path, const struct command_args *args)
 out:
 	free(doc.tok);
 	free(endpoint);
-	util_wipe_free(secret, slen + 1);
-	util_wipe_free(body, len);
+	wipe_free(secret, slen + 1);
+	wipe_free(body, len);
 	(void)args;
 	return rc;
 }

@@ -5,10 +5,11 @@
  * is read back, framed by Content-Length or by the end of the connection.  The library must
  * not depend on anything but libc, so it carries this small response reader instead of
  * libcurl; it only ever talks to bearerd, whose answers are small and simply framed, and it
- * refuses anything else (no chunked encoding, no 1xx, no folded headers).  JSON is read with
- * the daemon's json.c, compiled in: it needs only libc and jsmn (header-only), so it adds no
- * run-time dependency, and libbearer.map keeps its symbols private.  Every buffer that may
- * hold a token is wiped before it is freed.
+ * refuses anything else (no chunked encoding, no 1xx, no folded headers).  The head is
+ * parsed by common/http_parse.c, the daemon's own strict parser, and JSON is read with
+ * common/json.c: both need only libc (and jsmn, header-only), so they add no run-time
+ * dependency, and libbearer.map keeps their symbols private.  Every buffer that may hold a
+ * token is wiped before it is freed.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -26,8 +27,11 @@
 
 #include "bearer.h"
 #include "build-config.h"
+#include "clock.h"
+#include "http_parse.h"
 #include "json.h"
-#include "util.h"
+#include "urlencode.h"
+#include "wipe.h"
 
 #define DEFAULT_SOCKET	 "/run/bearerd/bearerd.sock"
 #define TIMEOUT_MS	 30000
@@ -45,15 +49,6 @@ struct answer {
 	size_t len;
 };
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 const char *
 bearer_default_socket(void)
 {
@@ -67,7 +62,7 @@ static int
 wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - clock_mono_ms();
 		struct pollfd p = {.fd = fd, .events = events};
 		int r;
 
@@ -89,7 +84,7 @@ connect_socket(const char *path, int64_t deadline, int *out)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	size_t n = strlen(path);
-	int64_t left = deadline - now_ms();
+	int64_t left = deadline - clock_mono_ms();
 	struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
 	int fd, r;
 
@@ -210,102 +205,16 @@ build_request(const char *method, const char *path, const char *accept, char **o
 	return 0;
 }
 
-static bool
-ascii_caseeq(const char *a, size_t alen, const char *b)
-{
-	size_t i;
-
-	if (alen != strlen(b))
-		return false;
-	for (i = 0; i < alen; i++) {
-		char c = a[i] >= 'A' && a[i] <= 'Z' ? (char)(a[i] - 'A' + 'a') : a[i];
-
-		if (c != b[i])
-			return false;
-	}
-	return true;
-}
-
-static int
-parse_uint(const char *s, size_t len, int64_t *out)
-{
-	int64_t v = 0;
-	size_t i;
-
-	if (len == 0)
-		return -EPROTO;
-	for (i = 0; i < len; i++) {
-		int d = s[i] - '0';
-
-		if (d < 0 || d > 9 || v > (INT64_MAX - d) / 10)
-			return -EPROTO;
-		v = v * 10 + d;
-	}
-	*out = v;
-	return 0;
-}
-
 /*
- * Parses the status line and headers in head[0..len), which ends with the blank line.
- * *content_length is -1 when the answer has none.
+ * Checks an answer's head, parsed by common/http_parse.c (the daemon's own strict parser):
+ * bearerd answers with a final status, framed by Content-Length or by the end of the
+ * connection, never chunked.
  */
 static int
-parse_head(const char *head, size_t len, int *status, int64_t *content_length)
+check_head(const struct http_head *h)
 {
-	const char *p = head, *end = head + len;
-	const char *eol = memmem(p, len, "\r\n", 2);
-	int64_t clen = -1, code;
-
-	/* "HTTP/1.x SSS[ reason]" */
-	if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' ||
-	    p[8] != ' ' || (eol - p > 12 && p[12] != ' '))
+	if (h->status < 200 || h->status > 599 || http_head_find(h, "transfer-encoding") != NULL)
 		return -EPROTO;
-	if (parse_uint(p + 9, 3, &code) < 0 || code < 200 || code > 599)
-		return -EPROTO;
-	for (p = eol + 2; p < end; p = eol + 2) {
-		const char *colon, *v, *vend;
-		int64_t n;
-
-		eol = memmem(p, (size_t)(end - p), "\r\n", 2);
-		if (eol == p)
-			break; /* the blank line */
-		if (*p == ' ' || *p == '\t')
-			return -EPROTO; /* obsolete line folding */
-		colon = memchr(p, ':', (size_t)(eol - p));
-		if (colon == NULL || colon == p)
-			return -EPROTO;
-		for (v = p; v < eol; v++)
-			if ((v < colon && (*v == ' ' || *v == '\t')) ||
-			    ((unsigned char)*v < ' ' && *v != '\t') || *v == 0x7f)
-				return -EPROTO;
-		for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
-			;
-		for (vend = eol; vend > v && (vend[-1] == ' ' || vend[-1] == '\t'); vend--)
-			;
-		if (ascii_caseeq(p, (size_t)(colon - p), "transfer-encoding"))
-			return -EPROTO; /* bearerd never sends chunked answers */
-		if (ascii_caseeq(p, (size_t)(colon - p), "content-length")) {
-			if (parse_uint(v, (size_t)(vend - v), &n) < 0 || (clen >= 0 && n != clen))
-				return -EPROTO;
-			clen = n;
-		}
-	}
-	*status = (int)code;
-	*content_length = clen;
-	return 0;
-}
-
-/* Moves the first len bytes of *buf to a new allocation of size bytes, wiping the old one. */
-static int
-grow(char **buf, size_t old_size, size_t len, size_t size)
-{
-	char *n = malloc(size);
-
-	if (n == NULL)
-		return -ENOMEM;
-	memcpy(n, *buf, len);
-	util_wipe_free(*buf, old_size);
-	*buf = n;
 	return 0;
 }
 
@@ -313,17 +222,17 @@ static int
 read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct answer *out)
 {
 	char *head = malloc(HEAD_MAX), *body = NULL;
-	const char *hend = NULL;
+	const char *rest;
+	struct http_head h;
 	size_t hlen = 0, head_len, got, cap = 0;
 	int64_t clen;
-	int status = 0, r;
+	int status, r = 0;
 	ssize_t n;
 
 	if (head == NULL)
 		return -ENOMEM;
-	while (hend == NULL) {
-		size_t from = hlen > 3 ? hlen - 3 : 0;
-
+	/* an invalid prefix fails at once, before the blank line arrives */
+	while (r == 0) {
 		if (hlen == HEAD_MAX) {
 			r = -EMSGSIZE;
 			goto out;
@@ -334,12 +243,19 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 			goto out;
 		}
 		hlen += (size_t)n;
-		hend = memmem(head + from, hlen - from, "\r\n\r\n", 4);
+		r = http_parse_response_head(head, hlen, &h);
+		if (r < 0) {
+			r = r == -E2BIG ? -EMSGSIZE : -EPROTO; /* E2BIG: too many fields */
+			goto out;
+		}
 	}
-	head_len = (size_t)(hend - head) + 4;
-	r = parse_head(head, head_len, &status, &clen);
+	head_len = (size_t)r;
+	r = check_head(&h);
 	if (r < 0)
 		goto out;
+	status = h.status;
+	clen = h.content_length;
+	rest = head + head_len;
 	got = hlen - head_len;
 
 	if (head_only || status == 204 || status == 304) {
@@ -362,7 +278,7 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 			r = -ENOMEM;
 			goto out;
 		}
-		memcpy(body, hend + 4, got);
+		memcpy(body, rest, got);
 		while (got < (size_t)clen) {
 			n = recv_some(fd, body + got, (size_t)clen - got, deadline);
 			if (n <= 0) {
@@ -383,7 +299,7 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 			r = -ENOMEM;
 			goto out;
 		}
-		memcpy(body, hend + 4, got);
+		memcpy(body, rest, got);
 		for (;;) {
 			if (got == cap - 1) {
 				size_t ncap = cap * 2 < body_max + 2 ? cap * 2 : body_max + 2;
@@ -392,10 +308,9 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 					r = -EMSGSIZE;
 					goto out;
 				}
-				r = grow(&body, cap, got, ncap);
+				r = wipe_realloc(&body, &cap, got, ncap);
 				if (r < 0)
 					goto out;
-				cap = ncap;
 			}
 			n = recv_some(fd, body + got, cap - 1 - got, deadline);
 			if (n < 0) {
@@ -417,8 +332,8 @@ read_answer(int fd, int64_t deadline, bool head_only, size_t body_max, struct an
 	out->len = got;
 	body = NULL;
 out:
-	util_wipe_free(body, cap);
-	util_wipe_free(head, HEAD_MAX);
+	wipe_free(body, cap);
+	wipe_free(head, HEAD_MAX);
 	return r;
 }
 
@@ -427,7 +342,7 @@ static int
 request(const char *socket_path, const char *method, const char *path, const char *accept,
 	size_t body_max, struct answer *out)
 {
-	int64_t deadline = now_ms() + TIMEOUT_MS;
+	int64_t deadline = clock_mono_ms() + TIMEOUT_MS;
 	char *req = NULL;
 	size_t req_len;
 	int fd = -1, sent, r;
@@ -504,7 +419,7 @@ parse_token(const char *js, size_t len, struct bearer_token *out)
 		if (token[i] <= ' ' || token[i] > '~')
 			break;
 	if (tlen == 0 || i < tlen) {
-		util_wipe_free(token, tlen + 1);
+		wipe_free(token, tlen + 1);
 		return -EPROTO;
 	}
 	out->access_token = token;
@@ -619,11 +534,11 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		set_error(errbuf, errlen, "invalid argument");
 		return -EINVAL;
 	}
-	if (strlen(audience) > AUDIENCE_MAX ||
-	    util_encode_segment(audience, enc, sizeof(enc)) < 0) {
+	if (strlen(audience) > AUDIENCE_MAX) {
 		set_error(errbuf, errlen, "audience name too long");
 		return -ENAMETOOLONG;
 	}
+	url_encode_into(enc, audience, strlen(audience), 0); /* enc has room for it */
 	if (min_validity > 0)
 		snprintf(path, sizeof(path), "/v1/token/%s?min_validity=%" PRId64, enc,
 			 min_validity);
@@ -645,7 +560,7 @@ bearer_get_token_ex(const char *socket_path, const char *audience, int64_t min_v
 		r = errno_for_status(a.status);
 		describe_http_error(&a, errbuf, errlen);
 	}
-	util_wipe_free(a.body, a.len + 1);
+	wipe_free(a.body, a.len + 1);
 	return r;
 }
 
@@ -662,6 +577,6 @@ bearer_token_clear(struct bearer_token *t)
 	if (t == NULL)
 		return;
 	if (t->access_token != NULL)
-		util_wipe_free(t->access_token, t->len + 1);
+		wipe_free(t->access_token, t->len + 1);
 	explicit_bzero(t, sizeof(*t));
 }

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "source.h"
+#include "wipe.h"
 
 #define MAX_PARAM 4096
 
@@ -81,10 +82,7 @@ api_render_free(void *p)
 
 	if (r == NULL)
 		return;
-	if (r->prefix != NULL) {
-		OPENSSL_cleanse(r->prefix, r->prefix_len);
-		free(r->prefix);
-	}
+	wipe_free(r->prefix, r->prefix_len);
 	free(r->suffix);
 	free(r);
 }
@@ -280,9 +278,7 @@ api_free(struct api *a)
 	if (a == NULL)
 		return NULL;
 	free(a->audiences);
-	if (a->scratch != NULL)
-		OPENSSL_cleanse(a->scratch, a->scratch_size);
-	free(a->scratch);
+	wipe_free(a->scratch, a->scratch_size);
 	free(a);
 	return NULL;
 }
@@ -396,10 +392,7 @@ reply_token(struct api *a, struct http_request *req, struct cache_entry *e,
 			reply_json_error(req, 500, "server_error", "out of memory", 0);
 			return;
 		}
-		if (a->scratch != NULL) {
-			OPENSSL_cleanse(a->scratch, a->scratch_size);
-			free(a->scratch);
-		}
+		wipe_free(a->scratch, a->scratch_size);
 		a->scratch = s;
 		a->scratch_size = need;
 	}

@@ -6,8 +6,9 @@
  * 10 minutes later.  ES256 signatures are the raw r||s of RFC 7518 3.4,
  * not OpenSSL's DER.
  *
- * It needs OpenSSL and secret.c only (no libevent, no jwt.c): the config
- * parser links it to check keys when it loads, and so do its fuzzer and tests.
+ * It needs OpenSSL, secret.c and common/ only (no libevent, no jwt.c): the
+ * config parser links it to check keys when it loads, and so do its fuzzer and
+ * tests.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,7 +25,9 @@
 #include <openssl/x509.h>
 
 #include "assertion.h"
+#include "base64.h"
 #include "secret.h"
+#include "wipe.h"
 
 #define MIN_RSA_BITS 2048 /* Entra refuses shorter keys, and so should everyone */
 
@@ -47,25 +50,16 @@ static void
 text_add(struct text *t, const char *s, size_t n)
 {
 	size_t cap;
-	char *b;
 
 	if (t->oom)
 		return;
 	if (t->len + n + 1 > t->cap) {
 		for (cap = t->cap ? t->cap : 256; cap < t->len + n + 1; cap *= 2)
 			;
-		b = malloc(cap); /* not realloc: the old block is wiped */
-		if (b == NULL) {
+		if (wipe_realloc(&t->buf, &t->cap, t->len, cap) < 0) {
 			t->oom = true;
 			return;
 		}
-		if (t->buf != NULL) {
-			memcpy(b, t->buf, t->len);
-			OPENSSL_cleanse(t->buf, t->cap);
-			free(t->buf);
-		}
-		t->buf = b;
-		t->cap = cap;
 	}
 	memcpy(t->buf + t->len, s, n);
 	t->len += n;
@@ -100,38 +94,6 @@ text_json(struct text *t, const char *s)
 		}
 	}
 	text_add(t, "\"", 1);
-}
-
-/* base64url without padding (RFC 7515 2), NUL-terminated; caller frees. */
-static int
-b64url(const unsigned char *in, size_t len, char **out)
-{
-	char *s = malloc((len + 2) / 3 * 4 + 1);
-	size_t n;
-
-	if (s == NULL)
-		return -ENOMEM;
-	n = (size_t)EVP_EncodeBlock((unsigned char *)s, in, (int)len);
-	while (n > 0 && s[n - 1] == '=')
-		n--;
-	s[n] = '\0';
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '+')
-			s[i] = '-';
-		else if (s[i] == '/')
-			s[i] = '_';
-	}
-	*out = s;
-	return 0;
-}
-
-static void
-wipe_free(void *p, size_t len)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, len);
-		free(p);
-	}
 }
 
 struct assertion_key *
@@ -190,7 +152,7 @@ load_pkey(const char *path, EVP_PKEY **out, char *msg, size_t size)
 	*out = pkey;
 	r = 0;
 out:
-	secret_free(pem, len);
+	wipe_free(pem, len);
 	return r;
 }
 
@@ -280,14 +242,12 @@ load_cert(struct assertion_key *k, const char *path, bool entra, char *msg, size
 		goto out;
 	}
 	k->x5t_name = sha1 ? "x5t" : "x5t#S256";
-	r = b64url(md, md_len, &k->x5t);
+	r = base64url_encode(md, md_len, &k->x5t);
 	if (r < 0)
 		goto oom;
-	k->x5c = malloc(((size_t)der_len + 2) / 3 * 4 + 1);
-	if (k->x5c == NULL)
+	r = base64_encode(der, (size_t)der_len, &k->x5c);
+	if (r < 0)
 		goto oom;
-	EVP_EncodeBlock((unsigned char *)k->x5c, der, der_len);
-	r = 0;
 	goto out;
 oom:
 	snprintf(msg, size, "out of memory");
@@ -339,22 +299,6 @@ assertion_key_alg(const struct assertion_key *k)
 	default:
 		return "RS256";
 	}
-}
-
-EVP_PKEY *
-assertion_key_pkey(const struct assertion_key *k)
-{
-	return k->pkey;
-}
-
-char *
-assertion_free(char *a)
-{
-	if (a != NULL) {
-		OPENSSL_cleanse(a, strlen(a));
-		free(a);
-	}
-	return NULL;
 }
 
 /* A random (version 4) UUID, as Entra wants jti to be. */
@@ -486,10 +430,7 @@ sign_input(const struct assertion_key *k, const char *input, size_t len, unsigne
 out:
 	if (r < 0)
 		ERR_clear_error();
-	if (buf != NULL) {
-		OPENSSL_cleanse(buf, cap);
-		free(buf);
-	}
+	wipe_free(buf, cap);
 	EVP_MD_CTX_free(ctx);
 	return r;
 }
@@ -512,9 +453,9 @@ assertion_sign(const struct assertion_key *k, const char *client_id, const char 
 		r = -ENOMEM;
 		goto out;
 	}
-	r = b64url((unsigned char *)head.buf, head.len, &h);
+	r = base64url_encode((unsigned char *)head.buf, head.len, &h);
 	if (r == 0)
-		r = b64url((unsigned char *)claims.buf, claims.len, &c);
+		r = base64url_encode((unsigned char *)claims.buf, claims.len, &c);
 	if (r < 0)
 		goto out;
 	if (asprintf(&input, "%s.%s", h, c) < 0) {
@@ -524,7 +465,7 @@ assertion_sign(const struct assertion_key *k, const char *client_id, const char 
 	}
 	r = sign_input(k, input, strlen(input), &sig, &sig_len);
 	if (r == 0)
-		r = b64url(sig, sig_len, &sig64);
+		r = base64url_encode(sig, sig_len, &sig64);
 	if (r < 0)
 		goto out;
 	if (asprintf(&jws, "%s.%s", input, sig64) < 0) {
@@ -537,10 +478,10 @@ out:
 	/* the signing input and signature are the assertion, valid for minutes: wiped */
 	wipe_free(head.buf, head.cap);
 	wipe_free(claims.buf, claims.cap);
-	wipe_free(h, h != NULL ? strlen(h) : 0);
-	wipe_free(c, c != NULL ? strlen(c) : 0);
-	wipe_free(sig64, sig64 != NULL ? strlen(sig64) : 0);
+	wipe_free_str(h);
+	wipe_free_str(c);
+	wipe_free_str(sig64);
 	wipe_free(sig, sig_len);
-	wipe_free(input, input != NULL ? strlen(input) : 0);
+	wipe_free_str(input);
 	return r;
 }

@@ -9,8 +9,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <openssl/types.h>
-
 #include "config.h"
 
 #define ASSERTION_LIFETIME 600 /* seconds: Entra asks for 5-10 minutes at most */
@@ -36,15 +34,9 @@ const char *assertion_key_alg(const struct assertion_key *k);
  * Signs a client assertion: header alg, typ JWT, x5t#S256 or x5t when there
  * is a certificate, kid when kid is not NULL, x5c when with_x5c; claims aud,
  * iss = sub = client_id, a random UUID jti, iat = nbf = now, exp = now +
- * ASSERTION_LIFETIME.  *out is NUL-terminated; free it with assertion_free.
+ * ASSERTION_LIFETIME.  *out is NUL-terminated; free it with wipe_free_str.
  */
 int assertion_sign(const struct assertion_key *k, const char *client_id, const char *aud,
 		   const char *kid, bool with_x5c, int64_t now, char **out);
-
-/* Wipes and frees a signed assertion; returns NULL. */
-char *assertion_free(char *a);
-
-/* For tests: the key (borrowed). */
-EVP_PKEY *assertion_key_pkey(const struct assertion_key *k);
 
 #endif

@@ -24,6 +24,7 @@
 
 #include "cache.h"
 #include "log.h"
+#include "wipe.h"
 
 #define BACKOFF_MIN_MS	     250
 #define BACKOFF_BASE_MS	     1000
@@ -133,10 +134,7 @@ entry_cmp(const void *a, const void *b)
 static void
 token_wipe(struct cache_token *t)
 {
-	if (t->value != NULL) {
-		OPENSSL_cleanse((void *)t->value, t->len);
-		free((void *)t->value);
-	}
+	wipe_free((void *)t->value, t->len);
 	t->value = NULL;
 	t->len = 0;
 	t->expires_boot_ms = 0;
@@ -627,10 +625,7 @@ entry_start_fetch(struct cache *c, struct cache_entry *e, const char *reason)
 	if (r < 0) {
 		struct token_result res;
 
-		token_result_init(&res);
-		res.error = r;
-		snprintf(res.message, sizeof(res.message),
-			 "could not start the upstream request: %s", strerror(-r));
+		token_result_start_failed(&res, r);
 		entry_fetch_done(e, &res);
 		return r;
 	}

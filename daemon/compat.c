@@ -1,7 +1,7 @@
 /*
  * Azure-compatible listeners.  Unmodified Azure SDK clients get their tokens
- * from bearerd through one of two wire protocols they already speak
- * (../shared/reference/azure-managed-identity.md sections 1, 2 and 4):
+ * from bearerd through one of two wire protocols they already speak (Azure's
+ * managed-identity endpoints; README.md, "Use with Azure SDKs"):
  *   - IMDS: GET /metadata/identity/oauth2/token with Metadata: true, reached
  *     through AZURE_POD_IDENTITY_AUTHORITY_HOST;
  *   - App Service: GET /msi/token with X-IDENTITY-HEADER, reached through
@@ -45,11 +45,14 @@
 #include "config.h"
 #include "config_proxy.h"
 #include "fetch.h"
+#include "hex.h"
 #include "http.h"
 #include "json_write.h"
 #include "log.h"
 #include "metrics.h"
 #include "source_azure.h"
+#include "str.h"
+#include "wipe.h"
 
 #define COMPAT_MAX_PARAMS   64	 /* query parameters in one request */
 #define COMPAT_MAX_KEY	    64	 /* bytes of a parameter name we compare */
@@ -238,17 +241,14 @@ decode_key(const char *in, size_t len, char *out, size_t size)
 		char ch = in[i];
 
 		if (ch == '%') {
-			char hex[3] = {0};
+			int b;
 
 			if (i + 2 >= len)
 				return false;
-			hex[0] = in[i + 1];
-			hex[1] = in[i + 2];
-			if (strspn(hex, "0123456789abcdefABCDEF") != 2)
+			b = hex_byte(in + i + 1);
+			if (b <= 0) /* a bad escape, or %00 */
 				return false;
-			ch = (char)strtol(hex, NULL, 16);
-			if (ch == '\0')
-				return false;
+			ch = (char)b;
 			i += 2;
 		} else if (ch == '+') {
 			ch = ' ';
@@ -342,10 +342,7 @@ identity_by_selector(const struct config *cfg, const char *sel, const char *valu
 static bool
 resource_listed(const struct config_compat *cc, const char *resource)
 {
-	for (size_t i = 0; cc->resources != NULL && cc->resources[i] != NULL; i++)
-		if (strcmp(cc->resources[i], resource) == 0)
-			return true;
-	return false;
+	return strv_contains(cc->resources, resource);
 }
 
 static struct compat_wait *
@@ -1230,21 +1227,6 @@ port_of(const struct sockaddr_storage *a)
 	return ntohs(((const struct sockaddr_in *)a)->sin_port);
 }
 
-/* The bounds on callers from [bearerd]; TCP peers are counted by the owner of their socket. */
-static void
-compat_limits(const struct config *cfg, struct http_limits *limits)
-{
-	http_limits_default(limits);
-	if (cfg->max_connections > 0)
-		limits->max_conns = cfg->max_connections;
-	limits->max_conns_per_uid = cfg->max_connections_per_uid;
-	if (cfg->header_timeout > 0)
-		limits->head_timeout = cfg->header_timeout;
-	if (cfg->keepalive_timeout > 0)
-		limits->idle_timeout = cfg->keepalive_timeout;
-	limits->max_body = COMPAT_MAX_BODY;
-}
-
 /*
  * Binds a listener's server for cl into *http and *bound; its handler gets l,
  * which need not be filled in yet (nothing is accepted before the loop runs).
@@ -1257,7 +1239,8 @@ listener_bind(struct compat_listener *l, struct event_base *base, const struct c
 	struct http_limits limits;
 	int fd, r;
 
-	compat_limits(cfg, &limits);
+	http_limits_from_config(&limits, cfg);
+	limits.max_body = COMPAT_MAX_BODY; /* Cloud Shell's form */
 	r = http_server_new(http, base, &limits,
 			    l->kind == COMPAT_IMDS ? imds_handle : appservice_handle, l);
 	if (r < 0)
@@ -1340,10 +1323,7 @@ compat_free(struct compat *c)
 	c->appservice.http = http_server_free(c->appservice.http);
 	/* after the servers: their cancelled relays are freed by the aborted fetches */
 	c->relay_fetch = fetch_free(c->relay_fetch);
-	if (c->secret != NULL) {
-		OPENSSL_cleanse(c->secret, c->secret_len);
-		free(c->secret);
-	}
+	wipe_free(c->secret, c->secret_len);
 	OPENSSL_cleanse(c->secret_digest, sizeof(c->secret_digest));
 	free(c);
 	return NULL;
@@ -1357,28 +1337,11 @@ listen_same(const struct config_listen *a, const struct config_listen *b)
 	return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
 }
 
-static bool
-str_same(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
 struct compat_next {
 	struct http_server *http;
 	struct sockaddr_storage bound;
 	bool rebind;
 };
-
-static void
-secret_free(char *s, size_t len)
-{
-	if (s != NULL) {
-		OPENSSL_cleanse(s, len);
-		free(s);
-	}
-}
 
 /* Replaces a listener's server with the one bound for the new configuration. */
 static void
@@ -1403,7 +1366,7 @@ compat_reconfigure(struct compat *c, const struct config *cfg, struct source **s
 	size_t secret_len = 0;
 	bool new_secret = nc->appservice_listen != NULL &&
 			  (c->secret == NULL ||
-			   !str_same(oc->appservice_secret_file, nc->appservice_secret_file));
+			   !str_eq_opt(oc->appservice_secret_file, nc->appservice_secret_file));
 	int r = 0;
 
 	if (new_secret) {
@@ -1424,13 +1387,13 @@ compat_reconfigure(struct compat *c, const struct config *cfg, struct source **s
 	if (r < 0) {
 		http_server_free(ni.http);
 		http_server_free(na.http);
-		secret_free(secret, secret_len);
+		wipe_free(secret, secret_len);
 		return r;
 	}
 	listener_swap(&c->imds, &ni);
 	listener_swap(&c->appservice, &na);
 	if (new_secret || nc->appservice_listen == NULL) {
-		secret_free(c->secret, c->secret_len);
+		wipe_free(c->secret, c->secret_len);
 		c->secret = secret;
 		c->secret_len = secret_len;
 		if (secret != NULL)

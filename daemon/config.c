@@ -355,17 +355,6 @@ parse_word(struct parser *p, const char *key, const char *v, char **out)
 	return parse_string(p, key, v, out);
 }
 
-char **
-strv_free(char **v)
-{
-	if (v == NULL)
-		return NULL;
-	for (size_t i = 0; v[i] != NULL; i++)
-		free(v[i]);
-	free(v);
-	return NULL;
-}
-
 /* Blank-separated words into a NULL-terminated array (empty for an empty value). */
 int
 split_words(const char *v, char ***out)
@@ -419,8 +408,7 @@ parse_ids(struct parser *p, const char *key, const char *v, bool groups, uint32_
 		p->oom = true;
 		goto out;
 	}
-	for (n = 0; words[n] != NULL; n++)
-		;
+	n = strv_length(words);
 	if (n == 0) {
 		perr(p, "%s: empty list", key);
 		r = -EINVAL;
@@ -2613,8 +2601,6 @@ config_audience_allows(const struct config_audience *a, uid_t uid, gid_t gid)
 	return false;
 }
 
-static bool str_equal(const char *a, const char *b);
-
 bool
 config_acl_restricts(const struct config_acl *acl)
 {
@@ -2682,18 +2668,18 @@ config_identity_same_principal(const struct config_identity *a, const struct con
 		return false;
 	switch (a->source) {
 	case CONFIG_SOURCE_DEV:
-		return str_equal(a->issuer, b->issuer) && str_equal(a->subject, b->subject);
+		return str_eq_opt(a->issuer, b->issuer) && str_eq_opt(a->subject, b->subject);
 	case CONFIG_SOURCE_AZURE_IMDS: {
 		const char *sa[] = {a->client_id, a->object_id, a->msi_res_id};
 		const char *sb[] = {b->client_id, b->object_id, b->msi_res_id};
 
-		return str_equal(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
+		return str_eq_opt(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
 	}
 	case CONFIG_SOURCE_AZURE_APPSERVICE: {
 		const char *sa[] = {a->client_id, a->principal_id, a->mi_res_id};
 		const char *sb[] = {b->client_id, b->principal_id, b->mi_res_id};
 
-		return str_equal(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
+		return str_eq_opt(a->endpoint, b->endpoint) && selectors_may_match(sa, sb, 3);
 	}
 	case CONFIG_SOURCE_ENTRA_SECRET:
 	case CONFIG_SOURCE_ENTRA_CERTIFICATE:
@@ -2701,8 +2687,8 @@ config_identity_same_principal(const struct config_identity *a, const struct con
 		/* a tenant id and its domain name are one tenant: only the app counts */
 		return str_ieq(a->authority, b->authority) && str_ieq(a->client_id, b->client_id);
 	case CONFIG_SOURCE_OAUTH2:
-		return str_equal(a->token_url, b->token_url) &&
-		       str_equal(a->client_id, b->client_id);
+		return str_eq_opt(a->token_url, b->token_url) &&
+		       str_eq_opt(a->client_id, b->client_id);
 	}
 	return true;
 }
@@ -2785,33 +2771,11 @@ config_resources_alike(const char *a, const char *b)
 	X(lifetime)                                                                                \
 	X(dynamic_resources)
 
-static bool
-str_equal(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
-static bool
-strv_equal(char *const *a, char *const *b)
-{
-	size_t i;
-
-	if (a == NULL || b == NULL)
-		return a == b;
-	for (i = 0; a[i] != NULL && b[i] != NULL; i++) {
-		if (strcmp(a[i], b[i]) != 0)
-			return false;
-	}
-	return a[i] == NULL && b[i] == NULL;
-}
-
 bool
 config_identity_equal(const struct config_identity *a, const struct config_identity *b)
 {
 #define EQ_STR(f)                                                                                  \
-	if (!str_equal(a->f, b->f))                                                                \
+	if (!str_eq_opt(a->f, b->f))                                                               \
 		return false;
 #define EQ_STRV(f)                                                                                 \
 	if (!strv_equal(a->f, b->f))                                                               \

@@ -209,7 +209,7 @@ bool config_identity_equal(const struct config_identity *a, const struct config_
 
 struct config *config_free(struct config *c);
 
-/* Additions */
+/* Names, and the caller and principal rules that the API, compat and the proxy apply */
 
 /* Longest identity or audience name; names are [A-Za-z0-9._-]{1,CONFIG_NAME_MAX}. */
 #define CONFIG_NAME_MAX 128

@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "str.h" /* strv_free, for config.c and config_proxy.c */
 
 /* Keys of [bearerd]. */
 enum bkey {
@@ -184,7 +185,6 @@ int parse_string(struct parser *p, const char *key, const char *v, char **out);
 int parse_word(struct parser *p, const char *key, const char *v, char **out);
 /* Splits v at blanks into a NULL-terminated array (empty for ""); -ENOMEM only. */
 int split_words(const char *v, char ***out);
-char **strv_free(char **v);
 int key_index(const char *const *names, size_t n, const char *key);
 int parse_listen(struct parser *p, const char *key, const char *v, struct config_listen **out);
 void config_listen_free(struct config_listen *l);

@@ -726,27 +726,6 @@ config_proxy_free(struct config_proxy *x)
 #undef FREE_STRV
 #undef FREE_LISTEN
 
-static bool
-str_equal(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
-static bool
-strv_equal(char *const *a, char *const *b)
-{
-	size_t i;
-
-	if (a == NULL || b == NULL)
-		return a == b;
-	for (i = 0; a[i] != NULL && b[i] != NULL; i++)
-		if (strcmp(a[i], b[i]) != 0)
-			return false;
-	return a[i] == NULL && b[i] == NULL;
-}
-
 /* As written: a listener moved to another spelling of the same address is a change too. */
 static bool
 listen_equal(const struct config_listen *a, const struct config_listen *b)
@@ -757,7 +736,7 @@ listen_equal(const struct config_listen *a, const struct config_listen *b)
 }
 
 #define EQ_STR(f)                                                                                  \
-	if (!str_equal(a->f, b->f))                                                                \
+	if (!str_eq_opt(a->f, b->f))                                                               \
 		return false;
 #define EQ_STRV(f)                                                                                 \
 	if (!strv_equal(a->f, b->f))                                                               \

@@ -23,6 +23,7 @@
 #include "build-config.h"
 #include "config_proxy.h" /* config_proxy_host_is_localhost */
 #include "fetch.h"
+#include "wipe.h"
 
 #define FETCH_DEFAULT_TIMEOUT_MS 10000L
 #define FETCH_MAX_CONNECT_MS	 5000L
@@ -93,15 +94,6 @@ xfer_unlink(struct fetch *f, struct fetch_xfer *x)
 		x->next->prev = x->prev;
 	x->prev = x->next = NULL;
 	f->n_xfers--;
-}
-
-static void
-wipe_free(char *p, size_t len)
-{
-	if (p == NULL)
-		return;
-	OPENSSL_cleanse(p, len);
-	free(p);
 }
 
 /* Frees a transfer that is no longer linked nor in the multi handle. */
@@ -332,7 +324,6 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	struct fetch_xfer *x = userp;
 	size_t n = size * nmemb;
 	size_t cap;
-	char *p;
 
 	if (n > x->max_body - x->body_len) {
 		x->too_big = true;
@@ -344,17 +335,11 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 			cap *= 2;
 		if (cap > x->max_body + 1)
 			cap = x->max_body + 1;
-		/* not realloc: the old block must be wiped, it may hold a token */
-		p = malloc(cap);
-		if (p == NULL) {
+		/* the old block may hold a token */
+		if (wipe_realloc(&x->body, &x->body_cap, x->body_len, cap) < 0) {
 			x->out_of_memory = true;
 			return 0;
 		}
-		if (x->body != NULL)
-			memcpy(p, x->body, x->body_len);
-		wipe_free(x->body, x->body_cap);
-		x->body = p;
-		x->body_cap = cap;
 	}
 	memcpy(x->body + x->body_len, data, n);
 	x->body_len += n;

@@ -27,6 +27,9 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "clock.h"
+#include "config.h"
+#include "hex.h"
 #include "http.h"
 #include "log.h"
 #include "peer.h"
@@ -130,15 +133,6 @@ struct http_server {
 	bool stopping;
 };
 
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void
 arm_timer(struct event *ev, uint64_t ms)
 {
@@ -160,7 +154,7 @@ conn_arm(struct http_conn *c, uint64_t deadline)
 
 	if (c->timer == NULL || (c->deadline != 0 && c->deadline <= deadline))
 		return;
-	now = now_ms();
+	now = (uint64_t)clock_coarse_ms();
 	arm_timer(c->timer, (deadline > now ? deadline - now : 0) + TIMER_SLACK_MS);
 	c->deadline = deadline;
 }
@@ -456,7 +450,7 @@ conn_reply_done(struct http_conn *c)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		conn_set_reading(c, true);
 		c->state = CONN_LINGER;
-		c->since = now_ms();
+		c->since = (uint64_t)clock_coarse_ms();
 		c->lingered = 0;
 		conn_arm(c, c->since + LINGER_MS);
 		return;
@@ -465,7 +459,7 @@ conn_reply_done(struct http_conn *c)
 	c->started = false;
 	c->parsed_len = 0;
 	c->scanned = 0;
-	c->since = now_ms();
+	c->since = (uint64_t)clock_coarse_ms();
 	if (c->buf_cap > BUF_KEEP) {
 		free(c->buf);
 		c->buf = NULL;
@@ -557,7 +551,7 @@ conn_wait(struct http_conn *c)
 		c->started = true;
 		/* a new connection's first head is due header_timeout after the accept */
 		if (!c->fresh)
-			c->since = now_ms();
+			c->since = (uint64_t)clock_coarse_ms();
 		if (c->server->limits.head_timeout > 0)
 			conn_arm(c, c->since + (uint64_t)c->server->limits.head_timeout * 1000);
 	}
@@ -781,18 +775,6 @@ conn_read_line(struct http_conn *c, const char **line)
 	return lf - 1 - p;
 }
 
-static int
-hex_digit(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* chunk-size [ BWS ";" chunk-ext ]: returns 0 or -EINVAL. */
 static int
 parse_chunk_size(const char *p, size_t len, uint64_t *size)
@@ -800,10 +782,10 @@ parse_chunk_size(const char *p, size_t len, uint64_t *size)
 	uint64_t v = 0;
 	size_t i = 0;
 
-	for (; i < len && hex_digit(p[i]) >= 0; i++) {
+	for (; i < len && hex_value(p[i]) >= 0; i++) {
 		if (i >= 15)
 			return -EINVAL;
-		v = v << 4 | (uint64_t)hex_digit(p[i]);
+		v = v << 4 | (uint64_t)hex_value(p[i]);
 	}
 	if (i == 0)
 		return -EINVAL;
@@ -1023,7 +1005,7 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
 	const struct http_limits *l = &c->server->limits;
-	uint64_t now = now_ms(), head = (uint64_t)l->head_timeout * 1000,
+	uint64_t now = (uint64_t)clock_coarse_ms(), head = (uint64_t)l->head_timeout * 1000,
 		 idle = (uint64_t)l->idle_timeout * 1000;
 	/* With nothing to enforce the timer still ticks, so that it is armed when needed. */
 	uint64_t next = now + (idle > 0 ? idle : 60000);
@@ -1202,7 +1184,7 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockad
 	conn_set_reading(c, true);
 	c->state = CONN_HEAD;
 	c->fresh = true;
-	c->since = now_ms();
+	c->since = (uint64_t)clock_coarse_ms();
 	/* the lazy timer must be due by the earliest deadline the connection may reach */
 	if (l->idle_timeout > 0 && (l->head_timeout == 0 || l->idle_timeout < l->head_timeout))
 		conn_arm(c, c->since + (uint64_t)l->idle_timeout * 1000);
@@ -1253,6 +1235,19 @@ http_limits_default(struct http_limits *l)
 	    .write_timeout = 30,
 	    .max_conns_per_uid = 256,
 	};
+}
+
+void
+http_limits_from_config(struct http_limits *l, const struct config *cfg)
+{
+	http_limits_default(l);
+	if (cfg->max_connections > 0)
+		l->max_conns = cfg->max_connections;
+	l->max_conns_per_uid = cfg->max_connections_per_uid;
+	if (cfg->header_timeout > 0)
+		l->head_timeout = cfg->header_timeout;
+	if (cfg->keepalive_timeout > 0)
+		l->idle_timeout = cfg->keepalive_timeout;
 }
 
 int

@@ -1,7 +1,9 @@
 /*
- * HTTP server layer: listeners and connections on libevent bufferevents,
- * strict bounded HTTP/1.1 (http_parse.c), keep-alive, asynchronous replies.
- * Shared by the local API, the compat listeners and (later) the proxy.
+ * HTTP server layer: listeners and connections on plain libevent events,
+ * strict bounded HTTP/1.1 (common/http_parse.c), keep-alive, asynchronous
+ * replies.  It serves the local API on the socket, the compat listeners and
+ * the metrics listener; the proxy's listeners have their own engine in
+ * proxy.c.
  */
 #ifndef BEARERD_HTTP_H
 #define BEARERD_HTTP_H
@@ -13,6 +15,7 @@
 
 #include "http_parse.h"
 
+struct config;
 struct event_base;
 struct evbuffer;
 struct http_server;
@@ -53,6 +56,13 @@ typedef void http_handler_fn(struct http_request *req, void *arg);
 typedef void http_cancel_fn(struct http_request *req, void *arg);
 
 void http_limits_default(struct http_limits *l);
+
+/*
+ * The defaults with [bearerd]'s bounds on callers over them (max_connections,
+ * max_connections_per_uid, header_timeout, keepalive_timeout): the socket and
+ * the compat listeners apply the same ones.
+ */
+void http_limits_from_config(struct http_limits *l, const struct config *cfg);
 
 int http_server_new(struct http_server **out, struct event_base *base,
 		    const struct http_limits *limits, http_handler_fn *handler, void *arg);

@@ -1,6 +1,6 @@
 /*
  * JSON writing: escaped strings appended to a libevent buffer.  Kept apart
- * from json.c, which the client compiles and which must not need libevent.
+ * from common/json.c, which the client links and which must not need libevent.
  */
 #include "json_write.h"
 

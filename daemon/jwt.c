@@ -1,7 +1,7 @@
 /*
- * JWT: base64url (RFC 4648 section 5), RS256 compact JWS signing and
- * verification for the dev issuer, and splitting a token for display.
- * Everything goes through OpenSSL 3's EVP interface.
+ * JWT: RS256 compact JWS signing and verification for the dev issuer, and
+ * splitting a token into its decoded parts.  The cryptography goes through
+ * OpenSSL 3's EVP interface; base64url is common/base64.c.
  */
 #include <errno.h>
 #include <limits.h>
@@ -9,133 +9,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "base64.h"
 #include "json.h"
 #include "jwt.h"
+#include "wipe.h"
 
-/* Longest token or base64 text we handle; far above any real access token. */
-#define JWT_MAX_LEN (1024 * 1024)
-
-static void
-jwt_free_secret(void *p, size_t len)
-{
-	if (p != NULL) {
-		OPENSSL_cleanse(p, len);
-		free(p);
-	}
-}
-
-int
-jwt_base64url_encode(const void *in, size_t len, char **out)
-{
-	size_t cap, n;
-	char *buf;
-	int r;
-
-	if (len > JWT_MAX_LEN)
-		return -E2BIG;
-	cap = (len + 2) / 3 * 4 + 1;
-	buf = malloc(cap);
-	if (buf == NULL)
-		return -ENOMEM;
-	r = EVP_EncodeBlock((unsigned char *)buf, in, (int)len);
-	if (r < 0) {
-		jwt_free_secret(buf, cap);
-		return -EIO;
-	}
-	n = (size_t)r;
-	while (n > 0 && buf[n - 1] == '=')
-		n--;
-	for (size_t i = 0; i < n; i++) {
-		if (buf[i] == '+')
-			buf[i] = '-';
-		else if (buf[i] == '/')
-			buf[i] = '_';
-	}
-	buf[n] = '\0';
-	*out = buf;
-	return 0;
-}
-
-/* The 6-bit value of a base64url character, or -1. */
-static int
-jwt_b64_value(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
-
-int
-jwt_base64url_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
-{
-	size_t n = len, pad, padded, cap;
-	unsigned char *std = NULL, *buf = NULL;
-	int r, last;
-
-	if (len > JWT_MAX_LEN)
-		return -E2BIG;
-	/* optional padding: only at the end, and only as much as the length needs */
-	while (n > 0 && in[n - 1] == '=')
-		n--;
-	if (n % 4 == 1)
-		return -EINVAL;
-	pad = (4 - n % 4) % 4;
-	if (len != n && len != n + pad)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		if (jwt_b64_value(in[i]) < 0)
-			return -EINVAL;
-	}
-	/* the bits after the last whole byte must be zero: one encoding per value */
-	if (pad > 0) {
-		last = jwt_b64_value(in[n - 1]);
-		if ((pad == 2 && (last & 0x0f) != 0) || (pad == 1 && (last & 0x03) != 0))
-			return -EINVAL;
-	}
-
-	padded = n + pad;
-	std = malloc(padded + 1);
-	cap = padded / 4 * 3 + 1;
-	buf = malloc(cap);
-	if (std == NULL || buf == NULL) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	for (size_t i = 0; i < n; i++)
-		std[i] = in[i] == '-' ? '+' : in[i] == '_' ? '/' : (unsigned char)in[i];
-	memset(std + n, '=', pad);
-	std[padded] = '\0';
-	/* EVP_DecodeBlock refuses empty input, which is valid base64 */
-	r = padded == 0 ? 0 : EVP_DecodeBlock(buf, std, (int)padded);
-	if (r < 0 || (size_t)r != padded / 4 * 3) {
-		r = -EINVAL;
-		goto fail;
-	}
-	/* EVP_DecodeBlock counts the bytes the padding stands for */
-	buf[(size_t)r - pad] = '\0';
-	jwt_free_secret(std, padded + 1);
-	*out = buf;
-	*out_len = (size_t)r - pad;
-	return 0;
-
-fail:
-	jwt_free_secret(std, padded + 1);
-	jwt_free_secret(buf, cap);
-	return r;
-}
+/* Longest token we handle; far above any real access token. */
+#define JWT_MAX_LEN BASE64_MAX_LEN
 
 /* The positions of the two dots of a compact JWS; -EINVAL unless exactly two. */
 static int
@@ -170,10 +54,10 @@ jwt_sign_rs256(EVP_PKEY *key, const char *header_json, const char *claims_json, 
 
 	if (!EVP_PKEY_is_a(key, "RSA"))
 		return -EINVAL;
-	r = jwt_base64url_encode(header_json, strlen(header_json), &h);
+	r = base64url_encode(header_json, strlen(header_json), &h);
 	if (r < 0)
 		goto out;
-	r = jwt_base64url_encode(claims_json, strlen(claims_json), &c);
+	r = base64url_encode(claims_json, strlen(claims_json), &c);
 	if (r < 0)
 		goto out;
 	hlen = strlen(h);
@@ -204,7 +88,7 @@ jwt_sign_rs256(EVP_PKEY *key, const char *header_json, const char *claims_json, 
 		r = -EIO;
 		goto out;
 	}
-	r = jwt_base64url_encode(sig, siglen, &s);
+	r = base64url_encode(sig, siglen, &s);
 	if (r < 0)
 		goto out;
 	slen = strlen(s);
@@ -216,11 +100,11 @@ jwt_sign_rs256(EVP_PKEY *key, const char *header_json, const char *claims_json, 
 
 out:
 	EVP_MD_CTX_free(ctx);
-	jwt_free_secret(h, h != NULL ? strlen(h) : 0);
-	jwt_free_secret(c, c != NULL ? strlen(c) : 0);
-	jwt_free_secret(s, s != NULL ? strlen(s) : 0);
-	jwt_free_secret(sig, siglen);
-	jwt_free_secret(tok, toklen);
+	wipe_free_str(h);
+	wipe_free_str(c);
+	wipe_free_str(s);
+	wipe_free(sig, siglen);
+	wipe_free(tok, toklen);
 	return r;
 }
 
@@ -252,14 +136,14 @@ jwt_verify_rs256(EVP_PKEY *key, const char *token, size_t len)
 
 	if (!EVP_PKEY_is_a(key, "RSA") || jwt_split(token, len, &dot1, &dot2) < 0)
 		return -EBADMSG;
-	r = jwt_base64url_decode(token, dot1, &hdr, &hdrlen);
+	r = base64url_decode(token, dot1, &hdr, &hdrlen);
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0 || !jwt_header_is_rs256((char *)hdr, hdrlen)) {
 		r = -EBADMSG;
 		goto out;
 	}
-	r = jwt_base64url_decode(token + dot2 + 1, len - dot2 - 1, &sig, &siglen);
+	r = base64url_decode(token + dot2 + 1, len - dot2 - 1, &sig, &siglen);
 	if (r == -ENOMEM)
 		goto out;
 	if (r < 0 || siglen != (size_t)EVP_PKEY_get_size(key)) {
@@ -282,8 +166,8 @@ jwt_verify_rs256(EVP_PKEY *key, const char *token, size_t len)
 
 out:
 	EVP_MD_CTX_free(ctx);
-	jwt_free_secret(hdr, hdrlen);
-	jwt_free_secret(sig, siglen);
+	wipe_free(hdr, hdrlen);
+	wipe_free(sig, siglen);
 	return r;
 }
 
@@ -308,28 +192,28 @@ jwt_decode(const char *token, size_t len, char **header_json, char **claims_json
 	r = jwt_split(token, len, &dot1, &dot2);
 	if (r < 0)
 		return r;
-	r = jwt_base64url_decode(token, dot1, &h, &hlen);
+	r = base64url_decode(token, dot1, &h, &hlen);
 	if (r < 0)
 		goto fail;
-	r = jwt_base64url_decode(token + dot1 + 1, dot2 - dot1 - 1, &c, &clen);
+	r = base64url_decode(token + dot1 + 1, dot2 - dot1 - 1, &c, &clen);
 	if (r < 0)
 		goto fail;
 	/* the signature is not checked, but it must at least be base64url */
-	r = jwt_base64url_decode(token + dot2 + 1, len - dot2 - 1, &s, &slen);
+	r = base64url_decode(token + dot2 + 1, len - dot2 - 1, &s, &slen);
 	if (r < 0)
 		goto fail;
 	if (!jwt_is_text(h, hlen) || !jwt_is_text(c, clen)) {
 		r = -EINVAL;
 		goto fail;
 	}
-	jwt_free_secret(s, slen);
+	wipe_free(s, slen);
 	*header_json = (char *)h;
 	*claims_json = (char *)c;
 	return 0;
 
 fail:
-	jwt_free_secret(h, hlen);
-	jwt_free_secret(c, clen);
-	jwt_free_secret(s, slen);
+	wipe_free(h, hlen);
+	wipe_free(c, clen);
+	wipe_free(s, slen);
 	return r;
 }

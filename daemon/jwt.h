@@ -1,14 +1,9 @@
-/* JWT: base64url, RS256 signing for the dev issuer, and decoding for display. */
+/* JWT: RS256 signing for the dev issuer, verification and decoding (base64url: base64.h). */
 #ifndef BEARERD_JWT_H
 #define BEARERD_JWT_H
 
 #include <stddef.h>
 #include <openssl/evp.h>
-
-/* base64url without padding; *out is NUL-terminated, caller frees. */
-int jwt_base64url_encode(const void *in, size_t len, char **out);
-/* Accepts base64url with or without padding; -EINVAL on bad input. */
-int jwt_base64url_decode(const char *in, size_t len, unsigned char **out, size_t *out_len);
 
 /*
  * Signs header.claims (both JSON texts) with RS256 and returns the compact

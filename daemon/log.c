@@ -47,12 +47,6 @@ log_set_level(enum log_level level)
 	log_threshold = level;
 }
 
-enum log_level
-log_get_level(void)
-{
-	return log_threshold;
-}
-
 int
 log_level_parse(const char *s, enum log_level *out)
 {

@@ -17,7 +17,6 @@ enum log_level {
 /* Sets the threshold and whether to prefix journald priorities (JOURNAL_STREAM). */
 void log_init(enum log_level level);
 void log_set_level(enum log_level level);
-enum log_level log_get_level(void);
 /* Parses "error|warning|info|debug"; returns 0 or -EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);
 

@@ -1,9 +1,13 @@
 /*
  * bearerd: start-up, the event loop, signals, reload and shutdown.  Setup
- * happens in the order config, loop, fetch, sources, cache, api, compat,
- * socket; teardown in reverse.  Requests enter in http.c, are routed in api.c (or
- * compat.c for the Azure-compatible listeners), tokens live in
- * cache.c, and upstream calls leave through source_*.c and fetch.c.
+ * (daemon_setup) happens in the order config, loop, metrics, fetch, sources,
+ * cache and the clock check, api, compat, proxy, the socket and the metrics
+ * listener, signals; teardown (daemon_teardown) runs in reverse, except that
+ * the sources and fetch go before the api and the cache, so that no upstream
+ * callback runs after them.  Requests enter in http.c (proxy.c for the
+ * proxy's listeners), are routed in api.c (or compat.c for the
+ * Azure-compatible listeners), tokens live in cache.c, and upstream calls
+ * leave through source_*.c and fetch.c.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,8 +32,9 @@
 #include "build-config.h"
 #include "api.h"
 #include "cache.h"
+#include "clock.h"
 #include "compat.h"
-#include "proxy.h" /* proxy */
+#include "proxy.h"
 #include "config.h"
 #include "fetch.h"
 #include "http.h"
@@ -117,36 +122,19 @@ struct daemon {
 	int64_t stop_deadline_ms;
 };
 
-static int64_t
-clock_ms(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Short intervals only (timeouts, grace periods): it stands still while suspended. */
-static int64_t
-mono_ms(void *ctx)
-{
-	(void)ctx;
-	return clock_ms(CLOCK_MONOTONIC);
-}
-
 /* The cache's clock: token lifetimes run on while the host is suspended. */
 static int64_t
 boot_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_BOOTTIME);
+	return clock_boot_ms();
 }
 
 static int64_t
 wall_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_REALTIME);
+	return clock_wall_ms();
 }
 
 static uint32_t
@@ -304,7 +292,7 @@ gc_run(struct daemon *d)
 {
 	struct slot *slot, *ts;
 	struct gen *g, *tg;
-	int64_t now = mono_ms(NULL);
+	int64_t now = clock_mono_ms();
 	bool left = false;
 
 	for (slot = TAILQ_FIRST(&d->slots); slot != NULL; slot = ts) {
@@ -403,9 +391,9 @@ on_cache_timer(evutil_socket_t fd, short what, void *arg)
 static void
 clock_sample(struct clock_sample *s)
 {
-	s->mono = clock_ms(CLOCK_MONOTONIC);
-	s->boot = clock_ms(CLOCK_BOOTTIME);
-	s->wall = clock_ms(CLOCK_REALTIME);
+	s->mono = clock_mono_ms();
+	s->boot = clock_boot_ms();
+	s->wall = clock_wall_ms();
 }
 
 /*
@@ -540,7 +528,7 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (pending == 0 || mono_ms(NULL) >= d->stop_deadline_ms) {
+	if (pending == 0 || clock_mono_ms() >= d->stop_deadline_ms) {
 		if (pending > 0)
 			log_warnx("stopping with requests still waiting", "pending=%u", pending);
 		event_base_loopexit(d->base, NULL);
@@ -567,7 +555,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	proxy_stop_accepting(d->proxy);
 	if (d->unlink_path != NULL)
 		unlink(d->unlink_path);
-	d->stop_deadline_ms = mono_ms(NULL) + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
+	d->stop_deadline_ms = clock_mono_ms() + (d->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
 	d->drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain_tick, d);
 	if (d->drain_timer == NULL || event_add(d->drain_timer, &tick) < 0)
 		event_base_loopexit(d->base, NULL);
@@ -584,20 +572,6 @@ cache_params_from(const struct config *cfg, struct cache_params *cp)
 	    .max_entries = cfg->max_entries,
 	    .dynamic_rate = cfg->dynamic_rate,
 	};
-}
-
-/* The bounds on callers of the Unix-socket API, from [bearerd]. */
-static void
-api_limits_from(const struct config *cfg, struct http_limits *limits)
-{
-	http_limits_default(limits);
-	if (cfg->max_connections > 0)
-		limits->max_conns = cfg->max_connections;
-	limits->max_conns_per_uid = cfg->max_connections_per_uid;
-	if (cfg->header_timeout > 0)
-		limits->head_timeout = cfg->header_timeout;
-	if (cfg->keepalive_timeout > 0)
-		limits->idle_timeout = cfg->keepalive_timeout;
 }
 
 /* Parses the configuration again; every error is logged, one line each, at error level. */
@@ -721,8 +695,8 @@ reload_warn_fixed(const struct config *o, const struct config *n)
 	    (o->metrics_listen != NULL &&
 	     strcmp(o->metrics_listen->text, n->metrics_listen->text) != 0))
 		log_warnx("metrics_listen takes effect at the next restart", "");
-	api_limits_from(o, &a);
-	api_limits_from(n, &b);
+	http_limits_from_config(&a, o);
+	http_limits_from_config(&b, n);
 	if (memcmp(&a, &b, sizeof(a)) != 0)
 		log_warnx("connection limits of the socket take effect at the next restart; "
 			  "compat listeners that were rebound use the new ones",
@@ -808,7 +782,7 @@ daemon_reload(struct daemon *d)
 	d->sources = nsrc;
 	d->cur_slots = nslots;
 	og->refs--;
-	og->keep_until_ms = mono_ms(NULL) + (og->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
+	og->keep_until_ms = clock_mono_ms() + (og->cfg->wait_timeout + SHUTDOWN_GRACE_S) * 1000;
 	TAILQ_INSERT_TAIL(&d->gens, ng, link);
 	d->gen = ng;
 	d->cfg = ncfg;
@@ -863,7 +837,7 @@ on_ready_tick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!ready && mono_ms(NULL) < d->ready_deadline_ms)
+	if (!ready && clock_mono_ms() < d->ready_deadline_ms)
 		return;
 	if (ready) {
 		notify_status("ready: %zu audiences", d->cfg->n_audiences);
@@ -892,7 +866,7 @@ notify_setup(struct daemon *d)
 	struct timeval tick = {0, READY_POLL_MS * 1000};
 	uint64_t usec;
 
-	d->ready_deadline_ms = mono_ms(NULL) + READY_MAX_WAIT_S * 1000;
+	d->ready_deadline_ms = clock_mono_ms() + READY_MAX_WAIT_S * 1000;
 	d->ready_timer = event_new(d->base, -1, EV_PERSIST, on_ready_tick, d);
 	if (d->ready_timer == NULL || event_add(d->ready_timer, &tick) < 0)
 		return -ENOMEM;
@@ -1002,7 +976,7 @@ daemon_collect(void *arg, struct metrics *m)
 		metrics_gauge_set(m, METRICS_CONNECTIONS_OPEN, "metrics",
 				  (double)http_server_connections(d->metrics_http));
 	compat_collect(d->compat, m);
-	proxy_collect(d->proxy, m); /* proxy */
+	proxy_collect(d->proxy, m);
 }
 
 /* The series bound: every cached entry may carry a few results, plus the fixed ones. */
@@ -1067,13 +1041,12 @@ daemon_setup(struct daemon *d)
 	api_set_compat(d->api, d->compat);
 	api_set_metrics(d->api, d->metrics, daemon_collect, d);
 	compat_set_metrics(d->compat, d->metrics);
-	/* proxy: the [proxy] and [route] listeners (proxy.c) */
+	/* the [proxy] and [route] listeners */
 	r = proxy_new(&d->proxy, d->base, d->cache, d->cfg, d->sources);
 	if (r < 0)
 		return r;
 	proxy_set_metrics(d->proxy, d->metrics);
-	/* end proxy */
-	api_limits_from(d->cfg, &limits);
+	http_limits_from_config(&limits, d->cfg);
 	r = http_server_new(&d->http, d->base, &limits, api_handle, d->api);
 	if (r < 0)
 		return r;
@@ -1174,7 +1147,7 @@ daemon_teardown(struct daemon *d)
 	if (d->api != NULL)
 		api_set_compat(d->api, NULL);
 	d->compat = compat_free(d->compat);
-	d->proxy = proxy_free(d->proxy); /* proxy */
+	d->proxy = proxy_free(d->proxy);
 	if (d->unlink_path != NULL) {
 		unlink(d->unlink_path);
 		free(d->unlink_path);

@@ -16,6 +16,7 @@
 #include <event2/buffer.h>
 
 #include "metrics.h"
+#include "str.h"
 
 #define DEFAULT_MAX_SERIES 65536
 #define INITIAL_BUCKETS	   64
@@ -158,14 +159,6 @@ series_hash(enum metrics_family f, const char *l1, const char *l2)
 	return hash_str(hash_str(h, l1), l2);
 }
 
-static bool
-str_eq(const char *a, const char *b)
-{
-	if (a == NULL || b == NULL)
-		return a == b;
-	return strcmp(a, b) == 0;
-}
-
 int
 metrics_new(struct metrics **out, size_t max_series)
 {
@@ -263,7 +256,7 @@ series_find(struct metrics *m, enum metrics_family f, const char *l1, const char
 
 	for (s = m->table[h & (m->n_buckets - 1)]; s != NULL; s = s->hash_next)
 		if (s->hash == h && s->family == f && s->has_l1 == (l1 != NULL) &&
-		    (l1 == NULL || strcmp(s->l1, l1) == 0) && str_eq(s->l2, l2))
+		    (l1 == NULL || strcmp(s->l1, l1) == 0) && str_eq_opt(s->l2, l2))
 			return s;
 	return NULL;
 }

@@ -17,10 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-
+#include "json.h"
 #include "secret.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define CRED_VAR  "CREDENTIALS_DIRECTORY"
 #define MAX_LINKS 40 /* as the kernel's path walk */
@@ -295,16 +295,6 @@ secret_check_config(int fd, char *msg, size_t size)
 	return 0;
 }
 
-char *
-secret_free(char *s, size_t len)
-{
-	if (s != NULL) {
-		OPENSSL_cleanse(s, len);
-		free(s);
-	}
-	return NULL;
-}
-
 /* Reads a whole file of at most SECRET_MAX_SIZE bytes after checking it against rule. */
 static int
 read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *msg, size_t size)
@@ -384,7 +374,7 @@ read_file(const char *path, enum file_rule rule, char **out, size_t *len, char *
 	*len = n;
 	r = 0;
 out:
-	secret_free(buf, SECRET_MAX_SIZE + 1);
+	wipe_free(buf, SECRET_MAX_SIZE + 1);
 	close(fd);
 	return r;
 }
@@ -400,122 +390,6 @@ int
 secret_read_public(const char *path, char **out, size_t *len, char *msg, size_t size)
 {
 	return read_file(path, RULE_PUBLIC, out, len, msg, size);
-}
-
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Four hex digits at p (which has at least 4 bytes), or -1. */
-static long
-hex4(const char *p)
-{
-	long v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		int h = hex_value(p[i]);
-
-		if (h < 0)
-			return -1;
-		v = v * 16 + h;
-	}
-	return v;
-}
-
-static size_t
-put_utf8(char *o, unsigned long cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xc0 | (cp >> 6));
-		o[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xe0 | (cp >> 12));
-		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-		o[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	o[0] = (char)(0xf0 | (cp >> 18));
-	o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-	o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-	o[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
-
-/*
- * text with every JSON escape sequence replaced by what it stands for, the
- * rest as is: each JSON string of the text appears decoded.  Never longer
- * than text (an escape is at least as long as its UTF-8).
- */
-static char *
-json_unescape_all(const char *text, size_t len, size_t *out_len)
-{
-	char *out = malloc(len + 1), *o = out;
-	size_t i = 0;
-
-	if (out == NULL)
-		return NULL;
-	while (i < len) {
-		long cp, lo;
-
-		if (text[i] != '\\' || i + 1 >= len) {
-			*o++ = text[i++];
-			continue;
-		}
-		switch (text[i + 1]) {
-		case 'b':
-			*o++ = '\b';
-			break;
-		case 'f':
-			*o++ = '\f';
-			break;
-		case 'n':
-			*o++ = '\n';
-			break;
-		case 'r':
-			*o++ = '\r';
-			break;
-		case 't':
-			*o++ = '\t';
-			break;
-		case 'u':
-			cp = i + 6 <= len ? hex4(text + i + 2) : -1;
-			if (cp < 0) {
-				*o++ = text[i++];
-				continue;
-			}
-			if (cp >= 0xd800 && cp < 0xdc00 && i + 12 <= len && text[i + 6] == '\\' &&
-			    text[i + 7] == 'u' && (lo = hex4(text + i + 8)) >= 0xdc00 &&
-			    lo < 0xe000) {
-				o += put_utf8(o, 0x10000 + (((unsigned long)cp - 0xd800) << 10) +
-						     ((unsigned long)lo - 0xdc00));
-				i += 12;
-				continue;
-			}
-			o += put_utf8(o, (unsigned long)cp);
-			i += 6;
-			continue;
-		default:
-			*o++ = text[i + 1];
-			break; /* \" \\ \/ and anything else */
-		}
-		i += 2;
-	}
-	*out_len = (size_t)(o - out);
-	return out;
 }
 
 bool
@@ -537,14 +411,13 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 		if (f == NULL)
 			oom = true;
 		else if (memcmp(f, secret, secret_len) == 0 && f[secret_len] == '\0')
-			secret_free(f, secret_len);
+			wipe_free(f, secret_len);
 		else
 			forms[n++] = f;
 	}
-	if (memchr(text, '\\', len) != NULL) {
-		plain = json_unescape_all(text, len, &plain_len);
-		oom |= plain == NULL;
-	}
+	if (memchr(text, '\\', len) != NULL &&
+	    json_unescape_text(text, len, &plain, &plain_len) < 0)
+		oom = true;
 	for (size_t i = 0; i < n && !found; i++) {
 		size_t flen = i == 0 ? secret_len : strlen(forms[i]);
 
@@ -552,7 +425,7 @@ secret_in_text(const char *text, size_t len, const char *secret, size_t secret_l
 			(plain != NULL && memmem(plain, plain_len, forms[i], flen) != NULL);
 	}
 	for (size_t i = 1; i < n; i++)
-		secret_free(forms[i], strlen(forms[i]));
-	secret_free(plain, plain_len);
+		wipe_free_str(forms[i]);
+	wipe_free(plain, plain_len);
 	return found || oom; /* out of memory: assume the worst */
 }

@@ -42,7 +42,7 @@ int secret_check_config(int fd, char *msg, size_t size);
  * Reads the whole secret file (at most SECRET_MAX_SIZE bytes) into *out,
  * NUL-terminated, trailing blanks and newlines removed, after the same
  * checks as secret_check_path on the open file.  -ENODATA when it is empty.
- * Free with secret_free.
+ * Free it with wipe_free (wipe.h).
  */
 int secret_read(const char *path, bool others_may_read, char **out, size_t *len, char *msg,
 		size_t size);
@@ -60,8 +60,5 @@ int secret_read_public(const char *path, char **out, size_t *len, char *msg, siz
  * string.  True as well when it runs out of memory: the caller withholds.
  */
 bool secret_in_text(const char *text, size_t len, const char *secret, size_t secret_len);
-
-/* Wipes and frees a secret from secret_read; returns NULL. */
-char *secret_free(char *s, size_t len);
 
 #endif

@@ -183,10 +183,7 @@ pump(struct source *s)
 			struct token_result res;
 
 			/* reported like an upstream failure; from the loop, as done must be */
-			token_result_init(&res);
-			res.error = r;
-			snprintf(res.message, sizeof(res.message),
-				 "could not start the upstream request: %s", strerror(-r));
+			token_result_start_failed(&res, r);
 			call->done(call->arg, &res);
 			token_result_clear(&res);
 			call_free(call);

@@ -2,8 +2,6 @@
 #ifndef BEARERD_SOURCE_H
 #define BEARERD_SOURCE_H
 
-#include <openssl/types.h>
-
 #include "token.h"
 
 struct event_base;
@@ -60,9 +58,6 @@ int source_jwks(struct source *s, struct evbuffer *out);
 
 /* Per-kind constructors, used by source_new. */
 int source_dev_new(struct source **out, const struct config_identity *id, struct event_base *base);
-/* The dev issuer's signing key (borrowed), for tests that verify its tokens; NULL for other kinds.
- */
-EVP_PKEY *source_dev_key(struct source *s);
 int source_imds_new(struct source **out, const struct config_identity *id, struct event_base *base,
 		    struct fetch *fetch);
 int source_appservice_new(struct source **out, const struct config_identity *id,

@@ -13,13 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
-
 #include "config.h"
 #include "log.h"
 #include "secret.h"
 #include "source.h"
 #include "source_azure.h"
+#include "wipe.h"
 
 #define APPSVC_API_VERSION     "2019-08-01"
 #define APPSVC_HEADER	       "X-IDENTITY-HEADER"
@@ -38,15 +37,6 @@ static const char *const appservice_headers[] = {
     "Accept: application/json",
     NULL,
 };
-
-static void
-wipe_free(char *s)
-{
-	if (s != NULL) {
-		OPENSSL_cleanse(s, strlen(s));
-		free(s);
-	}
-}
 
 /* Trailing whitespace (a newline from echo) is not part of the secret; the rest must be a
  * header value that cannot split the request. */
@@ -106,7 +96,7 @@ secret_load(const char *path, char **out, char *msg, size_t msg_size)
 		snprintf(msg, msg_size, "identity_header_file: '%s': %s", path,
 			 rc == -EFBIG ? "it is not a header value of at most 4096 bytes"
 				      : secret_error(rc));
-		secret_free(buf, len);
+		wipe_free(buf, len);
 		return rc;
 	}
 	*out = buf;
@@ -128,7 +118,7 @@ appservice_secret(void *ctx, char **line, char *msg, size_t msg_size)
 	}
 	rc = asprintf(line, APPSVC_HEADER ": %s", secret);
 	if (secret != src->secret)
-		wipe_free(secret);
+		wipe_free_str(secret);
 	if (rc < 0) {
 		snprintf(msg, msg_size, "out of memory");
 		return -ENOMEM;
@@ -176,7 +166,7 @@ appservice_free(struct source *s)
 
 	azure_mi_free(src->mi);
 	free(src->secret_file);
-	wipe_free(src->secret);
+	wipe_free_str(src->secret);
 	free(src);
 }
 
@@ -207,7 +197,7 @@ secret_setup(struct appservice_source *src, const struct config_identity *id)
 				  id->name, msg);
 			return rc;
 		}
-		wipe_free(probe);
+		wipe_free_str(probe);
 		return 0;
 	}
 	env = getenv("IDENTITY_HEADER");

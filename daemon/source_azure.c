@@ -18,13 +18,16 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "clock.h"
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
 #include "secret.h"
 #include "source_azure.h"
+#include "str.h"
 #include "token.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define AZURE_MAX_BODY	      (64 * 1024) /* a token answer is a few KiB */
 #define AZURE_GONE_FIRST_MS   1000	  /* first 410 retry */
@@ -84,15 +87,6 @@ struct azure_mi {
 	struct event *pump;	 /* runs the queue */
 	int64_t pump_at_ms;	 /* when pump is due, while it is pending */
 };
-
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Limiter */
 
@@ -321,7 +315,7 @@ req_free(struct azure_req *q)
 {
 	if (q->wake != NULL)
 		event_free(q->wake);
-	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
+	wipe_free_str(q->secret_line);
 	free(q->resource);
 	free(q);
 }
@@ -400,9 +394,10 @@ static int64_t
 req_acquire(struct azure_mi *m, const struct azure_req *q)
 {
 	if (q->prio == SOURCE_PRIO_LOW)
-		return azure_limiter_acquire_reserve(
-		    &m->limiter, now_ms(), AZURE_RESERVED_CONCURRENT, AZURE_RESERVED_PER_WINDOW);
-	return azure_limiter_acquire(&m->limiter, now_ms());
+		return azure_limiter_acquire_reserve(&m->limiter, clock_mono_ms(),
+						     AZURE_RESERVED_CONCURRENT,
+						     AZURE_RESERVED_PER_WINDOW);
+	return azure_limiter_acquire(&m->limiter, clock_mono_ms());
 }
 
 /* Takes q off the client's lists; it is then only the caller's. */
@@ -513,18 +508,15 @@ req_dispatch(struct azure_mi *m, struct azure_req *q, char *msg, size_t msg_size
 		goto out;
 	}
 	if (q->attempt == 0)
-		q->first_ms = now_ms();
+		q->first_ms = clock_mono_ms();
 	q->state = REQ_IN_FLIGHT;
 	/* kept until the answer, to keep an echo of it out of messages */
-	secret_free(q->secret_line, q->secret_line != NULL ? strlen(q->secret_line) : 0);
+	wipe_free_str(q->secret_line);
 	q->secret_line = secret;
 	secret = NULL;
 
 out:
-	if (secret != NULL) {
-		OPENSSL_cleanse(secret, strlen(secret));
-		free(secret);
-	}
+	wipe_free_str(secret);
 	free(url);
 	free(enc);
 	return rc;
@@ -572,7 +564,7 @@ static void
 schedule_pump(struct azure_mi *m, int64_t delay_ms)
 {
 	struct timeval tv = {.tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000};
-	int64_t at = now_ms() + delay_ms;
+	int64_t at = clock_mono_ms() + delay_ms;
 
 	if (evtimer_pending(m->pump, NULL) && m->pump_at_ms <= at)
 		return;
@@ -595,7 +587,7 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 static bool
 req_retry_gone(struct azure_mi *m, struct azure_req *q, const struct fetch_response *resp)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_mono_ms();
 	int64_t delay = azure_gone_delay(q->attempt, now - q->first_ms, resp->retry_after);
 	struct timeval tv;
 
@@ -636,7 +628,8 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 		return;
 	/* throttling is per VM: the identity's other requests would get 429 too */
 	if (resp->error == 0 && resp->status == 429 && resp->retry_after > 0)
-		azure_limiter_pause(&m->limiter, now_ms() + retry_after_ms(resp->retry_after));
+		azure_limiter_pause(&m->limiter,
+				    clock_mono_ms() + retry_after_ms(resp->retry_after));
 
 	req_unlink(m, q);
 	token_result_init(&r);
@@ -647,7 +640,7 @@ on_fetch_done(void *arg, const struct fetch_response *resp)
 		char more[96];
 
 		snprintf(more, sizeof(more), " (410 for %lld s, %d attempts)",
-			 (long long)((now_ms() - q->first_ms) / 1000), q->attempt + 1);
+			 (long long)((clock_mono_ms() - q->first_ms) / 1000), q->attempt + 1);
 		if (strlen(r.message) + strlen(more) < sizeof(r.message))
 			strcat(r.message, more);
 	}
@@ -729,19 +722,6 @@ azure_mi_cancel(struct azure_mi *m, source_done_fn *done, void *arg)
 
 /* Construction */
 
-static char *
-dup_or_null(const char *s, bool *oom)
-{
-	char *d;
-
-	if (s == NULL)
-		return NULL;
-	d = strdup(s);
-	if (d == NULL)
-		*oom = true;
-	return d;
-}
-
 int
 azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *fetch,
 	     const struct azure_mi_params *p)
@@ -768,16 +748,16 @@ azure_mi_new(struct azure_mi **out, struct event_base *base, struct fetch *fetch
 	m->secret = p->secret;
 	m->secret_ctx = p->secret_ctx;
 	azure_limiter_init(&m->limiter, p->max_concurrent, p->max_per_window, AZURE_WINDOW_MS);
-	m->name = dup_or_null(p->name != NULL ? p->name : "?", &oom);
-	m->endpoint = dup_or_null(p->endpoint, &oom);
-	m->api_version = dup_or_null(p->api_version, &oom);
-	m->selector = dup_or_null(p->selector != NULL ? p->selector : "", &oom);
-	m->ca_file = dup_or_null(p->ca_file, &oom);
+	m->name = str_dup_opt(p->name != NULL ? p->name : "?", &oom);
+	m->endpoint = str_dup_opt(p->endpoint, &oom);
+	m->api_version = str_dup_opt(p->api_version, &oom);
+	m->selector = str_dup_opt(p->selector != NULL ? p->selector : "", &oom);
+	m->ca_file = str_dup_opt(p->ca_file, &oom);
 	m->headers = calloc(n + 1, sizeof(*m->headers));
 	if (m->headers == NULL)
 		oom = true;
 	for (size_t i = 0; m->headers != NULL && i < n; i++, m->n_headers++)
-		m->headers[i] = dup_or_null(p->headers[i], &oom);
+		m->headers[i] = str_dup_opt(p->headers[i], &oom);
 	m->pump = evtimer_new(base, on_pump, m);
 	if (oom || m->pump == NULL) {
 		azure_mi_free(m);

@@ -15,17 +15,18 @@
 #include <event2/event.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
-#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "base64.h"
 #include "config.h"
 #include "json_write.h"
 #include "jwt.h"
 #include "log.h"
 #include "source.h"
+#include "wipe.h"
 
 #define DEV_KEY_BITS	   2048
 #define DEV_MAX_RESOURCE   4096		 /* longest audience we put in a token */
@@ -66,10 +67,7 @@ dev_result_init(struct token_result *r)
 static void
 dev_result_clear(struct token_result *r)
 {
-	if (r->access_token != NULL) {
-		OPENSSL_cleanse(r->access_token, r->token_len);
-		free(r->access_token);
-	}
+	wipe_free(r->access_token, r->token_len);
 	dev_result_init(r);
 }
 
@@ -121,7 +119,7 @@ dev_key_param(EVP_PKEY *key, const char *name, char **out)
 		goto out;
 	}
 	BN_bn2bin(bn, bin);
-	r = jwt_base64url_encode(bin, (size_t)n, out);
+	r = base64url_encode(bin, (size_t)n, out);
 out:
 	free(bin);
 	BN_free(bn);
@@ -165,7 +163,7 @@ dev_key_documents(struct source_dev *d)
 		r = -EIO;
 		goto out;
 	}
-	r = jwt_base64url_encode(md, mdlen, &d->kid);
+	r = base64url_encode(md, mdlen, &d->kid);
 	if (r < 0)
 		goto out;
 
@@ -392,12 +390,4 @@ source_dev_new(struct source **out, const struct config_identity *id, struct eve
 fail:
 	dev_free(&d->base);
 	return r;
-}
-
-EVP_PKEY *
-source_dev_key(struct source *s)
-{
-	if (s == NULL || s->ops != &dev_ops)
-		return NULL;
-	return ((struct source_dev *)s)->key;
 }

@@ -26,17 +26,19 @@
 
 #include <event2/event.h>
 #include <event2/buffer.h>
-#include <openssl/crypto.h>
 
 #include "assertion.h"
+#include "base64.h"
+#include "clock.h"
 #include "config.h"
 #include "fetch.h"
-#include "jwt.h"
 #include "log.h"
 #include "secret.h"
 #include "source.h"
+#include "str.h"
 #include "token.h"
 #include "urlencode.h"
+#include "wipe.h"
 
 #define OAUTH2_MAX_RESOURCE    2048
 #define OAUTH2_MAX_BODY	       (64 * 1024) /* a token answer is a few KiB */
@@ -86,7 +88,7 @@ struct oauth2_source {
 	char *fed_file;
 	char *fed_token; /* cached federated assertion, wiped on free */
 	size_t fed_len;
-	struct timespec fed_read_at;
+	int64_t fed_read_at_ms; /* on the boot clock */
 	bool fed_stale;
 	unsigned audience_param;
 	char *scopes;	    /* configured scopes joined with " ", or NULL */
@@ -126,20 +128,13 @@ static int
 form_append(struct form *f, const char *s, size_t n)
 {
 	size_t cap;
-	char *b;
 
 	if (f->len + n + 1 > f->cap) {
 		cap = f->cap ? f->cap : 512;
 		while (cap < f->len + n + 1)
 			cap *= 2;
-		b = malloc(cap); /* not realloc: the old block must be wiped */
-		if (b == NULL)
+		if (wipe_realloc(&f->buf, &f->cap, f->len, cap) < 0)
 			return -ENOMEM;
-		if (f->buf != NULL)
-			memcpy(b, f->buf, f->len);
-		secret_free(f->buf, f->cap);
-		f->buf = b;
-		f->cap = cap;
 	}
 	memcpy(f->buf + f->len, s, n);
 	f->len += n;
@@ -163,7 +158,7 @@ form_add(struct form *f, const char *name, const char *value)
 		r = form_append(f, "=", 1);
 	if (r == 0)
 		r = form_append(f, enc, strlen(enc));
-	secret_free(enc, strlen(enc));
+	wipe_free_str(enc);
 	return r;
 }
 
@@ -250,8 +245,8 @@ request_free(struct oauth2_request *q)
 	if (q->early_ev != NULL)
 		event_free(q->early_ev);
 	token_result_clear(&q->early);
-	secret_free(q->secret, q->secret_len);
-	secret_free(q->assertion, q->assertion_len);
+	wipe_free(q->secret, q->secret_len);
+	wipe_free(q->assertion, q->assertion_len);
 	free(q);
 }
 
@@ -279,7 +274,7 @@ answer_credential(const struct oauth2_request *q, const struct fetch_response *r
 		if (basic_header(q->src->client_id, q->secret, &basic) < 0 ||
 		    secret_in_text(resp->body, resp->body_len, basic + skip, strlen(basic) - skip))
 			what = "client secret";
-		secret_free(basic, basic != NULL ? strlen(basic) : 0);
+		wipe_free_str(basic);
 	}
 	if (what == NULL && q->assertion != NULL &&
 	    secret_in_text(resp->body, resp->body_len, q->assertion, q->assertion_len))
@@ -359,20 +354,6 @@ on_early(evutil_socket_t fd, short events, void *arg)
 	request_free(q);
 }
 
-/*
- * The age of what was read at then, on the boot clock: a projected token
- * read before a suspend has aged by the time slept, which the monotonic
- * clock would not count.
- */
-static double
-age_s(const struct timespec *then)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_BOOTTIME, &now);
-	return (double)(now.tv_sec - then->tv_sec) + (double)(now.tv_nsec - then->tv_nsec) / 1e9;
-}
-
 /* The federated assertion: the cached file content, read again when old or after an error. */
 static int
 federated_assertion(struct oauth2_source *src, char *msg, size_t size)
@@ -382,17 +363,18 @@ federated_assertion(struct oauth2_source *src, char *msg, size_t size)
 	int r;
 
 	if (src->fed_token != NULL && !src->fed_stale &&
-	    age_s(&src->fed_read_at) < OAUTH2_FED_MAX_AGE)
+	    clock_boot_ms() - src->fed_read_at_ms < OAUTH2_FED_MAX_AGE * 1000)
 		return 0;
 	/* Kubernetes projects the token 0644: others may read it (see config.c) */
 	r = secret_read(src->fed_file, true, &tok, &len, msg, size);
 	if (r < 0)
 		return r;
-	secret_free(src->fed_token, src->fed_len);
+	wipe_free(src->fed_token, src->fed_len);
 	src->fed_token = tok;
 	src->fed_len = len;
 	src->fed_stale = false;
-	clock_gettime(CLOCK_BOOTTIME, &src->fed_read_at);
+	/* the boot clock: a token read before a suspend has aged by the time slept */
+	src->fed_read_at_ms = clock_boot_ms();
 	return 0;
 }
 
@@ -491,7 +473,7 @@ static int
 basic_header(const char *id, const char *secret, char **out)
 {
 	char *eid = form_encode(id), *esec = form_encode(secret), *pair = NULL, *b64 = NULL;
-	size_t plen = 0, blen;
+	size_t plen = 0;
 	int r = -ENOMEM;
 
 	if (eid == NULL || esec == NULL || asprintf(&pair, "%s:%s", eid, esec) < 0) {
@@ -499,19 +481,15 @@ basic_header(const char *id, const char *secret, char **out)
 		goto out;
 	}
 	plen = strlen(pair);
-	blen = (plen + 2) / 3 * 4;
-	b64 = malloc(blen + 1);
-	if (b64 == NULL)
+	r = base64_encode(pair, plen, &b64);
+	if (r < 0)
 		goto out;
-	EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)pair, (int)plen);
-	if (asprintf(out, "Authorization: Basic %s", b64) < 0)
-		goto out;
-	r = 0;
+	r = asprintf(out, "Authorization: Basic %s", b64) < 0 ? -ENOMEM : 0;
 out:
-	secret_free(b64, b64 != NULL ? strlen(b64) : 0);
-	secret_free(pair, plen);
+	wipe_free_str(b64);
+	wipe_free(pair, plen);
 	free(eid);
-	secret_free(esec, esec != NULL ? strlen(esec) : 0);
+	wipe_free_str(esec);
 	return r;
 }
 
@@ -582,8 +560,8 @@ add_client_auth(struct oauth2_source *src, struct form *form, char **auth_header
 		q->assertion = assertion;
 		q->assertion_len = assertion != NULL ? strlen(assertion) : 0;
 	} else {
-		secret_free(secret, len);
-		assertion_free(assertion);
+		wipe_free(secret, len);
+		wipe_free_str(assertion);
 	}
 	return r;
 }
@@ -604,7 +582,7 @@ build_form(struct oauth2_source *src, const char *resource, char **body, size_t 
 	if (r == 0)
 		r = add_client_auth(src, &form, auth_header, q);
 	if (r < 0) {
-		secret_free(form.buf, form.cap);
+		wipe_free(form.buf, form.cap);
 		return r;
 	}
 	*body = form.buf;
@@ -681,8 +659,8 @@ oauth2_fetch(struct source *s, const char *resource, source_done_fn *done, void 
 out:
 	if (q != NULL)
 		request_free(q);
-	secret_free(body, body_len);
-	secret_free(auth, auth != NULL ? strlen(auth) : 0);
+	wipe_free(body, body_len);
+	wipe_free_str(auth);
 	return rc;
 }
 
@@ -714,7 +692,7 @@ oauth2_free(struct source *s)
 	free(src->cert_file);
 	free(src->key_id);
 	free(src->fed_file);
-	secret_free(src->fed_token, src->fed_len);
+	wipe_free(src->fed_token, src->fed_len);
 	free(src->scopes);
 	free(src->extra_params);
 	free(src);
@@ -740,20 +718,6 @@ static const struct source_ops entra_federated_ops = {
     .fetch = oauth2_fetch,
     .free = oauth2_free,
 };
-
-/* strdup that accepts NULL; *ok turns false on allocation failure. */
-static char *
-dup_opt(const char *s, bool *ok)
-{
-	char *d;
-
-	if (s == NULL)
-		return NULL;
-	d = strdup(s);
-	if (d == NULL)
-		*ok = false;
-	return d;
-}
 
 /* Joins words with sep, or NULL for none. */
 static int
@@ -827,7 +791,7 @@ encode_extra(char *const *params, char **out)
 static int
 copy_identity(struct oauth2_source *src, const struct config_identity *id)
 {
-	bool ok = true;
+	bool oom = false;
 	int64_t timeout = id->timeout > 0 ? id->timeout : 10;
 
 	src->timeout_ms =
@@ -841,21 +805,21 @@ copy_identity(struct oauth2_source *src, const struct config_identity *id)
 			return -ENOMEM;
 		}
 	} else {
-		src->token_url = dup_opt(id->token_url, &ok);
+		src->token_url = str_dup_opt(id->token_url, &oom);
 	}
-	src->client_id = dup_opt(id->client_id, &ok);
-	src->ca_file = dup_opt(id->ca_file, &ok);
-	src->tls_cert_file = dup_opt(id->tls_certificate_file, &ok);
-	src->tls_key_file = dup_opt(id->tls_private_key_file, &ok);
-	src->secret_file = dup_opt(id->client_secret_file, &ok);
-	src->key_id = dup_opt(id->key_id, &ok);
-	src->key_file = dup_opt(id->private_key_file, &ok);
-	src->cert_file = dup_opt(id->certificate_file, &ok);
+	src->client_id = str_dup_opt(id->client_id, &oom);
+	src->ca_file = str_dup_opt(id->ca_file, &oom);
+	src->tls_cert_file = str_dup_opt(id->tls_certificate_file, &oom);
+	src->tls_key_file = str_dup_opt(id->tls_private_key_file, &oom);
+	src->secret_file = str_dup_opt(id->client_secret_file, &oom);
+	src->key_id = str_dup_opt(id->key_id, &oom);
+	src->key_file = str_dup_opt(id->private_key_file, &oom);
+	src->cert_file = str_dup_opt(id->certificate_file, &oom);
 	src->alg = id->assertion_alg;
-	src->fed_file = dup_opt(id->federated_token_file, &ok);
+	src->fed_file = str_dup_opt(id->federated_token_file, &oom);
 	src->send_x5c = id->send_x5c;
 	src->audience_param = id->audience_param != 0 ? id->audience_param : CONFIG_AUD_SCOPE;
-	if (!ok || join_words(id->scopes, " ", &src->scopes) < 0 ||
+	if (oom || join_words(id->scopes, " ", &src->scopes) < 0 ||
 	    encode_extra(id->extra_params, &src->extra_params) < 0)
 		return -ENOMEM;
 	if (src->token_url == NULL || src->client_id == NULL)

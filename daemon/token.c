@@ -34,6 +34,15 @@ token_result_init(struct token_result *r)
 }
 
 void
+token_result_start_failed(struct token_result *r, int error)
+{
+	token_result_init(r);
+	r->error = error;
+	snprintf(r->message, sizeof(r->message), "could not start the upstream request: %s",
+		 strerror(-error));
+}
+
+void
 token_result_clear(struct token_result *r)
 {
 	if (r->access_token != NULL) {

@@ -23,6 +23,12 @@ struct token_result {
 };
 
 void token_result_init(struct token_result *r);
+/*
+ * Initialises r for a fetch that failed before it reached upstream, with
+ * error and the message "could not start the upstream request: ...": the
+ * cache and the source queue report it like an upstream failure.
+ */
+void token_result_start_failed(struct token_result *r, int error);
 /* Wipes and frees the token; leaves r initialised. */
 void token_result_clear(struct token_result *r);
 

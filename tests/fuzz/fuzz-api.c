@@ -42,6 +42,7 @@
 
 #include "api.h"
 #include "cache.h"
+#include "clock.h"
 #include "compat.h"
 #include "config.h"
 #include "http.h"
@@ -117,33 +118,17 @@ check(int ok, const char *what)
 }
 
 static int64_t
-clock_ms(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t
-mono_ms(void *ctx)
-{
-	(void)ctx;
-	return clock_ms(CLOCK_MONOTONIC);
-}
-
-static int64_t
 boot_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_BOOTTIME);
+	return clock_boot_ms();
 }
 
 static int64_t
 wall_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_REALTIME);
+	return clock_wall_ms();
 }
 
 /* Deterministic: the same input takes the same path. */
@@ -576,10 +561,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ev = event_new(g.base, c.fd, EV_READ | EV_WRITE | EV_PERSIST, on_client, &c);
 	check(ev != NULL && event_add(ev, NULL) == 0, "client event");
 	client_io(&c);
-	deadline = mono_ms(NULL) + DEADLINE_MS;
+	deadline = clock_mono_ms() + DEADLINE_MS;
 	writing = 1;
 	while (!c.eof) {
-		check(mono_ms(NULL) < deadline, "the connection ends after the client's EOF");
+		check(clock_mono_ms() < deadline, "the connection ends after the client's EOF");
 		if (writing && c.sent == c.in_len) {
 			/* nothing more to write: wake for replies only */
 			writing = 0;
@@ -598,7 +583,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	close(c.fd);
 	/* let the server side notice and free its connection before the next input */
-	while (connections_of(to) > 0 && mono_ms(NULL) < deadline)
+	while (connections_of(to) > 0 && clock_mono_ms() < deadline)
 		event_base_loop(g.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	check(connections_of(to) == 0, "the server freed the connection");
 	/* replies to a reset connection may be cut short: check only a clean end */

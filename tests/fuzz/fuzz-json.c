@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for the JSON reader (daemon/json.c): the grammar check on
+ * libFuzzer target for the JSON reader (common/json.c): the grammar check on
  * top of jsmn, then every reader on every token of a document it accepts.
  */
 #include "json.h"
@@ -65,7 +65,16 @@ walk(const struct json_doc *doc)
 			json_find(doc, i, "");
 		}
 		if (json_string_dup(doc, i, &s, &n) == 0) {
-			check(n <= (size_t)(doc->tok[i].end - doc->tok[i].start));
+			const char *raw = doc->js + doc->tok[i].start;
+			size_t raw_len = (size_t)(doc->tok[i].end - doc->tok[i].start);
+			char *lenient = NULL;
+			size_t lenient_len;
+
+			check(n <= raw_len);
+			/* where the strict reader accepts a string, the lenient one agrees */
+			check(json_unescape_text(raw, raw_len, &lenient, &lenient_len) == 0);
+			check(lenient_len == n && memcmp(lenient, s, n) == 0);
+			free(lenient);
 			free(s);
 		}
 		if (json_string_copy(doc, i, small, sizeof(small)) == 0)
@@ -93,5 +102,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		walk(&doc);
 	r = json_count(js, size);
 	check(r >= -EINVAL);
+	{
+		char *text = NULL;
+		size_t len;
+
+		check(json_unescape_text(js, size, &text, &len) == 0);
+		check(len <= size && text[len] == '\0');
+		free(text);
+	}
 	return 0;
 }

@@ -42,6 +42,7 @@
 #include <openssl/ssl.h>
 
 #include "cache.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "proxy.h"
@@ -104,34 +105,17 @@ check(int ok, const char *what)
 }
 
 static int64_t
-clock_ms(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The harness's own intervals (deadlines, the TLS client's silence). */
-static int64_t
-mono_ms(void *ctx)
-{
-	(void)ctx;
-	return clock_ms(CLOCK_MONOTONIC);
-}
-
-static int64_t
 boot_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_BOOTTIME);
+	return clock_boot_ms();
 }
 
 static int64_t
 wall_ms(void *ctx)
 {
 	(void)ctx;
-	return clock_ms(CLOCK_REALTIME);
+	return clock_wall_ms();
 }
 
 static uint32_t
@@ -515,20 +499,20 @@ client_tls(struct client *c)
 			return;
 		}
 		c->stage = ST_TLS;
-		c->last_ms = mono_ms(NULL);
+		c->last_ms = clock_mono_ms();
 	}
 	while (c->sent < c->plain_len) {
 		n = SSL_write(c->ssl, c->plain + c->sent, (int)(c->plain_len - c->sent));
 		if (n <= 0)
 			break;
 		c->sent += (size_t)n;
-		c->last_ms = mono_ms(NULL);
+		c->last_ms = clock_mono_ms();
 	}
 	for (;;) {
 		n = SSL_read(c->ssl, b, sizeof(b));
 		if (n > 0) {
 			keep(&c->out, b, (size_t)n);
-			c->last_ms = mono_ms(NULL);
+			c->last_ms = clock_mono_ms();
 			continue;
 		}
 		e = SSL_get_error(c->ssl, n);
@@ -538,7 +522,7 @@ client_tls(struct client *c)
 		c->stage = ST_DONE; /* close_notify, EOF or a TLS error */
 		return;
 	}
-	if (!c->said_bye && c->sent == c->plain_len && mono_ms(NULL) - c->last_ms >= QUIET_MS) {
+	if (!c->said_bye && c->sent == c->plain_len && clock_mono_ms() - c->last_ms >= QUIET_MS) {
 		/* nothing more is coming: close_notify and our half-close, like a client that ends
 		 */
 		c->said_bye = 1;
@@ -737,9 +721,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	tick = event_new(g.base, -1, EV_PERSIST, on_tick, &c);
 	check(tick != NULL && event_add(tick, &every) == 0, "tick");
 	on_client(c.fd, EV_WRITE, &c);
-	deadline = mono_ms(NULL) + DEADLINE_MS;
+	deadline = clock_mono_ms() + DEADLINE_MS;
 	while (c.stage != ST_DONE) {
-		check(mono_ms(NULL) < deadline, "the connection ends once the client is done");
+		check(clock_mono_ms() < deadline, "the connection ends once the client is done");
 		event_base_loop(g.base, EVLOOP_ONCE);
 	}
 	event_free(ev);
@@ -751,7 +735,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	event_assign(tick, g.base, -1, EV_PERSIST, on_tick, NULL);
 	event_add(tick, &every);
 	while ((proxy_connections(g.a.proxy) + proxy_connections(g.b.proxy) > 0 || g.up_open > 0) &&
-	       mono_ms(NULL) < deadline)
+	       clock_mono_ms() < deadline)
 		event_base_loop(g.base, EVLOOP_ONCE);
 	event_free(tick);
 	check(proxy_connections(g.a.proxy) == 0 && proxy_connections(g.b.proxy) == 0,

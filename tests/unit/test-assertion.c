@@ -19,8 +19,10 @@
 #include <openssl/x509.h>
 
 #include "assertion.h"
+#include "base64.h"
 #include "json.h"
 #include "jwt.h"
+#include "wipe.h"
 
 #define NOW 1700000000
 
@@ -145,7 +147,7 @@ jws_split(const char *tok, struct jws *j)
 	assert_non_null(dot2);
 	assert_null(strchr(dot2 + 1, '.'));
 	assert_int_equal(jwt_decode(tok, strlen(tok), &j->header, &j->claims), 0);
-	assert_int_equal(jwt_base64url_decode(dot2 + 1, strlen(dot2 + 1), &j->sig, &j->sig_len), 0);
+	assert_int_equal(base64url_decode(dot2 + 1, strlen(dot2 + 1), &j->sig, &j->sig_len), 0);
 	j->input_len = (size_t)(dot2 - tok);
 }
 
@@ -237,7 +239,7 @@ thumbprint(X509 *c, const EVP_MD *md)
 	char *s = NULL;
 
 	assert_int_equal(X509_digest(c, md, d, &n), 1);
-	assert_int_equal(jwt_base64url_encode(d, n, &s), 0);
+	assert_int_equal(base64url_encode(d, n, &s), 0);
 	return s;
 }
 
@@ -302,7 +304,7 @@ test_entra_default_ps256(void **state)
 	assert_true(asprintf(&exp, "%d", NOW + 600) > 0);
 	expect_member(j.claims, "exp", exp);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	free(exp);
 	free(tp);
@@ -337,7 +339,7 @@ test_entra_rs256_x5t_x5c(void **state)
 	assert_string_equal(x5c, want);
 	free(x5c);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	OPENSSL_free(der);
 	free(b64);
@@ -370,7 +372,7 @@ test_oauth2_rs256_kid(void **state)
 	expect_member(j.header, "x5c", NULL);
 	expect_member(j.claims, "iss", "cli\"ent");
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 
 	k = load_ok(key, cert, CONFIG_ALG_DEFAULT, false);
@@ -379,7 +381,7 @@ test_oauth2_rs256_kid(void **state)
 	expect_member(j.header, "x5t#S256", tp);
 	expect_member(j.header, "x5t", NULL);
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	free(tp);
 	unlink(key);
@@ -406,7 +408,7 @@ test_es256(void **state)
 	assert_int_equal(verify(ec_key, "ES256", tok, &j), 1);
 	expect_member(j.header, "alg", "ES256");
 	jws_free(&j);
-	assertion_free(tok);
+	wipe_free_str(tok);
 	assertion_key_free(k);
 	k = load_ok(trad, NULL, CONFIG_ALG_ES256, false);
 	assertion_key_free(k);
@@ -439,7 +441,7 @@ test_unique_jti(void **state)
 		for (int k2 = 0; k2 < i; k2++)
 			assert_string_not_equal(seen[i], seen[k2]);
 		jws_free(&j);
-		assertion_free(tok);
+		wipe_free_str(tok);
 	}
 	for (int i = 0; i < 20; i++)
 		free(seen[i]);

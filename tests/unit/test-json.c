@@ -337,6 +337,47 @@ test_string_rejects(void **state)
 }
 
 static void
+test_unescape_text(void **state)
+{
+	static const struct {
+		const char *in;
+		size_t in_len;
+		const char *out;
+		size_t out_len;
+	} v[] = {
+	    {"plain text", 10, "plain text", 10},
+	    {"{\"e\":\"q\\\" b\\\\ s\\/ \\b\\f\\n\\r\\t\"}", 31,
+	     "{\"e\":\"q\" b\\ s/ \b\f\n\r\t\"}", 23},
+	    {"\\u0041\\u00e9\\u20AC\\ud83d\\ude00", 30, "A\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80",
+	     10},
+	    /* lenient where json_string_dup is strict */
+	    {"\\ud800x", 7, "\xed\xa0\x80x", 4}, /* lone high surrogate, as is */
+	    {"\\udc00", 6, "\xed\xb0\x80", 3},	 /* lone low surrogate */
+	    {"\\ud800\\u0041", 12,
+	     "\xed\xa0\x80"
+	     "A",
+	     4},			  /* no low surrogate follows */
+	    {"a\\u0000b", 8, "a\0b", 3},  /* a NUL */
+	    {"\\x41", 4, "x41", 3},	  /* undefined escape: its character */
+	    {"\\u00g0", 6, "\\u00g0", 6}, /* not four hex digits: kept */
+	    {"\\u12", 4, "\\u12", 4},	  /* too short: kept */
+	    {"end\\", 4, "end\\", 4},	  /* a final backslash */
+	    {"", 0, "", 0},
+	};
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		char *out = NULL;
+		size_t n = 99;
+
+		expect_int(json_unescape_text(v[i].in, v[i].in_len, &out, &n), 0, v[i].in);
+		expect_int((long)n, (long)v[i].out_len, v[i].in);
+		assert_memory_equal(out, v[i].out, n);
+		assert_int_equal(out[n], '\0');
+		free(out);
+	}
+}
+
+static void
 test_int64(void **state)
 {
 	static const struct {
@@ -462,12 +503,19 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parse_good),	       cmocka_unit_test(test_parse_bad),
-	    cmocka_unit_test(test_parse_embedded_nul), cmocka_unit_test(test_parse_bounds),
-	    cmocka_unit_test(test_parse_array),	       cmocka_unit_test(test_count),
-	    cmocka_unit_test(test_find_and_skip),      cmocka_unit_test(test_string_unescape),
-	    cmocka_unit_test(test_string_rejects),     cmocka_unit_test(test_int64),
-	    cmocka_unit_test(test_append_string),      cmocka_unit_test(test_append_error),
+	    cmocka_unit_test(test_parse_good),
+	    cmocka_unit_test(test_parse_bad),
+	    cmocka_unit_test(test_parse_embedded_nul),
+	    cmocka_unit_test(test_parse_bounds),
+	    cmocka_unit_test(test_parse_array),
+	    cmocka_unit_test(test_count),
+	    cmocka_unit_test(test_find_and_skip),
+	    cmocka_unit_test(test_string_unescape),
+	    cmocka_unit_test(test_string_rejects),
+	    cmocka_unit_test(test_unescape_text),
+	    cmocka_unit_test(test_int64),
+	    cmocka_unit_test(test_append_string),
+	    cmocka_unit_test(test_append_error),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "secret.h"
+#include "wipe.h"
 
 static char dir[] = "/tmp/test-secret.XXXXXX";
 
@@ -52,15 +53,15 @@ test_read(void **state)
 	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
 	assert_int_equal(len, 5);
 	assert_string_equal(s, "value");
-	secret_free(s, len);
-	assert_null(secret_free(NULL, 0));
+	wipe_free(s, len);
+	assert_null(wipe_free(NULL, 0));
 	unlink(p);
 	free(p);
 
 	p = put("g", " a b", 4, 0640); /* leading blanks are part of the secret */
 	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
 	assert_string_equal(s, " a b");
-	secret_free(s, len);
+	wipe_free(s, len);
 	unlink(p);
 	free(p);
 }
@@ -75,7 +76,7 @@ test_bounds(void **state)
 	p = put("max", big, SECRET_MAX_SIZE, 0600);
 	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
 	assert_int_equal(len, SECRET_MAX_SIZE);
-	secret_free(s, len);
+	wipe_free(s, len);
 	unlink(p);
 	free(p);
 	p = put("over", big, SECRET_MAX_SIZE + 1, 0600);
@@ -110,7 +111,7 @@ test_permissions(void **state)
 	assert_int_equal(secret_check_path(p, false, msg, sizeof(msg)), -EPERM);
 	/* a projected token may be world-readable, never world-writable */
 	assert_int_equal(read_it(p, true, &s, &len, msg), 0);
-	secret_free(s, len);
+	wipe_free(s, len);
 	assert_int_equal(secret_check_path(p, true, msg, sizeof(msg)), 0);
 	assert_int_equal(chmod(p, 0666), 0);
 	assert_int_equal(read_it(p, true, &s, &len, msg), -EPERM);
@@ -133,7 +134,7 @@ test_permissions(void **state)
 	/* group read is fine when the group is bearerd's own (a file made 0640 for it) */
 	assert_int_equal(chmod(p, 0440), 0);
 	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
-	secret_free(s, len);
+	wipe_free(s, len);
 	if (geteuid() == 0) {
 		char want[300];
 
@@ -149,10 +150,10 @@ test_permissions(void **state)
 		assert_string_equal(msg, want);
 		/* a token others may read anyway */
 		assert_int_equal(read_it(p, true, &s, &len, msg), 0);
-		secret_free(s, len);
+		wipe_free(s, len);
 		assert_int_equal(chmod(p, 0400), 0);
 		assert_int_equal(read_it(p, false, &s, &len, msg), 0);
-		secret_free(s, len);
+		wipe_free(s, len);
 		assert_int_equal(chown(p, 0, 0), 0);
 		assert_int_equal(chmod(p, 0600), 0);
 		assert_int_equal(chown(p, 4242, 0), 0);
@@ -177,7 +178,7 @@ test_read_public(void **state)
 
 	assert_int_equal(secret_read_public(p, &s, &len, msg, sizeof(msg)), 0);
 	assert_string_equal(s, "PEM");
-	secret_free(s, len);
+	wipe_free(s, len);
 	unlink(p);
 	free(p);
 	/* a FIFO is refused at once, without waiting for a writer */
@@ -338,7 +339,7 @@ test_credentials_directory(void **state)
 	assert_int_equal(read_it(p, false, &s, &len, msg), -EPERM); /* not a credential yet */
 	setenv("CREDENTIALS_DIRECTORY", creds, 1);
 	assert_int_equal(read_it(p, false, &s, &len, msg), 0);
-	secret_free(s, len);
+	wipe_free(s, len);
 	assert_int_equal(secret_check_path(p, false, msg, sizeof(msg)), 0);
 	/* only inside it: a path that climbs out is judged as any other */
 	free(put_in("", "outside", 0440, 4242));
@@ -380,10 +381,10 @@ test_symlinks(void **state)
 	assert_int_equal(secret_check_path(key, false, msg, sizeof(msg)), 0);
 	assert_int_equal(read_it(key, false, &s, &len, msg), 0);
 	assert_string_equal(s, "v");
-	secret_free(s, len);
+	wipe_free(s, len);
 	p = path_of("vol/token"); /* a projected token: world-readable by design */
 	assert_int_equal(read_it(p, true, &s, &len, msg), 0);
-	secret_free(s, len);
+	wipe_free(s, len);
 	free(p);
 	/* through a directory link and "..", and a link to a link */
 	p = path_of("vol/..data/../client-secret");

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "hex.h"
 #include "http_parse.h"
 
 /* Character classes: token characters, field-value characters, request-target characters. */
@@ -627,17 +628,6 @@ http_head_find(const struct http_head *h, const char *name)
 	return NULL;
 }
 
-static int
-hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = lower(c);
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 /*
  * Decodes the next character of a percent-encoded string at in[*pos..len):
  * returns the byte (0..255), or -EINVAL for a bad escape or a NUL.
@@ -646,17 +636,16 @@ static int
 next_decoded(const char *in, size_t len, size_t *pos, bool plus_is_space)
 {
 	unsigned char c = (unsigned char)in[*pos];
-	int hi, lo;
+	int b;
 
 	if (c == '%') {
 		if (len - *pos < 3)
 			return -EINVAL;
-		hi = hex_value((unsigned char)in[*pos + 1]);
-		lo = hex_value((unsigned char)in[*pos + 2]);
-		if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+		b = hex_byte(in + *pos + 1);
+		if (b <= 0) /* a bad escape, or %00 */
 			return -EINVAL;
 		*pos += 3;
-		return hi << 4 | lo;
+		return b;
 	}
 	*pos += 1;
 	if (c == '\0')

@@ -1,8 +1,8 @@
 /*
  * JSON reading: the one translation unit that compiles jsmn, a strict grammar
  * check on top of its tokens, and the small readers the daemon and the client
- * need (unescaped strings, integers).  Only libc and jsmn: libbearer and
- * bearerctl compile it too.
+ * need (unescaped strings, integers).  Only libc and jsmn: it is in common/,
+ * which libbearer and bearerctl link as well.
  */
 #define JSMN_STRICT
 #include <jsmn.h>
@@ -10,6 +10,7 @@
  * jsmn.h is guarded by JSMN_H as a whole, so json.h's JSMN_HEADER include
  * below is a no-op here and the implementation above stays compiled.
  */
+#include "hex.h"
 #include "json.h"
 
 #include <errno.h>
@@ -256,106 +257,157 @@ json_hex4(const char *p, unsigned *out)
 	unsigned v = 0;
 
 	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned)(c - 'A' + 10);
-		else
+		int h = hex_value(p[i]);
+
+		if (h < 0)
 			return -EINVAL;
+		v = v << 4 | (unsigned)h;
 	}
 	*out = v;
 	return 0;
 }
 
 /*
+ * The escape sequence at s[0..n) (s[0] is the backslash): its code point in
+ * *cp and its length in *used.  A \u escape of a high surrogate followed by
+ * one of a low surrogate is joined into one code point; anything else, a lone
+ * surrogate or \u0000 included, is given as written, for the caller to judge.
+ * -EINVAL when s does not start with an escape JSON defines.
+ */
+static int
+json_escape(const char *s, size_t n, unsigned *cp, size_t *used)
+{
+	unsigned lo;
+
+	if (n < 2)
+		return -EINVAL;
+	switch (s[1]) {
+	case '"':
+	case '\\':
+	case '/':
+		*cp = (unsigned char)s[1];
+		break;
+	case 'b':
+		*cp = '\b';
+		break;
+	case 'f':
+		*cp = '\f';
+		break;
+	case 'n':
+		*cp = '\n';
+		break;
+	case 'r':
+		*cp = '\r';
+		break;
+	case 't':
+		*cp = '\t';
+		break;
+	case 'u':
+		if (n < 6 || json_hex4(s + 2, cp) < 0)
+			return -EINVAL;
+		if (*cp >= 0xd800 && *cp <= 0xdbff && n >= 12 && s[6] == '\\' && s[7] == 'u' &&
+		    json_hex4(s + 8, &lo) == 0 && lo >= 0xdc00 && lo <= 0xdfff) {
+			*cp = 0x10000 + ((*cp - 0xd800) << 10) + (lo - 0xdc00);
+			*used = 12;
+			return 0;
+		}
+		*used = 6;
+		return 0;
+	default:
+		return -EINVAL;
+	}
+	*used = 2;
+	return 0;
+}
+
+/* Writes cp as UTF-8 at o (unless o is NULL) and returns its length. */
+static size_t
+json_put_utf8(char *o, unsigned cp)
+{
+	size_t len = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+
+	if (o == NULL)
+		return len;
+	switch (len) {
+	case 1:
+		o[0] = (char)cp;
+		break;
+	case 2:
+		o[0] = (char)(0xc0 | (cp >> 6));
+		o[1] = (char)(0x80 | (cp & 0x3f));
+		break;
+	case 3:
+		o[0] = (char)(0xe0 | (cp >> 12));
+		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		o[2] = (char)(0x80 | (cp & 0x3f));
+		break;
+	default:
+		o[0] = (char)(0xf0 | (cp >> 18));
+		o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+		o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		o[3] = (char)(0x80 | (cp & 0x3f));
+		break;
+	}
+	return len;
+}
+
+/*
  * Decodes the string body s[0..n) into out (when not NULL; the caller made
  * room for n bytes, as no escape grows when decoded) and reports the decoded
- * length.  With out NULL it only validates and measures.
+ * length.  With out NULL it only validates and measures.  Strict: an unknown
+ * escape, a lone surrogate, \u0000 or a raw NUL fails.
  */
 static int
 json_unescape(const char *s, size_t n, char *out, size_t *out_len)
 {
-	size_t i = 0, o = 0;
+	size_t i = 0, o = 0, used;
+	unsigned cp;
 
 	while (i < n) {
-		unsigned cp, lo;
-		char c = s[i++];
-
-		if (c != '\\') {
-			if (c == '\0')
+		if (s[i] != '\\') {
+			if (s[i] == '\0')
 				return -EINVAL;
 			if (out != NULL)
-				out[o] = c;
+				out[o] = s[i];
 			o++;
+			i++;
 			continue;
 		}
-		if (i >= n)
+		if (json_escape(s + i, n - i, &cp, &used) < 0 || cp == 0 ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
 			return -EINVAL;
-		c = s[i++];
-		switch (c) {
-		case '"':
-		case '\\':
-		case '/':
-			break;
-		case 'b':
-			c = '\b';
-			break;
-		case 'f':
-			c = '\f';
-			break;
-		case 'n':
-			c = '\n';
-			break;
-		case 'r':
-			c = '\r';
-			break;
-		case 't':
-			c = '\t';
-			break;
-		case 'u':
-			if (n - i < 4 || json_hex4(s + i, &cp) < 0)
-				return -EINVAL;
-			i += 4;
-			if (cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff))
-				return -EINVAL;
-			if (cp >= 0xd800 && cp <= 0xdbff) {
-				if (n - i < 6 || s[i] != '\\' || s[i + 1] != 'u' ||
-				    json_hex4(s + i + 2, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
-					return -EINVAL;
-				i += 6;
-				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-			}
-			if (out != NULL) {
-				if (cp < 0x80) {
-					out[o] = (char)cp;
-				} else if (cp < 0x800) {
-					out[o] = (char)(0xc0 | (cp >> 6));
-					out[o + 1] = (char)(0x80 | (cp & 0x3f));
-				} else if (cp < 0x10000) {
-					out[o] = (char)(0xe0 | (cp >> 12));
-					out[o + 1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-					out[o + 2] = (char)(0x80 | (cp & 0x3f));
-				} else {
-					out[o] = (char)(0xf0 | (cp >> 18));
-					out[o + 1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-					out[o + 2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-					out[o + 3] = (char)(0x80 | (cp & 0x3f));
-				}
-			}
-			o += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-			continue;
-		default:
-			return -EINVAL;
-		}
-		if (out != NULL)
-			out[o] = c;
-		o++;
+		i += used;
+		o += json_put_utf8(out != NULL ? out + o : NULL, cp);
 	}
 	*out_len = o;
+	return 0;
+}
+
+int
+json_unescape_text(const char *text, size_t len, char **out, size_t *out_len)
+{
+	char *buf = malloc(len + 1), *o = buf;
+	size_t i = 0, used;
+	unsigned cp;
+
+	if (buf == NULL)
+		return -ENOMEM;
+	while (i < len) {
+		if (text[i] != '\\' || i + 1 >= len) {
+			*o++ = text[i++];
+		} else if (json_escape(text + i, len - i, &cp, &used) == 0) {
+			o += json_put_utf8(o, cp);
+			i += used;
+		} else if (text[i + 1] == 'u') {
+			*o++ = text[i++]; /* not four hex digits: the backslash stays */
+		} else {
+			*o++ = text[i + 1]; /* an escape JSON does not define: its character */
+			i += 2;
+		}
+	}
+	*o = '\0';
+	*out = buf;
+	*out_len = (size_t)(o - buf);
 	return 0;
 }
 
@@ -404,6 +456,15 @@ json_find(const struct json_doc *doc, int obj, const char *key)
 	return -1;
 }
 
+/* The string at tok: its text as written, and its length once unescaped (validated). */
+static int
+json_string_measure(const struct json_doc *doc, int tok, const char **s, size_t *n, size_t *dlen)
+{
+	int r = json_string_raw(doc, tok, s, n);
+
+	return r < 0 ? r : json_unescape(*s, *n, NULL, dlen);
+}
+
 int
 json_string_dup(const struct json_doc *doc, int tok, char **out, size_t *out_len)
 {
@@ -412,10 +473,7 @@ json_string_dup(const struct json_doc *doc, int tok, char **out, size_t *out_len
 	char *buf;
 	int r;
 
-	r = json_string_raw(doc, tok, &s, &n);
-	if (r < 0)
-		return r;
-	r = json_unescape(s, n, NULL, &dlen);
+	r = json_string_measure(doc, tok, &s, &n, &dlen);
 	if (r < 0)
 		return r;
 	buf = malloc(dlen + 1);
@@ -436,10 +494,7 @@ json_string_copy(const struct json_doc *doc, int tok, char *out, size_t size)
 	size_t n, dlen;
 	int r;
 
-	r = json_string_raw(doc, tok, &s, &n);
-	if (r < 0)
-		return r;
-	r = json_unescape(s, n, NULL, &dlen);
+	r = json_string_measure(doc, tok, &s, &n, &dlen);
 	if (r < 0)
 		return r;
 	if (dlen >= size)

@@ -1,21 +1,18 @@
-/* Percent-encoding (RFC 3986) for query strings and form bodies. */
+/*
+ * Percent-encoding (RFC 3986) for query strings, form bodies and path
+ * segments: the daemon's requests upstream and the client's paths to bearerd.
+ */
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "urlencode.h"
 
-char *
-url_encode(const char *s, size_t len, unsigned flags)
+size_t
+url_encode_into(char *out, const char *s, size_t len, unsigned flags)
 {
 	const char *hex = (flags & URLENC_LOWER) ? "0123456789abcdef" : "0123456789ABCDEF";
-	char *out, *o;
+	char *o = out;
 
-	if (len > (SIZE_MAX - 1) / 3)
-		return NULL;
-	out = malloc(3 * len + 1);
-	if (out == NULL)
-		return NULL;
-	o = out;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
 
@@ -31,5 +28,18 @@ url_encode(const char *s, size_t len, unsigned flags)
 		}
 	}
 	*o = '\0';
+	return (size_t)(o - out);
+}
+
+char *
+url_encode(const char *s, size_t len, unsigned flags)
+{
+	char *out;
+
+	if (len > (SIZE_MAX - 1) / 3)
+		return NULL;
+	out = malloc(3 * len + 1);
+	if (out != NULL)
+		url_encode_into(out, s, len, flags);
 	return out;
 }

@@ -1,8 +1,10 @@
 /*
- * HTTP/1.1 request-head parsing (RFC 9112), strict and bounded.  Debian packages
- * no maintained HTTP/1.1 parser library (llhttp is not packaged, http-parser is
+ * HTTP/1.1 head parsing (RFC 9112), strict and bounded.  Debian packages no
+ * maintained HTTP/1.1 parser library (llhttp is not packaged, http-parser is
  * abandoned upstream), so this is the one parser we write ourselves; it is
- * fuzzed (tests/fuzz) and every rejection has a unit test.
+ * fuzzed (tests/fuzz) and every rejection has a unit test.  libc only: the
+ * daemon reads requests (and the proxy upstream answers) with it, libbearer
+ * reads bearerd's answers.
  */
 #ifndef BEARERD_HTTP_PARSE_H
 #define BEARERD_HTTP_PARSE_H

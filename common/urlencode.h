@@ -1,4 +1,4 @@
-/* Percent-encoding (RFC 3986) for query strings and form bodies. */
+/* Percent-encoding (RFC 3986) for query strings, form bodies and path segments; libc only. */
 #ifndef BEARERD_URLENCODE_H
 #define BEARERD_URLENCODE_H
 
@@ -13,5 +13,12 @@
  * The caller wipes it if s was a secret.
  */
 char *url_encode(const char *s, size_t len, unsigned flags);
+
+/*
+ * The same into out, which has room for 3 * len + 1 bytes (as for one path
+ * segment: libbearer encodes an audience on its stack).  Returns the length
+ * written before the NUL.
+ */
+size_t url_encode_into(char *out, const char *s, size_t len, unsigned flags);
 
 #endif

@@ -51,6 +51,17 @@ int json_string_dup(const struct json_doc *doc, int tok, char **out, size_t *out
 int json_string_copy(const struct json_doc *doc, int tok, char *out, size_t size);
 
 /*
+ * Any text (not a parsed document) with every JSON escape sequence replaced
+ * by what it stands for and the rest kept as is, so that each JSON string in
+ * it appears decoded: for searching an upstream's error text for a secret
+ * (secret_in_text).  Lenient where json_string_dup is strict: a lone
+ * surrogate is encoded as it is, \u0000 gives a NUL, an escape JSON does not
+ * define gives its character, and a \u without four hex digits keeps its
+ * backslash.  *out is NUL-terminated, never longer than text; 0 or -ENOMEM.
+ */
+int json_unescape_text(const char *text, size_t len, char **out, size_t *out_len);
+
+/*
  * Reads an integer given as a JSON number or as a string of decimal digits
  * (optional leading '-'), as Azure sends both.  -EINVAL for anything else
  * (fractions, exponents, junk), -ERANGE on overflow.
